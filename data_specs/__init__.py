@@ -1,0 +1,175 @@
+"""Extraction specs: declarative YAML files that say what a store holds and how.
+
+A spec is loaded by name (a YAML file shipped in this package) or by path. The store records
+the spec it was made with, so readers know the layout without guessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+SPEC_VERSION = 1
+KNOWN_SPEC_VERSIONS = (1,)
+MODALITIES = ("rgb", "iframes", "mv")
+# What each spec modality puts in a store (dump accepts these names).
+ARRAYS = {
+    "rgb": ("rgb",),
+    "iframes": ("iframes", "iframe_index"),
+    "mv": ("mv", "mv_valid"),
+}
+ALWAYS_STORED = ("pts", "frame_type")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    short_side: int = 128
+
+
+@dataclass(frozen=True)
+class Decode:
+    max_pixels: int = 36_000_000
+
+
+@dataclass(frozen=True)
+class MotionVectors:
+    cell: int = 4
+
+
+@dataclass(frozen=True)
+class Storage:
+    chunk_frames: int = 8
+    shard_frames: int = 64
+    zarr_codec: str = "zstd"
+    zarr_level: int = 3
+    hdf5_compression: str = "lzf"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    modalities: tuple[str, ...]
+    spec_version: int = SPEC_VERSION
+    resolution: Resolution = field(default_factory=Resolution)
+    decode: Decode = field(default_factory=Decode)
+    mv: MotionVectors = field(default_factory=MotionVectors)
+    storage: Storage = field(default_factory=Storage)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @property
+    def digest(self) -> str:
+        """Short hash of everything that changes what is written; names do not count."""
+        d = self.to_dict()
+        d.pop("name")
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def arrays(self) -> tuple[str, ...]:
+        out = [a for m in self.modalities for a in ARRAYS[m]]
+        return tuple(out) + ALWAYS_STORED
+
+
+def _section(cls, raw, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**raw)
+
+
+def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a spec must be a YAML mapping")
+    version = raw.get("spec_version")
+    if version not in KNOWN_SPEC_VERSIONS:
+        raise SpecError(
+            f"{source}: spec_version {version!r} is not known to this motionssl "
+            f"(knows {list(KNOWN_SPEC_VERSIONS)}); upgrade motionssl or re-extract with this version"
+        )
+    unknown = set(raw) - {"spec_version", "name", "modalities", "resolution", "decode", "mv", "storage"}
+    if unknown:
+        raise SpecError(f"{source}: unknown keys {sorted(unknown)}")
+    mods = tuple(raw.get("modalities") or ())
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or not mods:
+        raise SpecError(f"{source}: modalities must be a non-empty subset of {list(MODALITIES)}, got {list(mods)}")
+    spec = Spec(
+        name=str(raw.get("name", Path(source).stem)),
+        modalities=mods,
+        spec_version=version,
+        resolution=_section(Resolution, raw.get("resolution"), f"{source}: resolution"),
+        decode=_section(Decode, raw.get("decode"), f"{source}: decode"),
+        mv=_section(MotionVectors, raw.get("mv"), f"{source}: mv"),
+        storage=_section(Storage, raw.get("storage"), f"{source}: storage"),
+    )
+    _validate(spec, source)
+    return spec
+
+
+def _validate(spec: Spec, source: str) -> None:
+    if spec.resolution.short_side < 16 or spec.resolution.short_side % 2:
+        raise SpecError(f"{source}: resolution.short_side must be an even number >= 16")
+    if spec.mv.cell < 1:
+        raise SpecError(f"{source}: mv.cell must be >= 1")
+    st = spec.storage
+    if st.chunk_frames < 1 or st.shard_frames < st.chunk_frames or st.shard_frames % st.chunk_frames:
+        raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")
+    if st.hdf5_compression not in ("lzf", "gzip", "none"):
+        raise SpecError(f"{source}: storage.hdf5_compression must be lzf, gzip or none")
+
+
+def builtin_specs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(name_or_path: str | Path) -> Spec:
+    """Load a shipped spec by name (`default`, `compressed`) or any YAML file by path."""
+    s = str(name_or_path)
+    if s.endswith((".yaml", ".yml")) or "/" in s:
+        path = Path(s)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        if s not in builtin_specs():
+            raise SpecError(f"unknown spec {s!r}; choose one of {builtin_specs()} or give a path to a YAML file")
+        text, source = resources.files(__name__).joinpath(f"{s}.yaml").read_text(), f"{s}.yaml"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: not valid YAML ({e})") from None
+    return spec_from_dict(raw, source=source)
+
+
+def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) of stored frames: short side as given, long side scaled and rounded to even."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad frame size {width}x{height}")
+    if width <= height:
+        w = short_side
+        h = max(2, int(round(height * short_side / width / 2)) * 2)
+    else:
+        h = short_side
+        w = max(2, int(round(width * short_side / height / 2)) * 2)
+    return w, h
+
+
+def mv_grid(width: int, height: int, cell: int) -> tuple[int, int]:
+    """(grid_w, grid_h): cell (i, j) covers stored pixels [i*cell, (i+1)*cell) clipped to the frame."""
+    return -(-width // cell), -(-height // cell)

@@ -1,0 +1,178 @@
+"""The one reader API over both backends, and store creation for `extract`.
+
+    store = open_store("data.zarr")          # or an HDF5 store directory
+    store.videos                             # ['class_a/v1', ...]
+    store.meta("class_a/v1")["frames"]
+    store.read("class_a/v1", "rgb", 10, 26)  # (16, H, W, 3) uint8
+    store.read_at("class_a/v1", "mv", [3, 7, 11])
+
+File handles open lazily and per process: a reader pickled into a DataLoader worker or a
+forked process reopens its own handles instead of sharing the parent's (which corrupts HDF5).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from motionssl import __version__
+from motionssl.data_specs import Spec, SpecError, spec_from_dict
+from motionssl.stores.layout import (
+    FORMAT_VERSION, INDEX, ROOT_META, read_json, scan_videos, video_path, write_json_atomic,
+)
+
+FORMATS = ("zarr", "hdf5")
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+def _backend(fmt: str):
+    if fmt == "zarr":
+        from motionssl.stores.zarr_backend import ZarrVideoReader, ZarrVideoWriter
+        return ZarrVideoReader, ZarrVideoWriter
+    from motionssl.stores.hdf5_backend import HDF5VideoReader, HDF5VideoWriter
+    return HDF5VideoReader, HDF5VideoWriter
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / ROOT_META
+        if not meta_file.is_file():
+            raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
+        try:
+            self.root_meta = read_json(meta_file)
+        except ValueError as e:
+            raise StoreError(f"{meta_file} is not valid JSON ({e}); the store is damaged") from None
+        version = self.root_meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {__version__} "
+                             f"(knows {FORMAT_VERSION}); upgrade motionssl or re-extract")
+        self.format = self.root_meta["format"]
+        if self.format not in FORMATS:
+            raise StoreError(f"{self.path}: unknown store format {self.format!r}")
+        try:
+            self.spec: Spec = spec_from_dict(self.root_meta["spec"], source=f"{self.path} (recorded spec)")
+        except SpecError as e:
+            raise StoreError(str(e)) from None
+        self._reader_cls = _backend(self.format)[0]
+        self._readers: dict[str, object] = {}
+        self._pid = os.getpid()
+        self._index: dict[str, dict] | None = None
+
+    # -- listing
+    @property
+    def index(self) -> dict[str, dict]:
+        if self._index is None:
+            index_file = self.path / INDEX
+            if index_file.is_file():
+                self._index = read_json(index_file)["videos"]
+            else:  # no index yet (extract never finished): fall back to the slow scan
+                ids, _ = scan_videos(self.path, self.format)
+                self._index = {vid: self._open(vid).meta() for vid in ids}
+        return self._index
+
+    @property
+    def videos(self) -> list[str]:
+        return sorted(self.index)
+
+    def meta(self, video_id: str) -> dict:
+        if video_id not in self.index:
+            raise KeyError(f"video {video_id!r} is not in store {self.path}")
+        return self.index[video_id]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.index
+
+    # -- reading
+    def _open(self, video_id: str):
+        if os.getpid() != self._pid:  # forked: never reuse the parent's handles
+            self._readers = {}
+            self._pid = os.getpid()
+        reader = self._readers.get(video_id)
+        if reader is None:
+            path = video_path(self.path, self.format, video_id)
+            if not path.exists():
+                raise KeyError(f"video {video_id!r} is not in store {self.path}")
+            reader = self._readers[video_id] = self._reader_cls(path)
+        return reader
+
+    def arrays(self, video_id: str) -> dict[str, tuple[tuple, np.dtype]]:
+        """{array name: (shape, dtype)} for one video."""
+        return self._open(video_id).arrays()
+
+    def read(self, video_id: str, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """A time slice [start, stop) of one array (all of it by default)."""
+        return self._open(video_id).read(name, slice(start, stop))
+
+    def read_at(self, video_id: str, name: str, indices) -> np.ndarray:
+        """Frames at arbitrary time indices (any order, repeats allowed)."""
+        return self._open(video_id).read(name, indices)
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers = {}
+
+    def __getstate__(self):  # picklable into DataLoader workers / Dask tasks without handles
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, format={self.format}, spec={self.spec.name}, videos={len(self.index)})"
+
+
+def open_store(path: str | Path) -> Store:
+    return Store(path)
+
+
+def init_store(path: Path, fmt: str, spec: Spec) -> None:
+    """Create the store root, or check that an existing one matches `fmt` and `spec`."""
+    meta_file = path / ROOT_META
+    if meta_file.exists():
+        existing = Store(path)
+        if existing.format != fmt:
+            raise StoreError(f"{path} is a {existing.format} store; pass --format {existing.format} or choose a new -o")
+        if existing.spec.digest != spec.digest:
+            raise StoreError(f"{path} was made with spec {existing.spec.name!r} ({existing.spec.digest}), not "
+                             f"{spec.name!r} ({spec.digest}); extract into a new -o, or delete the store first")
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if fmt == "zarr":
+        import zarr
+        zarr.open_group(str(path), mode="a")
+    (path / "videos").mkdir(exist_ok=True)
+    write_json_atomic(meta_file, {
+        "format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),
+        "spec_digest": spec.digest, "motionssl_version": __version__,
+    })
+
+
+def make_writer(store_path: Path, fmt: str, video_id: str, spec: Spec):
+    return _backend(fmt)[1](video_path(store_path, fmt, video_id), spec)
+
+
+def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
+    """The committed meta of one video on disk, or None when it is absent or unreadable."""
+    path = video_path(store_path, fmt, video_id)
+    if not path.exists():
+        return None
+    try:
+        reader = _backend(fmt)[0](path)
+        try:
+            return reader.meta()
+        finally:
+            reader.close()
+    except Exception:  # a damaged video is simply not complete; extract redoes it
+        return None
+
+
+def write_index(store_path: Path, metas: dict[str, dict]) -> None:
+    write_json_atomic(store_path / INDEX, {"videos": metas})

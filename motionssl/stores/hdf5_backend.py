@@ -1,0 +1,66 @@
+"""HDF5 backend: one shard file per video (never two writers on a file), opened lazily per process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from motionssl.stores.writer import VideoWriter
+
+
+class HDF5VideoWriter(VideoWriter):
+    def __init__(self, final: Path, spec):
+        super().__init__(final, spec)
+        self.file = h5py.File(self.tmp, "w", libver="latest")
+        comp = spec.storage.hdf5_compression
+        self.compression = None if comp == "none" else comp
+
+    def _create(self, name, frame_shape, dtype, chunk, shard):
+        self.file.create_dataset(
+            name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
+            chunks=(chunk, *frame_shape), compression=self.compression, shuffle=self.compression is not None,
+        )
+
+    def _write(self, name, start, block):
+        ds = self.file[name]
+        ds.resize(start + len(block), axis=0)
+        ds[start:start + len(block)] = block
+
+    def _finish(self, meta):
+        import json
+
+        self.file.attrs["motionssl_video"] = json.dumps(meta)
+
+    def _close(self):
+        if self.file.id.valid:
+            self.file.close()
+
+
+class HDF5VideoReader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = h5py.File(path, "r")
+
+    def meta(self) -> dict:
+        import json
+
+        return json.loads(self.file.attrs["motionssl_video"])
+
+    def arrays(self) -> dict[str, tuple[tuple, np.dtype]]:
+        return {name: (tuple(ds.shape), ds.dtype) for name, ds in self.file.items()}
+
+    def array(self, name: str):
+        return self.file[name]
+
+    def read(self, name: str, sel) -> np.ndarray:
+        ds = self.file[name]
+        if isinstance(sel, slice):
+            return ds[sel]
+        idx = np.asarray(sel)
+        uniq, inverse = np.unique(idx, return_inverse=True)  # h5py wants increasing indices
+        return ds[uniq][inverse.ravel()]
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()

@@ -1,0 +1,46 @@
+"""What `motionssl info` reports: per-video arrays and on-disk sizes, as plain JSON-able data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from motionssl.stores import Store
+from motionssl.stores.layout import video_path
+
+
+def _array_bytes(store: Store, reader, name: str) -> int:
+    if store.format == "zarr":
+        root = Path(reader.path) / name
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    return int(reader.array(name).id.get_storage_size())
+
+
+def summarize(store: Store) -> dict:
+    videos, array_bytes = [], {}
+    total_bytes = total_frames = 0
+    for vid in store.videos:
+        meta = store.meta(vid)
+        reader = store._open(vid)
+        arrays = {}
+        for name, (shape, dtype) in reader.arrays().items():
+            nbytes = _array_bytes(store, reader, name)
+            array_bytes[name] = array_bytes.get(name, 0) + nbytes
+            arrays[name] = {"shape": list(shape), "dtype": str(dtype), "bytes": nbytes}
+        path = video_path(store.path, store.format, vid)
+        size = path.stat().st_size if path.is_file() else sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        total_bytes += size
+        total_frames += meta["frames"]
+        videos.append({**{k: meta[k] for k in ("id", "frames", "fps", "codec", "width", "height", "rotation",
+                                                "stored_width", "stored_height", "iframes", "has_mv", "notes")},
+                       "bytes": size, "arrays": arrays})
+    store.close()
+    return {
+        "store": str(store.path), "format": store.format, "spec": store.spec.to_dict(),
+        "spec_digest": store.spec.digest, "motionssl_version": store.root_meta["motionssl_version"],
+        "totals": {"videos": len(videos), "frames": total_frames, "bytes": total_bytes,
+                   "bytes_per_frame": total_bytes / max(total_frames, 1)},
+        "array_bytes": array_bytes,
+        "array_bytes_per_frame": {k: v / max(total_frames, 1) for k, v in array_bytes.items()},
+        "videos": videos,
+    }

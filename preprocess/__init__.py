@@ -1,0 +1,1 @@
+"""Decoding and motion computation; writes stores laid out as `motionssl.data_specs` declares."""

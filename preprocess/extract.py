@@ -1,0 +1,283 @@
+"""`motionssl extract`: every video of a directory into one store, one Dask task per video."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from motionssl.data_specs import Spec
+from motionssl.stores import init_store, read_video_meta, write_index
+from motionssl.stores.layout import INDEX, VIDEOS, read_json, scan_videos, video_path
+
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+    ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".h264", ".264", ".hevc", ".265", ".y4m",
+})
+LOCK = ".extract.lock"
+EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 2, 3
+
+
+class FatalError(Exception):
+    """Stops the run before any work; the message says what to do."""
+
+
+@dataclass
+class ExtractOptions:
+    video_dir: Path
+    store: Path
+    spec: Spec
+    fmt: str = "zarr"
+    workers: int | None = None
+    scheduler: str | None = None
+    report: Path | None = None
+    overwrite: bool = False
+    timeout: float = 600.0
+    reencode: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def scan_video_dir(video_dir: Path) -> dict[str, Path]:
+    """{video id: path}; the id is the path relative to video_dir, without extension, '/'-separated."""
+    found: dict[str, Path] = {}
+    for p in sorted(video_dir.rglob("*")):
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."):
+            vid = p.relative_to(video_dir).with_suffix("").as_posix()
+            if vid in found:
+                raise FatalError(f"two videos map to id {vid!r}: {found[vid].name} and {p.name}; rename one")
+            found[vid] = p
+    return found
+
+
+def default_report_path(store: Path) -> Path:
+    return store.with_name(store.name + ".report.json")
+
+
+# -- work that runs on Dask workers ------------------------------------------------------------
+
+_decoder = None
+
+
+def extract_task(job: dict, timeout: float) -> dict:
+    """One video, on a Dask worker: run it in the worker's decoder process, clean up on failure."""
+    global _decoder
+    from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess
+
+    if _decoder is None:
+        _decoder = DecoderProcess()
+    t0 = time.perf_counter()
+    record = {"id": job["video_id"], "status": "failed", "error": None, "frames": 0, "seconds": 0.0}
+    try:
+        result = _decoder.run(job, timeout)
+    except DecoderFailed as e:
+        result = {"ok": False, "error": str(e)}
+    if result["ok"]:
+        meta = result["meta"]
+        record.update(status="ok", frames=meta["frames"], meta=meta, notes=meta.get("notes", []))
+    else:
+        record["error"] = result["error"]
+        _remove_temps(video_path(Path(job["store"]), job["format"], job["video_id"]))
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def _remove_temps(final: Path) -> None:
+    """Remove what a crashed or killed writer of this one video left behind."""
+    parent = final.parent
+    if parent.is_dir():
+        for p in parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+def _check_writable(store: Path) -> None:
+    parent = store.parent if not store.exists() else store
+    if not parent.is_dir():
+        raise FatalError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FatalError(f"cannot write to {parent}; choose another -o or fix its permissions")
+    if store.exists() and not store.is_dir():
+        raise FatalError(f"{store} exists and is not a directory; choose another -o")
+
+
+def _acquire_lock(store: Path) -> Path:
+    lock = store / LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = read_json(lock)
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise FatalError(
+                f"{store} is being written by another extract (pid {holder.get('pid')} on {holder.get('host')}, "
+                f"since {holder.get('started')}); wait for it, or delete {lock} if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return lock
+    raise FatalError(f"could not take the lock {lock}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ensure_zarr_parents(store: Path, ids) -> None:
+    """Intermediate groups for nested ids, written once here so no two tasks race on them."""
+    import zarr
+
+    parents = {Path(VIDEOS)}
+    for vid in ids:
+        for parent in Path(VIDEOS, vid).parents:
+            if parent != Path("."):
+                parents.add(parent)
+    for parent in sorted(parents, key=lambda p: len(p.parts)):
+        if not (store / parent / "zarr.json").exists():
+            zarr.open_group(str(store / parent), mode="a")
+
+
+def _start_client(opts: ExtractOptions):
+    from dask.distributed import Client, LocalCluster
+
+    if opts.scheduler:
+        try:
+            return Client(opts.scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as e:
+            raise FatalError(f"cannot reach Dask scheduler {opts.scheduler} ({e}); check the address") from None
+    n = opts.workers or max(1, len(os.sched_getaffinity(0)))
+    pinned = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"}):
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+            env=pinned, silence_logs=40,
+        )
+    return Client(cluster), cluster
+
+
+def run_extract(opts: ExtractOptions) -> int:
+    from tqdm import tqdm
+
+    from dask.distributed import as_completed
+
+    video_dir, store = opts.video_dir, opts.store
+    if not video_dir.is_dir():
+        raise FatalError(f"video directory {video_dir} does not exist or is not a directory")
+    videos = scan_video_dir(video_dir)
+    if not videos:
+        raise FatalError(f"no video files found under {video_dir} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    _check_writable(store)
+    report_path = opts.report or default_report_path(store)
+    if not os.access(report_path.parent if report_path.parent.exists() else store.parent, os.W_OK):
+        raise FatalError(f"cannot write the report to {report_path}; pass --report with a writable path")
+    from motionssl.stores import StoreError
+
+    try:
+        init_store(store, opts.fmt, opts.spec)
+    except StoreError as e:
+        raise FatalError(str(e)) from None
+    lock = _acquire_lock(store)
+    try:
+        return _run_locked(opts, videos, report_path, tqdm, as_completed)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path, tqdm, as_completed) -> int:
+    store, spec, fmt = opts.store, opts.spec, opts.fmt
+    t_start = time.perf_counter()
+    _, leftovers = scan_videos(store, fmt)
+    for p in leftovers:  # partial videos of an earlier, interrupted run
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    index = read_json(store / INDEX)["videos"] if (store / INDEX).is_file() else {}
+    index = {vid: m for vid, m in index.items() if video_path(store, fmt, vid).exists()}
+    records, todo = [], []
+    for vid, path in videos.items():
+        meta = None if opts.overwrite else (index.get(vid) or read_video_meta(store, fmt, vid))
+        if meta is not None and meta.get("spec_digest") == spec.digest:
+            index[vid] = meta
+            records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
+        else:
+            todo.append(vid)
+    if fmt == "zarr":
+        _ensure_zarr_parents(store, todo)
+
+    failures = frames = 0
+    if todo:
+        client, cluster = _start_client(opts)
+        try:
+            link = getattr(client, "dashboard_link", None)
+            print(f"dask: {len(client.scheduler_info()['workers'])} workers" + (f", dashboard {link}" if link else ""))
+            jobs = [{
+                "path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
+                "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
+                "reencode": opts.reencode,
+            } for vid in todo]
+            run = uuid.uuid4().hex[:8]
+            futures = client.map(extract_task, jobs, timeout=opts.timeout, pure=False,
+                                 key=[f"extract-{run}-{i}" for i in range(len(jobs))])
+            last_index = time.monotonic()
+            bar = tqdm(total=len(jobs), unit="video", disable=not opts.progress, dynamic_ncols=True)
+            for fut in as_completed(futures):
+                rec = fut.result()
+                fut.release()
+                meta = rec.pop("meta", None)
+                if rec["status"] == "ok":
+                    index[rec["id"]] = meta
+                    frames += rec["frames"]
+                else:
+                    failures += 1
+                    bar.write(f"failed: {rec['id']}: {rec['error']}")
+                records.append(rec)
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix(fps=f"{frames / max(elapsed, 1e-9):.0f}", failed=failures)
+                bar.update(1)
+                if time.monotonic() - last_index > 10:
+                    write_index(store, index)
+                    last_index = time.monotonic()
+            bar.close()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    write_index(store, index)
+    seconds = time.perf_counter() - t_start
+    order = {vid: i for i, vid in enumerate(videos)}
+    records.sort(key=lambda r: order[r["id"]])
+    summary = {
+        "videos": len(records), "ok": sum(r["status"] == "ok" for r in records),
+        "skipped": sum(r["status"] == "skipped" for r in records), "failed": failures,
+        "frames_extracted": frames, "seconds": round(seconds, 3),
+        "frames_per_second": round(frames / seconds, 1) if seconds > 0 else None,
+        "no_motion_vectors": [r["id"] for r in records if any("no motion vectors" in n for n in r.get("notes", []))],
+        "spec": spec.name, "spec_digest": spec.digest, "format": fmt, "store": str(store),
+    }
+    report = {"videos": records, "summary": summary}
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, report_path)
+    print(f"extract: {summary['ok']} ok, {summary['skipped']} skipped, {failures} failed, "
+          f"{frames} frames in {seconds:.1f}s; report {report_path}")
+    for vid in summary["no_motion_vectors"]:
+        print(f"note: {vid}: {index[vid]['notes'][0] if vid in index else 'no motion vectors'}")
+    return EXIT_SOME_FAILED if failures else EXIT_OK

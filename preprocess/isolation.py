@@ -1,0 +1,111 @@
+"""Run each video's extraction in a separate decoder process, under a wall-clock timeout.
+
+A segfault or an endless loop inside FFmpeg kills or stalls only that process: the Dask worker
+reports the video as failed, starts a fresh decoder and goes on. The decoder process is a plain
+subprocess (not multiprocessing), so it also works inside daemonic Dask worker processes, and it
+is reused across videos so its start-up cost is paid once per worker.
+
+Protocol: one JSON job per line on the child's stdin, one JSON result per line on a private pipe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+# Test hook: MOTIONSSL_FAULT="crash:<id substring>" or "hang:<id substring>" makes the decoder
+# process crash (SIGSEGV) or hang on matching videos, to exercise isolation with real signals.
+FAULT_ENV = "MOTIONSSL_FAULT"
+
+
+class DecoderFailed(Exception):
+    """The decoder process died or hung; the message is the report's one-line reason."""
+
+
+class DecoderProcess:
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self._results = None
+
+    def _start(self) -> None:
+        r, w = os.pipe()
+        env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "motionssl.preprocess.isolation"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(w,), env=env, text=True, start_new_session=True,
+        )
+        os.close(w)
+        self._results = os.fdopen(r, "r")
+
+    def run(self, job: dict, timeout: float) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.stop()
+            raise DecoderFailed("decoder process exited before taking the job") from None
+        ready, _, _ = select.select([self._results], [], [], timeout)
+        if not ready:
+            self.stop()
+            raise DecoderFailed(f"timed out after {timeout:g}s (decoder hung or video too long; raise --timeout)")
+        line = self._results.readline()
+        if not line:
+            code = self.proc.wait()
+            self.stop()
+            reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise DecoderFailed(f"decoder process crashed ({reason})")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        if self._results is not None:
+            self._results.close()
+        self.proc = self._results = None
+
+
+def _fault(video_id: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, needle = spec.partition(":")
+    if needle and needle in video_id:
+        if kind == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif kind == "hang":
+            time.sleep(10**6)
+
+
+def _serve() -> None:
+    from motionssl.preprocess.decode import BadVideo, limit_threads
+    from motionssl.preprocess.video_job import extract_video
+
+    limit_threads()
+    out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
+    for line in sys.stdin:
+        job = json.loads(line)
+        _fault(job["video_id"])
+        try:
+            result = {"ok": True, "meta": extract_video(job)}
+        except BadVideo as e:
+            result = {"ok": False, "error": str(e)}
+        except OSError as e:  # disk full, permissions: the video is not complete
+            result = {"ok": False, "error": f"write failed: {e.strerror or e} ({e.filename or 'store'})"}
+        except Exception as e:  # any other failure stays this video's, with its type named
+            result = {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,103 @@
+"""Extract one video into the store: decode once, write every modality, commit atomically.
+
+This runs inside an isolated decoder process (see `isolation.py`); it must never be called
+with a writer already open for the same video elsewhere.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from motionssl import __version__
+from motionssl.data_specs import Spec, mv_grid, spec_from_dict, stored_size
+from motionssl.preprocess.decode import BadVideo, decode_frames, open_video
+from motionssl.stores import make_writer
+
+
+def extract_video(job: dict) -> dict:
+    """job: {path, video_id, store, format, spec (dict), reencode}. Returns the committed meta."""
+    spec = spec_from_dict(job["spec"])
+    path = Path(job["path"])
+    tmpdir = None
+    try:
+        if job.get("reencode"):
+            from motionssl.preprocess.reencode import reencode_mpeg4
+
+            tmpdir = Path(tempfile.mkdtemp(prefix="motionssl-reencode-"))
+            path = reencode_mpeg4(path, tmpdir / "reencoded.avi", short_side=spec.resolution.short_side,
+                                  max_pixels=spec.decode.max_pixels)
+        return _extract(path, job, spec)
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _extract(path: Path, job: dict, spec: Spec) -> dict:
+    t0 = time.perf_counter()
+    container, probe = open_video(path, max_pixels=spec.decode.max_pixels)
+    size = stored_size(probe.width, probe.height, spec.resolution.short_side)
+    want = set(spec.modalities)
+    mv_on = "mv" in want
+    gw, gh = mv_grid(size[0], size[1], spec.mv.cell)
+    notes = []
+    if mv_on and not probe.has_mv_export:
+        notes.append(f"no motion vectors for codec {probe.codec}; re-extract with --reencode to get them")
+
+    writer = make_writer(Path(job["store"]), job["format"], job["video_id"], spec)
+    try:
+        frame_shape = (size[1], size[0], 3)
+        small = 4096
+        writer.add_array("pts", (), np.float64, chunk=small, shard=small)
+        writer.add_array("frame_type", (), np.uint8, chunk=small, shard=small)
+        if "rgb" in want:
+            writer.add_array("rgb", frame_shape, np.uint8)
+        if "iframes" in want:
+            writer.add_array("iframes", frame_shape, np.uint8, chunk=1)
+            writer.add_array("iframe_index", (), np.int32, chunk=small, shard=small)
+        if mv_on:
+            writer.add_array("mv", (gh, gw, 2), np.float16)
+            writer.add_array("mv_valid", (gh, gw), np.bool_)
+        n = n_iframes = 0
+        no_mv = (np.zeros((gh, gw, 2), np.float16), np.zeros((gh, gw), bool))
+        rotation = 0
+        for frame in decode_frames(container, probe, size=size, mv_cell=spec.mv.cell if mv_on else None):
+            if n == 0:
+                rotation = frame.rotation
+            writer.append("pts", np.float64(frame.pts))
+            writer.append("frame_type", np.uint8(ord(frame.frame_type)))
+            if "rgb" in want:
+                writer.append("rgb", frame.rgb)
+            if frame.frame_type == "I" and "iframes" in want:
+                writer.append("iframes", frame.rgb)
+                writer.append("iframe_index", np.int32(frame.index))
+                n_iframes += 1
+            if mv_on:
+                # I-frames carry no inter prediction: all-invalid by convention.
+                mv, valid = (frame.mv, frame.mv_valid) if frame.mv is not None and frame.frame_type != "I" else no_mv
+                writer.append("mv", mv.astype(np.float16))
+                writer.append("mv_valid", valid)
+            n += 1
+        container.close()
+        if n == 0:
+            raise BadVideo("no frames could be decoded")
+        declared = probe.frames_declared
+        if declared and declared - n > max(2, declared // 100):
+            raise BadVideo(f"truncated or corrupt: decoded {n} of {declared} frames the container declares")
+        meta = {
+            "id": job["video_id"], "source": str(job.get("source", job["path"])), "frames": n,
+            "fps": probe.fps, "codec": probe.codec, "width": probe.width, "height": probe.height,
+            "rotation": rotation, "stored_width": size[0], "stored_height": size[1],
+            "mv_grid": [gh, gw] if mv_on else None, "has_mv": bool(mv_on and probe.has_mv_export),
+            "iframes": n_iframes, "reencoded": bool(job.get("reencode")), "notes": notes,
+            "spec_digest": spec.digest, "motionssl_version": __version__,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        writer.commit(meta)
+        return meta
+    except BaseException:
+        writer.abort()
+        raise
