@@ -173,3 +173,16 @@ def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def mv_grid(width: int, height: int, cell: int) -> tuple[int, int]:
     """(grid_w, grid_h): cell (i, j) covers stored pixels [i*cell, (i+1)*cell) clipped to the frame."""
     return -(-width // cell), -(-height // cell)
+
+
+def hflip_motion(field, valid=None):
+    """Mirror a motion field (..., H, W, 2) left-right: the x component changes sign.
+
+    Every augmentation that flips frames must flip their motion with this, or dx points the
+    wrong way (the reference code of CMD forgets the negation).
+    """
+    out = field[..., ::-1, :, :].copy()
+    out[..., 0] = -out[..., 0]
+    if valid is None:
+        return out
+    return out, valid[..., ::-1].copy()

@@ -50,7 +50,7 @@ def open_video(path: str | Path, *, max_pixels: int) -> tuple[av.container.Input
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise BadVideo(f"not a readable video ({e.strerror or type(e).__name__})") from None
+        raise BadVideo(f"cannot open as video ({e.strerror or type(e).__name__}): not a video, truncated or corrupt") from None
     if not container.streams.video:
         container.close()
         raise BadVideo("no video stream in file")
@@ -95,7 +95,7 @@ def decode_frames(
                 yield _convert(frame, index, probe, size, mv_cell if want_mv else None, gaps, tb)
                 index += 1
     except av.error.FFmpegError as e:
-        raise BadVideo(f"decoding failed after {index} frames ({e.strerror or type(e).__name__})") from None
+        raise BadVideo(f"truncated or corrupt: decoding failed after {index} frames ({e.strerror or type(e).__name__})") from None
 
 
 def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:

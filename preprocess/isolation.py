@@ -37,7 +37,7 @@ class DecoderProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "motionssl.preprocess.isolation"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(w,), env=env, text=True, start_new_session=True,
+            pass_fds=(w,), env=env, text=True,
         )
         os.close(w)
         self._results = os.fdopen(r, "r")
@@ -67,7 +67,7 @@ class DecoderProcess:
     def stop(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
             self.proc.wait()
             if self.proc.stdin:
                 self.proc.stdin.close()
@@ -86,10 +86,20 @@ def _fault(video_id: str) -> None:
             time.sleep(10**6)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its worker dies, so a hung decoder never outlives
+    a killed extract."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _serve() -> None:
     from motionssl.preprocess.decode import BadVideo, limit_threads
     from motionssl.preprocess.video_job import extract_video
 
+    _die_with_parent()
     limit_threads()
     out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
     for line in sys.stdin:

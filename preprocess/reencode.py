@@ -6,6 +6,7 @@ so the motion vectors come out at exactly the stored resolution.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -22,7 +23,8 @@ def reencode_mpeg4(src: Path, dst: Path, *, short_side: int, max_pixels: int, go
     fps = probe.fps if probe.fps > 0 else 25.0
     out = av.open(str(dst), "w")
     try:
-        stream = out.add_stream("mpeg4", rate=round(fps * 1000) / 1000 if fps % 1 else int(fps))
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = out.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = 0
@@ -31,7 +33,7 @@ def reencode_mpeg4(src: Path, dst: Path, *, short_side: int, max_pixels: int, go
         try:
             for frame in container.decode(video=0):
                 img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-                img.pts = None
+                img.pts, img.time_base = n, 1 / rate  # frame index: keeps every frame
                 for packet in stream.encode(img):
                     out.mux(packet)
                 n += 1

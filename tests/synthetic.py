@@ -53,10 +53,11 @@ CODEC_OPTIONS = {
 }
 
 
-def encode(path: Path, frames: list[np.ndarray], kind: str = "x264-nob", fps: int = 25) -> Path:
+def encode(path: Path, frames: list[np.ndarray], kind: str = "x264-nob", fps: int = 25, faststart=False) -> Path:
+    """faststart: MP4 index (moov) at the front, as web videos have it; PyAV writes it last otherwise."""
     codec, options, ctx = CODEC_OPTIONS[kind]
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for k, v in ctx.items():
