@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/make_demo_videos.py demo_out/videos
+	$(BIN)/python demo/make_videos.py demo_out/videos
 	$(BIN)/motionssl extract demo_out/videos -o demo_out/store.zarr --spec default --workers 2
 	$(BIN)/motionssl info demo_out/store.zarr
 	$(BIN)/motionssl verify demo_out/store.zarr

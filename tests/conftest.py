@@ -7,7 +7,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic import encode, moving_square_frames, translating_frames  # noqa: E402
+from motionssl.preprocess.synthetic import encode, moving_square_frames, translating_frames  # noqa: E402
 
 TINY_SPEC = {
     "spec_version": 1, "name": "tiny", "modalities": ["rgb", "iframes", "mv"],

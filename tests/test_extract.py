@@ -14,7 +14,7 @@ import pytest
 from conftest import write_spec
 from motionssl.stores import open_store
 from motionssl.stores.layout import scan_videos
-from synthetic import encode, translating_frames
+from motionssl.preprocess.synthetic import encode, translating_frames
 
 SYNTHETIC_IDS = {"moving/right_b", "moving/down_nob", "square_mpeg4", "hevc"}
 

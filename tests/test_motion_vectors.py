@@ -5,7 +5,7 @@ import pytest
 from motionssl.data_specs import hflip_motion
 from motionssl.preprocess.decode import decode_frames, open_video
 from motionssl.preprocess.motion_vectors import ReferenceGaps, pool_motion_vectors
-from synthetic import encode, translating_frames
+from motionssl.preprocess.synthetic import encode, translating_frames
 
 MV_DTYPE = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"),
                      ("dst_x", "<i2"), ("dst_y", "<i2"), ("flags", "<u8"), ("motion_x", "<i4"),

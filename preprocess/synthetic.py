@@ -1,4 +1,4 @@
-"""Synthetic videos with known motion, encoded with PyAV inside the tests."""
+"""Synthetic videos with known motion, encoded with PyAV: test fixtures, demo input, sanity checks."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,0 +1,145 @@
+"""The reader API over both backends, store metadata checks, verify on damaged stores, and specs."""
+import json
+import multiprocessing as mp
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SPEC
+from motionssl.data_specs import SpecError, load_spec, mv_grid, spec_from_dict, stored_size
+from motionssl.stores import StoreError, init_store, make_writer, open_store, write_index
+from motionssl.stores.layout import ROOT_META, scan_videos
+from motionssl.stores.verify import verify_store
+
+
+def build_store(path, fmt, n_frames=40, ids=("a", "nested/b")):
+    """A store written through the real writer, with frame t filled with value t."""
+    spec = spec_from_dict({**TINY_SPEC, "modalities": ["rgb"]})
+    init_store(path, fmt, spec)
+    metas = {}
+    for vid in ids:
+        w = make_writer(path, fmt, vid, spec)
+        w.add_array("rgb", (8, 12, 3), np.uint8)
+        w.add_array("pts", (), np.float64, chunk=4096, shard=4096)
+        w.add_array("frame_type", (), np.uint8, chunk=4096, shard=4096)
+        for t in range(n_frames):
+            w.append("frame_type", np.uint8(ord("P")))
+            w.append("rgb", np.full((8, 12, 3), t, np.uint8))
+            w.append("pts", np.float64(t / 25))
+        meta = {"id": vid, "frames": n_frames, "spec_digest": spec.digest}
+        w.commit(meta)
+        metas[vid] = meta
+    write_index(path, metas)
+    return open_store(path)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_reader_slices_and_gathers(tmp_path, fmt):
+    s = build_store(tmp_path / "s", fmt)
+    assert s.videos == ["a", "nested/b"] and len(s) == 2 and "nested/b" in s
+    clip = s.read("nested/b", "rgb", 10, 26)
+    assert clip.shape == (16, 8, 12, 3)
+    np.testing.assert_array_equal(clip[:, 0, 0, 0], np.arange(10, 26))
+    got = s.read_at("a", "rgb", [33, 2, 2, 39])  # unsorted, repeated, across shards
+    np.testing.assert_array_equal(got[:, 0, 0, 0], [33, 2, 2, 39])
+    np.testing.assert_allclose(s.read("a", "pts")[-1], 39 / 25)
+    with pytest.raises(KeyError, match="not in store"):
+        s.read("zzz", "rgb")
+    # Pickles without open handles (DataLoader workers, Dask tasks) and reads again after.
+    s2 = pickle.loads(pickle.dumps(s))
+    np.testing.assert_array_equal(s2.read("a", "rgb", 0, 3), s.read("a", "rgb", 0, 3))
+
+
+def _read_in_child(store, queue):
+    queue.put(int(store.read("a", "rgb", 5, 6)[0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_forked_reader_opens_its_own_handles(tmp_path, fmt):
+    s = build_store(tmp_path / "s", fmt)
+    s.read("a", "rgb", 0, 1)  # parent holds an open handle
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_read_in_child, args=(s, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert results == [5, 5, 5]
+
+
+def test_unknown_versions_are_refused(tmp_path):
+    s = build_store(tmp_path / "s", "zarr")
+    meta = json.loads((s.path / ROOT_META).read_text())
+    meta["spec"]["spec_version"] = 7
+    (s.path / ROOT_META).write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="spec_version 7 is not known"):
+        open_store(s.path)
+    meta["spec"]["spec_version"], meta["format_version"] = 1, 99
+    (s.path / ROOT_META).write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="format_version 99"):
+        open_store(s.path)
+    with pytest.raises(StoreError, match="not a motionssl store"):
+        open_store(tmp_path)
+
+
+def test_uncommitted_writer_leaves_nothing_visible(tmp_path):
+    s = build_store(tmp_path / "s", "zarr")
+    w = make_writer(s.path, "zarr", "c", s.spec)
+    w.add_array("rgb", (8, 12, 3), np.uint8)
+    for t in range(20):
+        w.append("rgb", np.zeros((8, 12, 3), np.uint8))
+    ids, temps = scan_videos(s.path, "zarr")
+    assert "c" not in ids and len(temps) == 1  # a write in progress is only a temporary
+    assert any("partial" in p for p in verify_store(open_store(s.path)))
+    w.abort()
+    assert scan_videos(s.path, "zarr") == (["a", "nested/b"], [])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_verify_names_damage(tmp_path, fmt):
+    s = build_store(tmp_path / "s", fmt)
+    assert verify_store(s) == []
+    if fmt == "zarr":
+        shutil.rmtree(s.path / "videos" / "a" / "rgb" / "c" / "1")  # second shard of frames
+        problem = "a: rgb: chunk file"
+    else:
+        f = s.path / "videos" / "a.h5"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        problem = "a: cannot open"
+    problems = verify_store(open_store(s.path))
+    assert any(p.startswith(problem) for p in problems), problems
+    assert not any(p.startswith("nested/b") for p in problems)
+    proc = subprocess.run([sys.executable, "-m", "motionssl.cli", "verify", str(s.path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and problem in proc.stdout
+
+
+def test_specs():
+    d = load_spec("default")
+    assert d.modalities == ("rgb", "iframes", "mv") and d.resolution.short_side == 128 and d.mv.cell == 4
+    assert load_spec("compressed").modalities == ("rgb", "iframes", "mv")
+    assert d.digest == load_spec("compressed").digest  # same content, different name
+    with pytest.raises(SpecError, match="unknown spec"):
+        load_spec("nope")
+    with pytest.raises(SpecError, match="unknown keys"):
+        spec_from_dict({**TINY_SPEC, "mv": {"cel": 4}})
+    with pytest.raises(SpecError, match="modalities"):
+        spec_from_dict({**TINY_SPEC, "modalities": ["rgb", "sound"]})
+    assert stored_size(320, 240, 128) == (170, 128)
+    assert stored_size(240, 320, 128) == (128, 170)
+    assert stored_size(1280, 720, 128) == (228, 128)
+    assert mv_grid(170, 128, 4) == (43, 32)
+
+
+def test_every_command_has_help():
+    for cmd in ("extract", "info", "verify", "dump", "pretrain", "finetune", "evaluate", "show"):
+        proc = subprocess.run([sys.executable, "-m", "motionssl.cli", cmd, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, cmd
+    proc = subprocess.run([sys.executable, "-m", "motionssl.cli", "pretrain"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "not built yet" in proc.stderr
