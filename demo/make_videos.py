@@ -17,7 +17,7 @@ def main(out: Path) -> None:
     synthetic = out / "synthetic"
     synthetic.mkdir(exist_ok=True)
     clips = {
-        "square_right_b.mp4": (moving_square_frames(48, velocity=(3, 0)), "x264-b"),
+        "square_right_b.mp4": (moving_square_frames(32, velocity=(3, 0)), "x264-b"),
         "pan_down_left.avi": (translating_frames(48, velocity=(-2, 2)), "mpeg4"),
         "pan_hevc.mkv": (translating_frames(24, velocity=(2, 0)), "x265"),  # no motion vectors
     }

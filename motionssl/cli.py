@@ -89,10 +89,11 @@ def info(
     typer.echo(f"videos  {t['videos']}, {t['frames']} frames, {t['bytes'] / 1e6:.1f} MB on disk "
                f"({t['bytes_per_frame']:.0f} B/frame)")
     if summary["videos"]:
-        typer.echo("arrays  (per video: frames first)")
-        for name, a in summary["videos"][0]["arrays"].items():
-            typer.echo(f"  {name:13s} {a['dtype']:8s} (T, {', '.join(map(str, a['shape'][1:]))})"
-                       f"  {summary['array_bytes'].get(name, 0) / 1e6:8.2f} MB")
+        first = summary["videos"][0]
+        typer.echo(f"arrays  (shapes of {first['id']}; T = its frames; MB over all videos)")
+        for name, a in sorted(first["arrays"].items()):
+            shape = "(T" + "".join(f", {d}" for d in a["shape"][1:]) + ")"
+            typer.echo(f"  {name:13s} {a['dtype']:8s} {shape:22s} {summary['array_bytes'].get(name, 0) / 1e6:9.2f} MB")
         typer.echo(f"  {'id':40s} {'frames':>7s} {'codec':>8s} {'size':>10s} {'I':>4s}  notes")
         for v in summary["videos"][:50]:
             typer.echo(f"  {v['id'][:40]:40s} {v['frames']:7d} {v['codec']:>8s} {v['width']:>5d}x{v['height']:<4d} "
