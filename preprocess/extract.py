@@ -7,7 +7,7 @@ import shutil
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from motionssl.data_specs import Spec
@@ -19,7 +19,7 @@ VIDEO_EXTENSIONS = frozenset({
     ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".h264", ".264", ".hevc", ".265", ".y4m",
 })
 LOCK = ".extract.lock"
-EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 2, 3
+EXIT_OK, EXIT_SOME_FAILED = 0, 3  # fatal errors exit 2, from the CLI
 
 
 class FatalError(Exception):
@@ -39,7 +39,6 @@ class ExtractOptions:
     timeout: float = 600.0
     reencode: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def scan_video_dir(video_dir: Path) -> dict[str, Path]:
@@ -175,9 +174,7 @@ def _start_client(opts: ExtractOptions):
 
 
 def run_extract(opts: ExtractOptions) -> int:
-    from tqdm import tqdm
-
-    from dask.distributed import as_completed
+    from motionssl.stores import StoreError
 
     video_dir, store = opts.video_dir, opts.store
     if not video_dir.is_dir():
@@ -189,20 +186,21 @@ def run_extract(opts: ExtractOptions) -> int:
     report_path = opts.report or default_report_path(store)
     if not os.access(report_path.parent if report_path.parent.exists() else store.parent, os.W_OK):
         raise FatalError(f"cannot write the report to {report_path}; pass --report with a writable path")
-    from motionssl.stores import StoreError
-
     try:
         init_store(store, opts.fmt, opts.spec)
     except StoreError as e:
         raise FatalError(str(e)) from None
     lock = _acquire_lock(store)
     try:
-        return _run_locked(opts, videos, report_path, tqdm, as_completed)
+        return _run_locked(opts, videos, report_path)
     finally:
         lock.unlink(missing_ok=True)
 
 
-def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path, tqdm, as_completed) -> int:
+def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path) -> int:
+    from dask.distributed import as_completed
+    from tqdm import tqdm
+
     store, spec, fmt = opts.store, opts.spec, opts.fmt
     t_start = time.perf_counter()
     _, leftovers = scan_videos(store, fmt)

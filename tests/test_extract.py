@@ -194,7 +194,7 @@ def test_bad_inputs_fail_alone(tmp_path, fmt):
     else:
         assert "timed out after 8s" in reasons["hang"] and "crash" not in reasons
     assert all("\n" not in r for r in reasons.values())
-    assert f"failed: good" not in proc.stdout
+    assert "failed: good" not in proc.stdout
     s = open_store(store)
     assert set(s.videos) == {"good"} | ({"hang"} if fmt == "zarr" else {"crash"})
     assert not scan_videos(store, fmt)[1]  # nothing half-written
