@@ -15,13 +15,19 @@ import yaml
 
 SPEC_VERSION = 1
 KNOWN_SPEC_VERSIONS = (1,)
-MODALITIES = ("rgb", "iframes", "mv")
+MODALITIES = ("rgb", "iframes", "mv", "flow", "boundary", "edges")
+FLOW_MODALITIES = ("flow", "boundary", "edges")
 # What each spec modality puts in a store (dump accepts these names).
 ARRAYS = {
     "rgb": ("rgb",),
     "iframes": ("iframes", "iframe_index"),
     "mv": ("mv", "mv_valid"),
+    "flow": ("flow",),
+    "boundary": ("boundary",),
+    "edges": ("edges",),
 }
+FLOW_METHOD_NAMES = ("tvl1", "dis", "raft")
+DIS_PRESETS = ("ultrafast", "fast", "medium")
 ALWAYS_STORED = ("pts", "frame_type")
 
 
@@ -45,6 +51,23 @@ class MotionVectors:
 
 
 @dataclass(frozen=True)
+class Flow:
+    """Optical flow and the maps derived from it (used when flow, boundary or edges is a modality)."""
+
+    method: str = "tvl1"            # tvl1 | dis | raft
+    dis_preset: str = "medium"      # ultrafast | fast | medium
+    raft_model: str = "large"       # large | small
+    raft_weights: str | None = None  # local state-dict file; None: torch hub cache
+    raft_iters: int = 12
+    batch: int = 8                  # pairs per call to the flow method (RAFT batch)
+    block_frames: int = 32          # frames buffered per flow block: bounds memory on long videos
+    boundary_operator: str = "prewitt"  # prewitt | sobel | central
+    edges_gap: int = 5              # edges come from the flow t -> t - edges_gap (MoDist)
+    edges_flow: str = "separate"    # separate: compute t -> t-gap; derived: minus the sum of forward flows
+    edges_clamp: float = 10.0
+
+
+@dataclass(frozen=True)
 class Storage:
     chunk_frames: int = 8
     shard_frames: int = 64
@@ -61,6 +84,7 @@ class Spec:
     resolution: Resolution = field(default_factory=Resolution)
     decode: Decode = field(default_factory=Decode)
     mv: MotionVectors = field(default_factory=MotionVectors)
+    flow: Flow = field(default_factory=Flow)
     storage: Storage = field(default_factory=Storage)
 
     def to_dict(self) -> dict:
@@ -75,6 +99,10 @@ class Spec:
         d.pop("name")
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def needs_flow(self) -> bool:
+        return any(m in FLOW_MODALITIES for m in self.modalities)
 
     def arrays(self) -> tuple[str, ...]:
         out = [a for m in self.modalities for a in ARRAYS[m]]
@@ -102,7 +130,7 @@ def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
             f"{source}: spec_version {version!r} is not known to this motionssl "
             f"(knows {list(KNOWN_SPEC_VERSIONS)}); upgrade motionssl or re-extract with this version"
         )
-    unknown = set(raw) - {"spec_version", "name", "modalities", "resolution", "decode", "mv", "storage"}
+    unknown = set(raw) - {"spec_version", "name", "modalities", "resolution", "decode", "mv", "flow", "storage"}
     if unknown:
         raise SpecError(f"{source}: unknown keys {sorted(unknown)}")
     mods = tuple(raw.get("modalities") or ())
@@ -116,6 +144,7 @@ def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
         resolution=_section(Resolution, raw.get("resolution"), f"{source}: resolution"),
         decode=_section(Decode, raw.get("decode"), f"{source}: decode"),
         mv=_section(MotionVectors, raw.get("mv"), f"{source}: mv"),
+        flow=_section(Flow, raw.get("flow"), f"{source}: flow"),
         storage=_section(Storage, raw.get("storage"), f"{source}: storage"),
     )
     _validate(spec, source)
@@ -127,6 +156,15 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: resolution.short_side must be an even number >= 16")
     if spec.mv.cell < 1:
         raise SpecError(f"{source}: mv.cell must be >= 1")
+    fl = spec.flow
+    choices = {"method": FLOW_METHOD_NAMES, "dis_preset": DIS_PRESETS, "raft_model": ("large", "small"),
+               "boundary_operator": ("prewitt", "sobel", "central"), "edges_flow": ("separate", "derived")}
+    for key, allowed in choices.items():
+        if getattr(fl, key) not in allowed:
+            raise SpecError(f"{source}: flow.{key} must be one of {list(allowed)}, got {getattr(fl, key)!r}")
+    if fl.edges_gap < 1 or fl.batch < 1 or fl.block_frames < fl.edges_gap + 2 or fl.raft_iters < 1:
+        raise SpecError(f"{source}: flow needs edges_gap >= 1, batch >= 1, raft_iters >= 1, "
+                        f"block_frames >= edges_gap + 2")
     st = spec.storage
     if st.chunk_frames < 1 or st.shard_frames < st.chunk_frames or st.shard_frames % st.chunk_frames:
         raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")

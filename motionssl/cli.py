@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from motionssl.data_specs import ALWAYS_STORED, ARRAYS
+
 app = typer.Typer(
     help="Extract motion signals from videos once, into chunked Zarr/HDF5 stores; pretrain and evaluate on them.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -117,7 +119,7 @@ def verify(store: Path = typer.Argument(..., help="Store directory.")):
     typer.echo(f"verify: {len(s.videos)} videos complete and consistent with spec {s.spec.name}")
 
 
-DUMPABLE = ("rgb", "iframes", "iframe_index", "mv", "mv_valid", "pts", "frame_type")
+DUMPABLE = tuple(a for arrays in ARRAYS.values() for a in arrays) + ALWAYS_STORED
 
 
 @app.command()

@@ -69,6 +69,11 @@ def extract_task(job: dict, timeout: float) -> dict:
 
     if _decoder is None:
         _decoder = DecoderProcess()
+    if job.get("gpus"):  # local multi-GPU cluster: worker i uses GPU i
+        from dask.distributed import get_worker
+
+        name = get_worker().name
+        job = {**job, "device": f"cuda:{name % job['gpus'] if isinstance(name, int) else 0}"}
     t0 = time.perf_counter()
     record = {"id": job["video_id"], "status": "failed", "error": None, "frames": 0, "seconds": 0.0}
     try:
@@ -153,22 +158,49 @@ def _ensure_zarr_parents(store: Path, ids) -> None:
             zarr.open_group(str(store / parent), mode="a")
 
 
-def _start_client(opts: ExtractOptions):
+def _uses_gpu(spec: Spec) -> bool:
+    return spec.needs_flow and spec.flow.method == "raft"
+
+
+def _check_flow_setup(spec: Spec) -> None:
+    """RAFT weights must exist before any work starts: never run with random weights."""
+    if _uses_gpu(spec):
+        from motionssl.preprocess.flow import MissingWeights, find_raft_weights
+
+        try:
+            find_raft_weights(model=spec.flow.raft_model, weights=spec.flow.raft_weights)
+        except MissingWeights as e:
+            raise FatalError(str(e)) from None
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _start_client(opts: ExtractOptions, gpus: int):
     from dask.distributed import Client, LocalCluster
 
     if opts.scheduler:
         try:
-            return Client(opts.scheduler, timeout="20s"), None
+            client = Client(opts.scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
             raise FatalError(f"cannot reach Dask scheduler {opts.scheduler} ({e}); check the address") from None
-    n = opts.workers or max(1, len(os.sched_getaffinity(0)))
+        if _uses_gpu(opts.spec) and not any(w.get("resources", {}).get("GPU") for w in
+                                            client.scheduler_info()["workers"].values()):
+            client.close()
+            raise FatalError("spec needs GPU workers but no worker offers the GPU resource; "
+                             "start them with `dask worker ADDRESS --resources GPU=1` (see README)")
+        return client, None
+    n = opts.workers or (gpus if gpus else max(1, len(os.sched_getaffinity(0))))
     pinned = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     import dask
 
     with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"}):
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-            env=pinned, silence_logs=40,
+            env=pinned, silence_logs=40, resources={"GPU": 1} if gpus else None,
         )
     return Client(cluster), cluster
 
@@ -186,6 +218,7 @@ def run_extract(opts: ExtractOptions) -> int:
     report_path = opts.report or default_report_path(store)
     if not os.access(report_path.parent if report_path.parent.exists() else store.parent, os.W_OK):
         raise FatalError(f"cannot write the report to {report_path}; pass --report with a writable path")
+    _check_flow_setup(opts.spec)
     try:
         init_store(store, opts.fmt, opts.spec)
     except StoreError as e:
@@ -222,18 +255,23 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
 
     failures = frames = 0
     if todo:
-        client, cluster = _start_client(opts)
+        gpus = _local_gpus() if _uses_gpu(spec) and not opts.scheduler else 0
+        if _uses_gpu(spec) and not opts.scheduler and not gpus:
+            print("note: no CUDA device here: RAFT runs on the CPU, slowly")
+        client, cluster = _start_client(opts, gpus)
         try:
             link = getattr(client, "dashboard_link", None)
             print(f"dask: {len(client.scheduler_info()['workers'])} workers" + (f", dashboard {link}" if link else ""))
             jobs = [{
                 "path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
                 "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
-                "reencode": opts.reencode,
+                "reencode": opts.reencode, "gpus": gpus,
             } for vid in todo]
             run = uuid.uuid4().hex[:8]
+            needs_gpu = _uses_gpu(spec) and (gpus or opts.scheduler)
             futures = client.map(extract_task, jobs, timeout=opts.timeout, pure=False,
-                                 key=[f"extract-{run}-{i}" for i in range(len(jobs))])
+                                 key=[f"extract-{run}-{i}" for i in range(len(jobs))],
+                                 resources={"GPU": 1} if needs_gpu else None)
             last_index = time.monotonic()
             bar = tqdm(total=len(jobs), unit="video", disable=not opts.progress, dynamic_ncols=True)
             for fut in as_completed(futures):

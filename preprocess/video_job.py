@@ -61,6 +61,15 @@ def _extract(path: Path, job: dict, spec: Spec) -> dict:
         if mv_on:
             writer.add_array("mv", (gh, gw, 2), np.float16)
             writer.add_array("mv_valid", (gh, gw), np.bool_)
+        maps = None
+        if spec.needs_flow:
+            from motionssl.preprocess.motion_maps import MotionMapStream, flow_method
+
+            maps = MotionMapStream(spec.flow, flow_method(spec.flow, device=job.get("device")),
+                                   boundary="boundary" in want, edges="edges" in want)
+            for name in ("flow", "boundary", "edges"):
+                if name in want:
+                    writer.add_array(name, frame_shape[:2] + ((2,) if name == "flow" else ()), np.float16)
         n = n_iframes = 0
         no_mv = (np.zeros((gh, gw, 2), np.float16), np.zeros((gh, gw), bool))
         rotation = 0
@@ -80,8 +89,13 @@ def _extract(path: Path, job: dict, spec: Spec) -> dict:
                 mv, valid = (frame.mv, frame.mv_valid) if frame.mv is not None and frame.frame_type != "I" else no_mv
                 writer.append("mv", mv.astype(np.float16))
                 writer.append("mv_valid", valid)
+            if maps is not None:
+                _write_maps(writer, maps.push(frame.rgb), want)
             n += 1
         container.close()
+        if maps is not None:
+            _write_maps(writer, maps.finish(), want)
+            notes += maps.notes
         if n == 0:
             raise BadVideo("no frames could be decoded")
         declared = probe.frames_declared
@@ -101,3 +115,13 @@ def _extract(path: Path, job: dict, spec: Spec) -> dict:
     except BaseException:
         writer.abort()
         raise
+
+
+def _write_maps(writer, maps, want: set[str]) -> None:
+    for m in maps:
+        if "flow" in want:
+            writer.append("flow", m.flow.astype(np.float16))
+        if "boundary" in want:
+            writer.append("boundary", m.boundary.astype(np.float16))
+        if "edges" in want:
+            writer.append("edges", m.edges.astype(np.float16))
