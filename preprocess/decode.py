@@ -1,7 +1,6 @@
 """One decoding pass over a video with PyAV: stored-size RGB, frame types, pts and motion vectors."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -117,9 +116,10 @@ def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:
 
 
 def limit_threads() -> None:
-    """Pin BLAS, OpenCV and torch to one thread: each worker process owns one core."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+    """Pin OpenCV and torch to one thread: each decoder process owns one core (BLAS is pinned
+    through the environment before the process starts)."""
     import cv2
+    import torch
 
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)

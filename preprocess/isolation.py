@@ -33,7 +33,10 @@ class DecoderProcess:
 
     def _start(self) -> None:
         r, w = os.pipe()
-        env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w))
+        # One core per decoder: BLAS/OpenMP pools read these at import, so set them before it starts
+        # (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
+        env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "motionssl.preprocess.isolation"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -10,10 +10,12 @@ from frame t-1 to frame t, in stored pixels, assuming constant motion across the
   past reference d frames back:  (dst - src) / d
   future reference d frames on:  (src - dst) / d
 A block predicted from both directions contributes both estimates with weight 1/2 each, so its
-value is their mean. Blocks are rasterised over their w x h area and pooled onto cells of
-`cell x cell` stored pixels, weighted by overlap area.
+value is their mean. Blocks are rasterised over their w x h area on a grid of 4x4 coded pixels,
+then pooled onto cells of `cell x cell` stored pixels, weighted by overlap area.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -27,14 +29,37 @@ CODECS_WITH_MV_EXPORT = frozenset({
 CODECS_WITHOUT_B_FRAME_MVS = frozenset({"mpeg4"})
 
 
+UNIT = 4  # coded pixels: the smallest partition FFmpeg exports (H.264 4x4), so blocks tile units exactly
+
+
 def _cell_edges(size: int, cell: int) -> np.ndarray:
-    return np.minimum(np.arange(0, size + cell, cell, dtype=np.float32), size)[: -(-size // cell) + 1]
+    return np.minimum(np.arange(0, size + cell, cell, dtype=np.float64), size)[: -(-size // cell) + 1]
 
 
-def _overlap(lo: np.ndarray, hi: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(n_blocks, n_cells) length of [lo, hi) inside each [edges[j], edges[j+1])."""
+@lru_cache(maxsize=64)
+def _resampler(coded: int, stored: int, cell: int) -> np.ndarray:
+    """(n_units, n_cells) overlap, in stored pixels, of each 4-px coded unit with each cell."""
+    n_units = -(-coded // UNIT)
+    scale = stored / coded
+    lo = np.arange(n_units) * UNIT * scale
+    hi = np.minimum((np.arange(n_units) + 1) * UNIT, coded) * scale
+    edges = _cell_edges(stored, cell)
     ov = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
-    return np.clip(ov, 0.0, None)
+    return np.clip(ov, 0.0, None).astype(np.float32)
+
+
+def _rasterise(x0, x1, y0, y1, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(k, uh, uw): sum of `values` (k, n) over each block's unit rectangle, via a difference image."""
+    uh, uw = shape
+    stride, size = uw + 1, (uh + 1) * (uw + 1)
+    index = np.concatenate([y0 * stride + x0, y0 * stride + x1, y1 * stride + x0, y1 * stride + x1])
+    sign = np.repeat(np.array([1.0, -1.0, -1.0, 1.0], np.float32), len(x0))
+    diff = np.empty((len(values), uh + 1, uw + 1), np.float32)
+    for i, v in enumerate(values):
+        diff[i] = np.bincount(index, sign * np.tile(v, 4), minlength=size).reshape(uh + 1, uw + 1)
+    np.cumsum(diff, axis=1, out=diff)
+    np.cumsum(diff, axis=2, out=diff)
+    return diff[:, :uh, :uw]
 
 
 def pool_motion_vectors(
@@ -55,49 +80,45 @@ def pool_motion_vectors(
     blocks export nothing, so they leave cells invalid (value 0).
     """
     (sw, sh), (dw, dh) = src_size, dst_size
-    ex, ey = _cell_edges(dw, cell), _cell_edges(dh, cell)
-    grid = (len(ey) - 1, len(ex) - 1)
+    ry, rx = _resampler(sh, dh, cell), _resampler(sw, dw, cell)
+    grid = (ry.shape[1], rx.shape[1])
     empty = np.zeros(grid + (2,), np.float32), np.zeros(grid, bool)
     if records is None or len(records) == 0:
         return empty
-
     source = records["source"]
     keep = ((source < 0) & (past_gap is not None)) | ((source > 0) & (future_gap is not None))
-    r = records[keep]
+    r = records[keep] if not keep.all() else records
     if len(r) == 0:
         return empty
-    source = r["source"]
-    scale = r["motion_scale"].astype(np.float32)
-    # Displacement dst - src in coded pixels, then forward per frame.
-    fwd_x = -r["motion_x"].astype(np.float32) / scale
-    fwd_y = -r["motion_y"].astype(np.float32) / scale
-    gap = np.where(source < 0, past_gap or 1, -(future_gap or 1)).astype(np.float32)
-    fwd_x /= gap
-    fwd_y /= gap
-    sx, sy = dw / sw, dh / sh
-    fwd_x *= sx
-    fwd_y *= sy
 
-    # Bi-predicted blocks appear once per direction: weight each record 1/(records for that block).
-    key = np.stack([r["dst_x"], r["dst_y"], r["w"], r["h"]], axis=1).astype(np.int64)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    weight = 1.0 / counts[inverse.ravel()].astype(np.float32)
+    # Forward per-frame displacement of each record, in stored pixels.
+    gap = np.where(r["source"] < 0, past_gap or 1, -(future_gap or 1)).astype(np.float64)
+    scale = r["motion_scale"].astype(np.float64) * gap
+    fwd_x = (-r["motion_x"] / scale * (dw / sw)).astype(np.float32)
+    fwd_y = (-r["motion_y"] / scale * (dh / sh)).astype(np.float32)
 
-    cx = r["dst_x"].astype(np.float32)
-    cy = r["dst_y"].astype(np.float32)
-    hw = r["w"].astype(np.float32) / 2
-    hh = r["h"].astype(np.float32) / 2
-    ox = _overlap((cx - hw) * sx, (cx + hw) * sx, ex)
-    oy = _overlap((cy - hh) * sy, (cy + hh) * sy, ey) * weight[:, None]
+    # Per 4-px unit: number of records covering it and their sum. A bi-predicted block has two
+    # records over the same units, so sum / count is the mean of its two estimates.
+    uh, uw = ry.shape[0], rx.shape[0]
+    hw, hh = r["w"].astype(np.int64) // 2, r["h"].astype(np.int64) // 2
+    cx, cy = r["dst_x"].astype(np.int64), r["dst_y"].astype(np.int64)
+    x0 = np.clip((cx - hw) // UNIT, 0, uw)
+    x1 = np.clip(-(-(cx + hw) // UNIT), 0, uw)
+    y0 = np.clip((cy - hh) // UNIT, 0, uh)
+    y1 = np.clip(-(-(cy + hh) // UNIT), 0, uh)
+    count, sum_x, sum_y = _rasterise(x0, x1, y0, y1, np.stack([np.ones_like(fwd_x), fwd_x, fwd_y]), (uh, uw))
+    covered = count > 0.5
+    safe = np.where(covered, count, 1.0)
 
-    stacked = np.concatenate([oy, oy * fwd_x[:, None], oy * fwd_y[:, None]], axis=1)  # (n, 3*Gh)
-    pooled = (stacked.T @ ox).reshape(3, grid[0], grid[1])
-    coverage, sum_x, sum_y = pooled
-    area = np.outer(np.diff(ey), np.diff(ex))
-    valid = coverage >= min_coverage * area
+    # Area-weighted pooling of the covered units onto cells: R_y^T U R_x.
+    ryt = np.ascontiguousarray(ry.T)
+    coverage = ryt @ covered.astype(np.float32) @ rx
+    sums = np.stack([ryt @ (np.where(covered, s / safe, 0.0)) @ rx for s in (sum_x, sum_y)], axis=-1)
+    area = np.outer(_cell_edges(dh, cell)[1:] - _cell_edges(dh, cell)[:-1],
+                    _cell_edges(dw, cell)[1:] - _cell_edges(dw, cell)[:-1])
+    valid = coverage >= min_coverage * area - 1e-4
     with np.errstate(invalid="ignore", divide="ignore"):
-        mv = np.stack([sum_x / coverage, sum_y / coverage], axis=-1)
-    mv[~valid] = 0.0
+        mv = np.where(valid[..., None], sums / coverage[..., None], 0.0)
     return mv.astype(np.float32), valid
 
 
