@@ -116,10 +116,8 @@ def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:
 
 
 def limit_threads() -> None:
-    """Pin OpenCV and torch to one thread: each decoder process owns one core (BLAS is pinned
-    through the environment before the process starts)."""
+    """Pin OpenCV to one thread: each decoder process owns one core. BLAS, OpenMP and torch are
+    pinned through OMP_NUM_THREADS & co., set before the process starts (isolation.py)."""
     import cv2
-    import torch
 
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
