@@ -85,6 +85,63 @@ def machine_info() -> dict:
 
 # -- throughput: extract vs bare ------------------------------------------------------------------
 
+class Clock:
+    """Wall clock and CPU seconds (all threads of all descendant processes) of one timed run.
+
+    CPU comes from getrusage(RUSAGE_CHILDREN); this process is made a child subreaper so that
+    extract's decoder processes, orphaned when their Dask worker exits, are reaped (and counted)
+    here too. cpu_s is None where that is not possible.
+    """
+
+    subreaper = False
+
+    @classmethod
+    def setup(cls) -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            cls.subreaper = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            cls.subreaper = False
+
+    def __enter__(self) -> "Clock":
+        self.load = os.getloadavg()[0]
+        self.cpu0 = self._children_cpu()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self._reap_orphans()
+        self.cpu = self._children_cpu() - self.cpu0 if self.subreaper else None
+
+    def fields(self, frames: int) -> dict:
+        return {"wall_s": self.wall, "frames": frames, "fps": frames / self.wall, "cpu_s": self.cpu,
+                "cpu_ms_per_frame": None if self.cpu is None else self.cpu / frames * 1e3, "loadavg_1m": self.load}
+
+    @staticmethod
+    def _children_cpu() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    @staticmethod
+    def _reap_orphans(timeout: float = 30.0) -> None:
+        """Wait for descendants re-parented to us; call only when no Pool of ours is alive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+
+
 def motionssl_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("motionssl")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "motionssl.cli"]
@@ -96,16 +153,13 @@ def time_extract(video_dir: Path, store: Path, fmt: str, workers: int) -> dict:
     report = store.with_name(store.name + ".report.json")
     cmd = motionssl_cmd() + ["extract", str(video_dir), "-o", str(store), "--spec", SPEC, "--format", fmt,
                              "--workers", str(workers), "--no-progress", "--report", str(report)]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    with Clock() as clock:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"extract failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     rep = json.loads(report.read_text())
-    frames = rep["summary"]["frames_extracted"]
     return {
-        "side": f"extract_{fmt}", "wall_s": wall, "frames": frames, "fps": frames / wall, "loadavg_1m": load,
+        "side": f"extract_{fmt}", **clock.fields(rep["summary"]["frames_extracted"]),
         "driver_s": rep["summary"]["seconds"],  # extract's own clock: cluster start .. index written
         "video_seconds_sum": sum(v["seconds"] for v in rep["videos"]),  # per-video time inside the workers
     }
@@ -138,12 +192,10 @@ def _bare_decode(path: str, sws_threads: int | None = None) -> int:
 def time_bare(video_dir: Path, workers: int) -> dict:
     """Wall clock of the bare decode over the same files, Pool start and join included."""
     paths = [str(p) for p in sorted(video_dir.iterdir())]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    with Pool(processes=workers) as pool:
-        frames = sum(pool.imap_unordered(_bare_decode, paths, chunksize=1))
-    wall = time.perf_counter() - t0
-    return {"side": "bare", "wall_s": wall, "frames": frames, "fps": frames / wall, "loadavg_1m": load}
+    with Clock() as clock:
+        with Pool(processes=workers) as pool:
+            frames = sum(pool.imap_unordered(_bare_decode, paths, chunksize=1))
+    return {"side": "bare", **clock.fields(frames)}
 
 
 def _extract_in_pool(job: dict) -> int:
@@ -165,13 +217,10 @@ def time_pool_extract(video_dir: Path, store: Path, fmt: str, workers: int) -> d
     init_store(store, fmt, spec)
     jobs = [{"path": str(p.resolve()), "source": p.name, "video_id": p.stem, "store": str(store), "format": fmt,
              "spec": spec.to_dict(), "reencode": False} for p in sorted(video_dir.iterdir())]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    with Pool(processes=workers) as pool:
-        frames = sum(pool.imap_unordered(_extract_in_pool, jobs, chunksize=1))
-    wall = time.perf_counter() - t0
-    return {"side": f"pool_extract_video_{fmt}", "wall_s": wall, "frames": frames, "fps": frames / wall,
-            "loadavg_1m": load}
+    with Clock() as clock:
+        with Pool(processes=workers) as pool:
+            frames = sum(pool.imap_unordered(_extract_in_pool, jobs, chunksize=1))
+    return {"side": f"pool_extract_video_{fmt}", **clock.fields(frames)}
 
 
 def time_startup(one_clip_dir: Path, work: Path, workers: int) -> dict:
@@ -199,21 +248,34 @@ def throughput(video_dir: Path, one_clip_dir: Path, work: Path, workers: int, re
                 run = time_extract(video_dir, work / f"store_{fmt}", fmt, workers)
             run["round"] = r
             runs.append(run)
-            print(f"  round {r} {side:13s} {run['frames']:5d} frames in {run['wall_s']:6.2f}s "
-                  f"= {run['fps']:6.1f} frames/s (load {run['loadavg_1m']:.2f})", flush=True)
+            cpu = "" if run["cpu_s"] is None else f", cpu {run['cpu_ms_per_frame']:.2f} ms/frame"
+            print(f"  round {r} {side:24s} {run['frames']:5d} frames in {run['wall_s']:6.2f}s "
+                  f"= {run['fps']:6.1f} frames/s{cpu} (load {run['loadavg_1m']:.2f})", flush=True)
+    return summarize_throughput(runs, sides, workers)
+
+
+def summarize_throughput(runs: list[dict], sides: list[str], workers: int) -> dict:
+    """Best run per side (highest frames/s) and the ratios against the bare side."""
     best = {s: max((x for x in runs if x["side"] == s), key=lambda x: x["fps"]) for s in sides}
+    compared = [s for s in sides if s not in ("bare", "startup_zarr")]
     bare_fps = best["bare"]["fps"]
-    ratio = {s: best[s]["fps"] / bare_fps for s in sides if s != "bare" and s != "startup_zarr"}
     fixed = best["startup_zarr"]["wall_s"]
-    steady = {s: best[s]["frames"] / max(best[s]["wall_s"] - fixed, 1e-9) / bare_fps
-              for s in sides if s.startswith("extract_")}
-    per_frame = {s: {"worker_ms_per_frame": best[s]["video_seconds_sum"] / best[s]["frames"] * 1e3,
-                     "cli_and_imports_s": best[s]["wall_s"] - best[s]["driver_s"],
-                     "driver_minus_worker_share_s": best[s]["driver_s"] - best[s]["video_seconds_sum"] / workers}
-                 for s in sides if s.startswith("extract_")}
-    per_frame["bare"] = {"worker_ms_per_frame": best["bare"]["wall_s"] * workers / best["bare"]["frames"] * 1e3}
-    return {"runs": runs, "best": best, "ratio_vs_bare": ratio, "fixed_cost_s": fixed,
-            "ratio_vs_bare_without_fixed_cost": steady, "accounting": per_frame}
+    out = {"runs": runs, "best": best, "ratio_vs_bare": {s: best[s]["fps"] / bare_fps for s in compared},
+           "fixed_cost_s": fixed,
+           "ratio_vs_bare_without_fixed_cost": {s: best[s]["frames"] / max(best[s]["wall_s"] - fixed, 1e-9) / bare_fps
+                                                for s in compared if s.startswith("extract_")}}
+    if all(x["cpu_s"] is not None for x in runs):  # lowest CPU per frame per side, then bare / side
+        cpu = {s: min(x["cpu_ms_per_frame"] for x in runs if x["side"] == s) for s in sides}
+        out["cpu_ms_per_frame"] = cpu
+        out["cpu_ratio_vs_bare"] = {s: cpu["bare"] / cpu[s] for s in compared}
+    acc = {s: {"worker_ms_per_frame": best[s]["video_seconds_sum"] / best[s]["frames"] * 1e3,
+               "cli_and_imports_s": best[s]["wall_s"] - best[s]["driver_s"],
+               "driver_minus_worker_share_s": best[s]["driver_s"] - best[s]["video_seconds_sum"] / workers}
+           for s in compared if s.startswith("extract_")}
+    for s in ("bare", *[s for s in compared if s.startswith("pool_")]):
+        acc[s] = {"worker_ms_per_frame": best[s]["wall_s"] * workers / best[s]["frames"] * 1e3}
+    out["accounting"] = acc
+    return out
 
 
 # -- stage breakdown (runs in a child process pinned like a decoder process) --------------------------
@@ -433,11 +495,15 @@ def print_tables(res: dict) -> None:
     tp = res["throughput"]
     print(f"\nthroughput ({res['config']['videos']} videos, {tp['best']['bare']['frames']} frames, "
           f"{res['config']['workers']} processes, best of {res['config']['repeats']})")
-    print(f"  {'side':24s} {'frames':>6s} {'wall s':>8s} {'frames/s':>9s} {'vs bare':>8s}")
+    print(f"  {'side':24s} {'frames':>6s} {'wall s':>8s} {'frames/s':>9s} {'vs bare':>8s} {'cpu ms/fr':>11s} "
+          f"{'cpu ratio':>9s}")
+    cpu, cpu_ratio = tp.get("cpu_ms_per_frame", {}), tp.get("cpu_ratio_vs_bare", {})
     for side, b in tp["best"].items():
         ratio = tp["ratio_vs_bare"].get(side, 1.0 if side == "bare" else None)
+        cr = cpu_ratio.get(side, 1.0 if side == "bare" else None)
         print(f"  {side:24s} {b['frames']:6d} {b['wall_s']:8.2f} {b['fps']:9.1f} "
-              f"{'' if ratio is None else f'{ratio:.2f}':>8s}")
+              f"{'' if ratio is None else f'{ratio:.2f}':>8s} {cpu.get(side, float('nan')):11.2f} "
+              f"{'' if cr is None else f'{cr:.2f}':>9s}")
     print(f"  goal extract_zarr/bare >= 0.70: {'met' if tp['ratio_vs_bare'].get('extract_zarr', 0) >= 0.7 else 'NOT met'}")
     print(f"  fixed cost (extract of one {tp['best']['startup_zarr']['frames']}-frame clip): {tp['fixed_cost_s']:.2f}s; "
           "ratio without it: " + ", ".join(f"{k} {v:.2f}" for k, v in tp["ratio_vs_bare_without_fixed_cost"].items()))
@@ -473,6 +539,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.update(PINNED)  # every process of every side one BLAS thread, as extract pins its workers
+    Clock.setup()
     if args.breakdown_worker:
         out_dir, formats, *clips = args.breakdown_worker
         print(json.dumps(breakdown_worker(Path(out_dir), formats.split(","), [Path(c) for c in clips])))

@@ -72,7 +72,7 @@ class Storage:
     chunk_frames: int = 8
     shard_frames: int = 64
     zarr_codec: str = "zstd"
-    zarr_level: int = 3
+    zarr_level: int = 1
     hdf5_compression: str = "lzf"
 
 

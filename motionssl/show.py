@@ -44,6 +44,7 @@ _GAP = 4          # between tiles
 _MARGIN = 8
 _WHEEL = 88       # legend colour wheel diameter
 _NICE = (1, 1.5, 2, 3, 4, 5, 6, 8)
+MOTION_PERCENTILE = 95  # default mv/flow saturation: larger motions saturate (their hue still shows direction)
 
 
 # -- colour convention --------------------------------------------------------------------------
@@ -141,8 +142,10 @@ def _frame_types(store, video_id: str, n_frames: int, have: dict) -> np.ndarray:
 @dataclass
 class _Scales:
     motion: float           # px at which mv and flow saturate
+    motion_from: str        # how `motion` was chosen, for the legend
     boundary: float         # motion map value at the top of its colormap
     edges: float            # flow edges value at the top of its colormap (fixed)
+    over: str               # which frames the data-driven scales come from, for the legend
 
 
 def _read_steps(store, video_id: str, columns: list[str], steps: list[int]) -> dict[str, np.ndarray]:
@@ -154,7 +157,7 @@ def _read_steps(store, video_id: str, columns: list[str], steps: list[int]) -> d
     return data
 
 
-def _scales(store, data: dict[str, np.ndarray], max_motion: float | None) -> _Scales:
+def _scales(store, data: dict[str, np.ndarray], max_motion: float | None, *, over: str = "the frames shown") -> _Scales:
     if max_motion is None:
         mags = []
         if "mv" in data:
@@ -163,14 +166,17 @@ def _scales(store, data: dict[str, np.ndarray], max_motion: float | None) -> _Sc
             mags.append(np.hypot(*np.moveaxis(data["flow"].astype(np.float32), -1, 0)).ravel())
         mags = np.concatenate(mags) if mags else np.zeros(0)
         mags = mags[np.isfinite(mags)]
-        max_motion = _nice_ceil(float(np.percentile(mags, 99))) if mags.size else 1.0
+        max_motion = _nice_ceil(float(np.percentile(mags, MOTION_PERCENTILE))) if mags.size else 1.0
+        motion_from = f"{MOTION_PERCENTILE}th percentile of |motion| over {over}, rounded up"
+    else:
+        motion_from = "set by the caller"
     boundary = 1.0
     if "boundary" in data:
         b = np.nan_to_num(data["boundary"].astype(np.float32))
         boundary = float(np.percentile(b, 99)) if b.size else 1.0
         boundary = boundary if boundary > 0 else 1.0
     edges = float(getattr(getattr(store.spec, "flow", None), "edges_clamp", 10.0) or 10.0)
-    return _Scales(float(max_motion), boundary, edges)
+    return _Scales(float(max_motion), motion_from, boundary, edges, over)
 
 
 def _upsample_grid(grid: np.ndarray, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -237,13 +243,13 @@ def _legend_lines(columns: list[str], scales: _Scales, any_iframe: bool) -> list
     if "mv" in columns or "flow" in columns:
         which = " and ".join(t for n, t in (("mv", "motion vectors"), ("flow", "flow")) if n in columns)
         lines += [
-            ("text", f"{which}: hue = direction (wheel), saturation = magnitude; "
-                     f"saturates at {scales.motion:g} px/frame (stored px)"),
+            ("text", f"{which}: hue = direction (wheel; red = rightward, y points down), saturation = magnitude"),
+            ("text", f"saturates at {scales.motion:g} px per frame, stored pixels ({scales.motion_from})"),
             ("text", "white = zero motion" + (", dark grey = no motion vector (intra block / I-frame)"
                                               if "mv" in columns else "")),
         ]
     if "boundary" in columns:
-        lines.append(("boundary", f"motion map: 0 .. {scales.boundary:.3g} (99th percentile of the frames shown)"))
+        lines.append(("boundary", f"motion map: 0 .. {scales.boundary:.3g} (99th percentile over {scales.over})"))
     if "edges" in columns:
         lines.append(("edges", f"flow edges: 0 .. {scales.edges:g} (fixed range)"))
     if any_iframe:
@@ -324,6 +330,7 @@ class _Video:
     cell: int
     zoom: int
     n_frames: int
+    edges_gap: int
 
 
 def _video(store, video_id: str) -> _Video:
@@ -340,7 +347,8 @@ def _video(store, video_id: str) -> _Video:
     else:
         size = (int(meta["stored_height"]), int(meta["stored_width"]))
     cell = int(getattr(getattr(store.spec, "mv", None), "cell", 4))
-    return _Video(video_id, columns, _frame_types(store, video_id, n, have), size, cell, _zoom(min(size)), n)
+    gap = int(getattr(getattr(store.spec, "flow", None), "edges_gap", 5))
+    return _Video(video_id, columns, _frame_types(store, video_id, n, have), size, cell, _zoom(min(size)), n, gap)
 
 
 def _grid(v: _Video, data: dict[str, np.ndarray], steps: list[int], scales: _Scales,
@@ -353,7 +361,7 @@ def _grid(v: _Video, data: dict[str, np.ndarray], steps: list[int], scales: _Sca
     width = label_w + len(v.columns) * (tw + _GAP)
     height = header_h + len(steps) * (th + _GAP)
     img = np.full((height, width, 3), BACKGROUND_RGB, np.uint8)
-    titles = dict(COLUMNS)
+    titles = {**dict(COLUMNS), "edges": f"flow edges (t -> t-{v.edges_gap})"}
     for j, name in enumerate(v.columns):
         title = titles[name]
         while _text_width(title) > tw and len(title) > 3:  # narrow tiles: shorten, do not overflow
@@ -444,7 +452,8 @@ def write_video(store, video_id: str, path: str | Path, *, fps: float | None = N
     if v.n_frames == 0:
         raise ValueError(f"video {video_id!r} has no frames")
     sample = choose_steps(v.n_frames, count=min(64, v.n_frames))
-    scales = _scales(store, _read_steps(store, video_id, v.columns, sample), max_motion)
+    scales = _scales(store, _read_steps(store, video_id, v.columns, sample), max_motion,
+                     over=f"{len(sample)} frames sampled from the video")
     fps = fps or store.meta(video_id).get("fps") or 25.0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
