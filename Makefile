@@ -19,9 +19,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python demo/make_videos.py demo_out/videos
-	$(BIN)/motionssl extract demo_out/videos -o demo_out/store.zarr --spec default --workers 2
+	$(BIN)/motionssl extract demo_out/videos -o demo_out/store.zarr --spec fast --workers 2
 	$(BIN)/motionssl info demo_out/store.zarr
 	$(BIN)/motionssl verify demo_out/store.zarr
+	$(BIN)/motionssl show demo_out/store.zarr real/bikes -o demo_out/bikes.png
+	$(BIN)/motionssl show demo_out/store.zarr synthetic/square_right_b -o demo_out/square.png --video demo_out/square.mp4
+	@echo "demo: panels in demo_out/*.png; the store is demo_out/store.zarr (spec fast: DIS flow; --spec default uses TV-L1, slower)"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py --out bench_out

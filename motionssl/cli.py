@@ -46,7 +46,8 @@ def extract(
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
     report: Optional[Path] = typer.Option(None, help="JSON report path (default: STORE.report.json beside the store)."),
     overwrite: bool = typer.Option(False, help="Redo videos that are already complete."),
-    timeout: float = typer.Option(600.0, min=1.0, help="Wall-clock limit per video, in seconds."),
+    timeout: float = typer.Option(300.0, min=1.0, help="Fail a video whose decoder makes no progress for this "
+                                                       "many seconds (a hang); slow videos that progress are never cut."),
     reencode: bool = typer.Option(False, help="Re-encode each video to MPEG-4 (GOP 12, no B-frames) first, "
                                               "so codecs without motion-vector export still give motion vectors."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -144,6 +145,36 @@ def dump(
     typer.echo(f"wrote {output}: {arr.dtype} {tuple(arr.shape)}")
 
 
+@app.command()
+def show(
+    store: Path = typer.Argument(..., help="Store directory."),
+    video_id: str = typer.Argument(..., help="Video id, as `motionssl info` lists it."),
+    output: Path = typer.Option(..., "-o", "--output", help="Panel image (.png)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Also write an animated version (.mp4)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated frame indices, e.g. 1,20,40 (default: evenly spaced)."),
+    count: int = typer.Option(4, min=1, help="Rows when --steps is not given."),
+    max_motion: Optional[float] = typer.Option(None, help="Motion (px/frame) at full colour saturation "
+                                                           "(default: 95th percentile of what is shown)."),
+):
+    """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
+    from motionssl.show import render_panel, write_png, write_video
+
+    s = _open(store)
+    try:
+        chosen = [int(x) for x in steps.split(",")] if steps else None
+    except ValueError:
+        fail(f"--steps must be comma-separated integers, got {steps!r}")
+    try:
+        image = render_panel(s, video_id, steps=chosen, count=count, max_motion=max_motion)
+        write_png(image, output)
+        typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
+        if video is not None:
+            n = write_video(s, video_id, video, max_motion=max_motion)
+            typer.echo(f"wrote {video} ({n} frames)")
+    except ValueError as e:
+        fail(str(e))
+
+
 def _not_built(what: str, issue: str):
     def command(ctx: typer.Context):
         fail(f"`motionssl {what}` is not built yet ({issue}).", code=1)
@@ -155,7 +186,6 @@ for _name, _issue in (
     ("pretrain", "trainer core and method issues: MoCo baseline, CMD, MVCGC, MCL, MoDist, CGM-Net"),
     ("finetune", "evaluation issue: linear probe and full fine-tuning"),
     ("evaluate", "evaluation issue: classification with multi-clip testing, retrieval R@k"),
-    ("show", "flow issue: motion panels of a stored video"),
 ):
     app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
         _not_built(_name, _issue))

@@ -36,7 +36,7 @@ class ExtractOptions:
     scheduler: str | None = None
     report: Path | None = None
     overwrite: bool = False
-    timeout: float = 600.0
+    timeout: float = 300.0
     reencode: bool = False
     progress: bool = True
 

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 
-# Test hook: MOTIONSSL_FAULT="crash:<id substring>" or "hang:<id substring>" makes the decoder
-# process crash (SIGSEGV) or hang on matching videos, to exercise isolation with real signals.
+# Test hook: MOTIONSSL_FAULT="crash:<id substring>", "hang:<...>" or "slow:<...>" makes the decoder
+# process crash (SIGSEGV), hang, or take 0.3 s per frame on matching videos, to exercise
+# isolation and the no-progress timeout with real signals and real time.
 FAULT_ENV = "MOTIONSSL_FAULT"
 
 
@@ -55,17 +56,23 @@ class DecoderProcess:
         except BrokenPipeError:
             self.stop()
             raise DecoderFailed("decoder process exited before taking the job") from None
-        ready, _, _ = select.select([self._results], [], [], timeout)
-        if not ready:
-            self.stop()
-            raise DecoderFailed(f"timed out after {timeout:g}s (decoder hung or video too long; raise --timeout)")
-        line = self._results.readline()
-        if not line:
-            code = self.proc.wait()
-            self.stop()
-            reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            raise DecoderFailed(f"decoder process crashed ({reason})")
-        return json.loads(line)
+        frames = 0
+        while True:  # progress lines reset the clock: the timeout catches hangs, not long videos
+            ready, _, _ = select.select([self._results], [], [], timeout)
+            if not ready:
+                self.stop()
+                raise DecoderFailed(f"timed out: no progress for {timeout:g}s after {frames} frames "
+                                    f"(decoder hung; raise --timeout if frames are very slow)")
+            line = self._results.readline()
+            if not line:
+                code = self.proc.wait()
+                self.stop()
+                reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise DecoderFailed(f"decoder process crashed ({reason})")
+            message = json.loads(line)
+            if "progress" not in message:
+                return message
+            frames = message["progress"]
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -79,14 +86,16 @@ class DecoderProcess:
         self.proc = self._results = None
 
 
-def _fault(video_id: str) -> None:
+def _fault(video_id: str) -> str:
     spec = os.environ.get(FAULT_ENV, "")
     kind, _, needle = spec.partition(":")
-    if needle and needle in video_id:
-        if kind == "crash":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif kind == "hang":
-            time.sleep(10**6)
+    if not needle or needle not in video_id:
+        return ""
+    if kind == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif kind == "hang":
+        time.sleep(10**6)
+    return kind
 
 
 def _die_with_parent() -> None:
@@ -105,11 +114,21 @@ def _serve() -> None:
     _die_with_parent()
     limit_threads()
     out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
+    last, slow = [0.0], [False]
+
+    def progress(frames: int) -> None:
+        if slow[0]:
+            time.sleep(0.3)
+        if time.monotonic() - last[0] > 1.0:
+            out.write(json.dumps({"progress": frames}) + "\n")
+            out.flush()
+            last[0] = time.monotonic()
+
     for line in sys.stdin:
         job = json.loads(line)
-        _fault(job["video_id"])
+        slow[0] = _fault(job["video_id"]) == "slow"
         try:
-            result = {"ok": True, "meta": extract_video(job)}
+            result = {"ok": True, "meta": extract_video(job, progress=progress)}
         except BadVideo as e:
             result = {"ok": False, "error": str(e)}
         except OSError as e:  # disk full, permissions: the video is not complete

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,8 +19,10 @@ from motionssl.preprocess.decode import BadVideo, decode_frames, open_video
 from motionssl.stores import make_writer
 
 
-def extract_video(job: dict) -> dict:
-    """job: {path, video_id, store, format, spec (dict), reencode}. Returns the committed meta."""
+def extract_video(job: dict, *, progress: Callable[[int], None] | None = None) -> dict:
+    """job: {path, video_id, store, format, spec (dict), reencode}. Returns the committed meta.
+
+    `progress(frames_done)` is called after every frame (the caller rate-limits it)."""
     spec = spec_from_dict(job["spec"])
     path = Path(job["path"])
     tmpdir = None
@@ -30,13 +33,13 @@ def extract_video(job: dict) -> dict:
             tmpdir = Path(tempfile.mkdtemp(prefix="motionssl-reencode-"))
             path = reencode_mpeg4(path, tmpdir / "reencoded.avi", short_side=spec.resolution.short_side,
                                   max_pixels=spec.decode.max_pixels)
-        return _extract(path, job, spec)
+        return _extract(path, job, spec, progress or (lambda n: None))
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _extract(path: Path, job: dict, spec: Spec) -> dict:
+def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None]) -> dict:
     t0 = time.perf_counter()
     container, probe = open_video(path, max_pixels=spec.decode.max_pixels)
     size = stored_size(probe.width, probe.height, spec.resolution.short_side)
@@ -92,6 +95,7 @@ def _extract(path: Path, job: dict, spec: Spec) -> dict:
             if maps is not None:
                 _write_maps(writer, maps.push(frame.rgb), want)
             n += 1
+            progress(n)
         container.close()
         if maps is not None:
             _write_maps(writer, maps.finish(), want)

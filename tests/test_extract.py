@@ -192,13 +192,22 @@ def test_bad_inputs_fail_alone(tmp_path, fmt):
     if fmt == "zarr":
         assert "crashed (signal SIGSEGV)" in reasons["crash"] and "hang" not in reasons
     else:
-        assert "timed out after 8s" in reasons["hang"] and "crash" not in reasons
+        assert "timed out: no progress for 8s" in reasons["hang"] and "crash" not in reasons
     assert all("\n" not in r for r in reasons.values())
     assert "failed: good" not in proc.stdout
     s = open_store(store)
     assert set(s.videos) == {"good"} | ({"hang"} if fmt == "zarr" else {"crash"})
     assert not scan_videos(store, fmt)[1]  # nothing half-written
     motionssl("verify", store, check=0)
+
+
+def test_timeout_is_for_hangs_not_for_slow_videos(tmp_path, tiny_spec):
+    """0.3 s per frame over 20 frames (6 s) under a 2 s timeout: progress keeps it alive."""
+    d = tmp_path / "in"
+    d.mkdir()
+    encode(d / "slow.mp4", translating_frames(20), "x264-nob")
+    extract(d, tmp_path / "s.zarr", tiny_spec, "--timeout", 2, env={"MOTIONSSL_FAULT": "slow:slow"})
+    assert report_of(tmp_path / "s.zarr")["videos"][0]["seconds"] > 5
 
 
 def test_fatal_errors_before_any_work(tmp_path, tiny_spec, synthetic_dir):
