@@ -122,9 +122,14 @@ def test_verify_names_damage(tmp_path, fmt):
 
 def test_specs():
     d = load_spec("default")
-    assert d.modalities == ("rgb", "iframes", "mv") and d.resolution.short_side == 128 and d.mv.cell == 4
+    every = ("rgb", "iframes", "mv", "flow", "boundary", "edges")
+    assert d.modalities == every and d.resolution.short_side == 128 and d.mv.cell == 4
+    assert (d.flow.method, d.flow.edges_gap, d.flow.boundary_operator) == ("tvl1", 5, "prewitt")
+    assert load_spec("fast").flow.method == "dis" and load_spec("raft").flow.method == "raft"
     assert load_spec("compressed").modalities == ("rgb", "iframes", "mv")
-    assert d.digest == load_spec("compressed").digest  # same content, different name
+    assert d.digest != load_spec("fast").digest
+    with pytest.raises(SpecError, match="flow.method must be one of"):
+        spec_from_dict({**TINY_SPEC, "flow": {"method": "farneback"}})
     with pytest.raises(SpecError, match="unknown spec"):
         load_spec("nope")
     with pytest.raises(SpecError, match="unknown keys"):
