@@ -143,14 +143,16 @@ class ReferenceGaps:
         if len(self._pts) > 4 * self.window:
             del self._pts[: -self.window]
 
-    def gaps(self, pts: int | None) -> tuple[int | None, int | None]:
+    def gaps(self, pts: int | None) -> tuple[int, int]:
         if pts is None or pts not in self._pts:
             return 1, 1
         earlier = self._pts[: self._pts.index(pts)][-self.window:]
         before = [p for p in earlier if p < pts]
         after = [p for p in earlier if p > pts]
-        past = self._frames(pts - max(before)) if before else None
-        future = self._frames(min(after) - pts) if after else None
+        # No earlier-decoded frame on a side: a well-formed stream has no vectors for that side,
+        # while broken timestamps (all equal, say) must not drop every vector: assume 1 frame.
+        past = self._frames(pts - max(before)) if before else 1
+        future = self._frames(min(after) - pts) if after else 1
         return past, future
 
     def _frames(self, delta: int) -> int:

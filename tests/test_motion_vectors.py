@@ -85,6 +85,17 @@ def test_reference_gaps_follow_decode_order():
     assert gaps.gaps(30) == (1, 1)      # B3 between B2 and P4
 
 
+def test_broken_timestamps_keep_the_vectors():
+    """All-equal pts (a badly muxed file) must not turn every vector into 'no reference'."""
+    gaps = ReferenceGaps(frame_duration=10)
+    for _ in range(5):
+        gaps.demuxed(0)
+    past, future = gaps.gaps(0)
+    assert (past, future) == (1, 1)
+    mv, valid = pool(records((-1, 16, 16, 8, 8, -8, 0, 4)), past=past, future=future)
+    assert valid.all() and np.allclose(mv[..., 0], 2.0)
+
+
 def decode_mv(path, size=(96, 64)):
     container, probe = open_video(path, max_pixels=10**8)
     frames = list(decode_frames(container, probe, size=size, mv_cell=4))
