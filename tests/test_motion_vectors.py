@@ -79,7 +79,7 @@ def test_reference_gaps_follow_decode_order():
     gaps = ReferenceGaps(frame_duration=10)
     for pts in (0, 40, 20, 10, 30):
         gaps.demuxed(pts)
-    assert gaps.gaps(40) == (4, None)   # P4 refers back to I0
+    assert gaps.gaps(40) == (4, 1)      # P4 refers back to I0 (no future side: 1, unused)
     assert gaps.gaps(20) == (2, 2)      # B2 between I0 and P4
     assert gaps.gaps(10) == (1, 1)      # B1 between I0 and B2
     assert gaps.gaps(30) == (1, 1)      # B3 between B2 and P4
