@@ -98,7 +98,7 @@ def decode_frames(
 
 
 def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:
-    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA", threads=1)
     ftype = PICT_TYPES.get(int(frame.pict_type), "?")
     mv = valid = None
     if mv_cell is not None:

@@ -38,6 +38,9 @@ class DecoderProcess:
         # (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
         env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                    MKL_NUM_THREADS="1")
+        # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
+        # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "motionssl.preprocess.isolation"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

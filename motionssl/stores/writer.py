@@ -22,8 +22,8 @@ class VideoWriter:
         self.final = final
         self.tmp = temp_path(final)
         self.spec = spec
-        self.block = spec.storage.shard_frames
         self._buf: dict[str, list[np.ndarray]] = {}
+        self._flush_at: dict[str, int] = {}
         self._written: dict[str, int] = {}
         final.parent.mkdir(parents=True, exist_ok=True)
 
@@ -37,15 +37,17 @@ class VideoWriter:
                   shard: int | None = None) -> None:
         """Declare an array of shape (T, *frame_shape), chunked along time (spec defaults)."""
         st = self.spec.storage
-        self._create(name, tuple(frame_shape), np.dtype(dtype), chunk or st.chunk_frames, shard or st.shard_frames)
+        chunk, shard = chunk or st.chunk_frames, shard or st.shard_frames
+        self._create(name, tuple(frame_shape), np.dtype(dtype), chunk, shard)
         self._buf[name] = []
+        self._flush_at[name] = max(shard, chunk)  # each shard (or chunk) written once
         self._written[name] = 0
 
     def append(self, name: str, item: np.ndarray) -> None:
         """Append one frame (shape frame_shape) to `name`."""
         buf = self._buf[name]
         buf.append(item)
-        if len(buf) >= self.block:
+        if len(buf) >= self._flush_at[name]:
             self._flush(name)
 
     def _flush(self, name: str) -> None:
