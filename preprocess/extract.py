@@ -216,8 +216,9 @@ def run_extract(opts: ExtractOptions) -> int:
         raise FatalError(f"no video files found under {video_dir} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})")
     _check_writable(store)
     report_path = opts.report or default_report_path(store)
-    if not os.access(report_path.parent if report_path.parent.exists() else store.parent, os.W_OK):
-        raise FatalError(f"cannot write the report to {report_path}; pass --report with a writable path")
+    if not report_path.parent.is_dir() or not os.access(report_path.parent, os.W_OK):
+        raise FatalError(f"cannot write the report to {report_path}: its directory is missing or read-only; "
+                         f"pass --report with a writable path")
     _check_flow_setup(opts.spec)
     try:
         init_store(store, opts.fmt, opts.spec)

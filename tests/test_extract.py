@@ -217,6 +217,8 @@ def test_fatal_errors_before_any_work(tmp_path, tiny_spec, synthetic_dir):
     assert "does not exist" in extract(tmp_path / "nope", tmp_path / "a.zarr", tiny_spec, check=2).stderr
     assert "does not exist" in extract(synthetic_dir, tmp_path / "no" / "dir" / "s.zarr", tiny_spec, check=2).stderr
     assert "unknown spec" in extract(synthetic_dir, tmp_path / "a.zarr", "bogus", check=2).stderr
+    assert "cannot write the report" in extract(synthetic_dir, tmp_path / "a.zarr", tiny_spec, "--report",
+                                                tmp_path / "no" / "r.json", check=2).stderr
     bad = write_spec(tmp_path / "v9.yaml", spec_version=9)
     assert "spec_version 9 is not known" in extract(synthetic_dir, tmp_path / "a.zarr", bad, check=2).stderr
     assert not (tmp_path / "a.zarr").exists()
