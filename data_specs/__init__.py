@@ -65,6 +65,8 @@ class Flow:
     edges_gap: int = 5              # edges come from the flow t -> t - edges_gap (MoDist)
     edges_flow: str = "separate"    # separate: compute t -> t-gap; derived: minus the sum of forward flows
     edges_clamp: float = 10.0
+    store_as: str = "uint8"         # uint8: linear over [-store_bound, store_bound] (denseflow); float16
+    store_bound: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: mv.cell must be >= 1")
     fl = spec.flow
     choices = {"method": FLOW_METHOD_NAMES, "dis_preset": DIS_PRESETS, "raft_model": ("large", "small"),
-               "boundary_operator": ("prewitt", "sobel", "central"), "edges_flow": ("separate", "derived")}
+               "boundary_operator": ("prewitt", "sobel", "central"), "edges_flow": ("separate", "derived"),
+               "store_as": ("uint8", "float16")}
     for key, allowed in choices.items():
         if getattr(fl, key) not in allowed:
             raise SpecError(f"{source}: flow.{key} must be one of {list(allowed)}, got {getattr(fl, key)!r}")

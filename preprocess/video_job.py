@@ -70,9 +70,15 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
 
             maps = MotionMapStream(spec.flow, flow_method(spec.flow, device=job.get("device")),
                                    boundary="boundary" in want, edges="edges" in want)
-            for name in ("flow", "boundary", "edges"):
+            flow_bound = spec.flow.store_bound if spec.flow.store_as == "uint8" else None
+            if "flow" in want:
+                quantized = spec.flow.store_as == "uint8"
+                writer.add_array("flow", frame_shape[:2] + (2,), np.uint8 if quantized else np.float16,
+                                 attrs={"quantization": {"kind": "linear", "bound": spec.flow.store_bound}}
+                                 if quantized else None)
+            for name in ("boundary", "edges"):
                 if name in want:
-                    writer.add_array(name, frame_shape[:2] + ((2,) if name == "flow" else ()), np.float16)
+                    writer.add_array(name, frame_shape[:2], np.float16)
         n = n_iframes = 0
         no_mv = (np.zeros((gh, gw, 2), np.float16), np.zeros((gh, gw), bool))
         rotation = 0
@@ -93,12 +99,12 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
                 writer.append("mv", mv.astype(np.float16))
                 writer.append("mv_valid", valid)
             if maps is not None:
-                _write_maps(writer, maps.push(frame.rgb), want)
+                _write_maps(writer, maps.push(frame.rgb), want, flow_bound)
             n += 1
             progress(n)
         container.close()
         if maps is not None:
-            _write_maps(writer, maps.finish(), want)
+            _write_maps(writer, maps.finish(), want, flow_bound)
             notes += maps.notes
         if n == 0:
             raise BadVideo("no frames could be decoded")
@@ -121,10 +127,13 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
         raise
 
 
-def _write_maps(writer, maps, want: set[str]) -> None:
+def _write_maps(writer, maps, want: set[str], flow_bound: float | None) -> None:
+    from motionssl.preprocess.flow import quantize_flow  # here: specs without flow never import torch
+
     for m in maps:
         if "flow" in want:
-            writer.append("flow", m.flow.astype(np.float16))
+            writer.append("flow", m.flow.astype(np.float16) if flow_bound is None
+                          else quantize_flow(m.flow, bound=flow_bound))
         if "boundary" in want:
             writer.append("boundary", m.boundary.astype(np.float16))
         if "edges" in want:

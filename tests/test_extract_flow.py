@@ -46,8 +46,10 @@ def flow_store(tmp_path_factory):
 
 def test_flow_modalities_follow_conventions(flow_store):
     s = open_store(flow_store)
-    flow = s.read("pan", "flow").astype(np.float32)
-    assert flow.shape == (24, 128, 192, 2) and s.arrays("pan")["edges"][0] == (24, 128, 192)
+    assert s.arrays("pan")["flow"][1] == np.uint8  # stored 8-bit over [-20, 20] px (store_as: uint8)
+    flow = s.read("pan", "flow")
+    assert flow.dtype == np.float32 and flow.shape == (24, 128, 192, 2)
+    assert s.arrays("pan")["edges"][0] == (24, 128, 192)
     inner = flow[:, 6:-6, 6:-6].reshape(24, -1, 2)
     np.testing.assert_allclose(np.median(inner, axis=1), np.tile([4.0, -2.0], (24, 1)), atol=0.1)  # t -> t+1
     np.testing.assert_array_equal(flow[-1], flow[-2])  # last frame copies the previous flow (MCL)

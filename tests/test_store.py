@@ -54,6 +54,30 @@ def test_reader_slices_and_gathers(tmp_path, fmt):
     np.testing.assert_array_equal(s2.read("a", "rgb", 0, 3), s.read("a", "rgb", 0, 3))
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_quantized_arrays_read_back_in_pixels(tmp_path, fmt):
+    """uint8 flow over [-20, 20] (the denseflow layout) reads back as float32 pixels, both backends."""
+    from motionssl.preprocess.flow import quantize_flow
+
+    spec = spec_from_dict({**TINY_SPEC, "modalities": ["rgb"]})
+    init_store(tmp_path / "s", fmt, spec)
+    w = make_writer(tmp_path / "s", fmt, "v", spec)
+    w.add_array("flow", (4, 6, 2), np.uint8, attrs={"quantization": {"kind": "linear", "bound": 20.0}})
+    truth = np.random.default_rng(0).uniform(-25, 25, (10, 4, 6, 2)).astype(np.float32)
+    for f in truth:
+        w.append("flow", quantize_flow(f, bound=20.0))
+    w.commit({"id": "v", "frames": 10})
+    write_index(tmp_path / "s", {"v": {"id": "v", "frames": 10}})
+    s = open_store(tmp_path / "s")
+    assert s.arrays("v")["flow"][1] == np.uint8  # stored 8-bit
+    got = s.read("v", "flow")
+    assert got.dtype == np.float32
+    inside = np.abs(truth) <= 20
+    assert np.abs(got - truth)[inside].max() <= 20 / 255 + 1e-5  # half a step
+    np.testing.assert_allclose(got[~inside], np.sign(truth[~inside]) * 20, atol=1e-5)  # saturates
+    np.testing.assert_array_equal(s.read_at("v", "flow", [3, 1]), got[[3, 1]])
+
+
 def _read_in_child(store, queue):
     queue.put(int(store.read("a", "rgb", 5, 6)[0, 0, 0, 0]))
 

@@ -108,12 +108,14 @@ class Store:
         return self._open(video_id).arrays()
 
     def read(self, video_id: str, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        """A time slice [start, stop) of one array (all of it by default)."""
-        return self._open(video_id).read(name, slice(start, stop))
+        """A time slice [start, stop) of one array (all of it by default), in data_specs units."""
+        reader = self._open(video_id)
+        return _decode(reader.read(name, slice(start, stop)), reader.attrs(name))
 
     def read_at(self, video_id: str, name: str, indices) -> np.ndarray:
-        """Frames at arbitrary time indices (any order, repeats allowed)."""
-        return self._open(video_id).read(name, indices)
+        """Frames at arbitrary time indices (any order, repeats allowed), in data_specs units."""
+        reader = self._open(video_id)
+        return _decode(reader.read(name, indices), reader.attrs(name))
 
     def close(self) -> None:
         for r in self._readers.values():
@@ -127,6 +129,15 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, format={self.format}, spec={self.spec.name}, videos={len(self.index)})"
+
+
+def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
+    """Undo storage quantisation: uint8 q over [-bound, bound] -> float32 q * 2 bound / 255 - bound."""
+    quant = attrs.get("quantization")
+    if quant is None:
+        return raw
+    bound = np.float32(quant["bound"])
+    return raw.astype(np.float32) * (2 * bound / np.float32(255)) - bound
 
 
 def open_store(path: str | Path) -> Store:

@@ -27,6 +27,11 @@ class HDF5VideoWriter(VideoWriter):
         ds.resize(start + len(block), axis=0)
         ds[start:start + len(block)] = block
 
+    def _set_attrs(self, name, attrs):
+        import json
+
+        self.file[name].attrs["motionssl"] = json.dumps(attrs)
+
     def _finish(self, meta):
         import json
 
@@ -52,6 +57,12 @@ class HDF5VideoReader:
 
     def array(self, name: str):
         return self.file[name]
+
+    def attrs(self, name: str) -> dict:
+        import json
+
+        raw = self.file[name].attrs.get("motionssl")
+        return json.loads(raw) if raw is not None else {}
 
     def read(self, name: str, sel) -> np.ndarray:
         ds = self.file[name]

@@ -30,15 +30,19 @@ class VideoWriter:
     # -- subclass hooks
     def _create(self, name: str, frame_shape: tuple, dtype, chunk: int, shard: int) -> None: ...
     def _write(self, name: str, start: int, block: np.ndarray) -> None: ...
+    def _set_attrs(self, name: str, attrs: dict) -> None: ...
     def _finish(self, meta: dict) -> None: ...
     def _close(self) -> None: ...
 
     def add_array(self, name: str, frame_shape: tuple, dtype, *, chunk: int | None = None,
-                  shard: int | None = None) -> None:
-        """Declare an array of shape (T, *frame_shape), chunked along time (spec defaults)."""
+                  shard: int | None = None, attrs: dict | None = None) -> None:
+        """Declare an array of shape (T, *frame_shape), chunked along time (spec defaults).
+        `attrs` are stored with the array (e.g. how to dequantise it)."""
         st = self.spec.storage
         chunk, shard = chunk or st.chunk_frames, shard or st.shard_frames
         self._create(name, tuple(frame_shape), np.dtype(dtype), chunk, shard)
+        if attrs:
+            self._set_attrs(name, attrs)
         self._buf[name] = []
         self._flush_at[name] = max(shard, chunk)  # each shard (or chunk) written once
         self._written[name] = 0

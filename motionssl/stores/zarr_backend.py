@@ -31,6 +31,9 @@ class ZarrVideoWriter(VideoWriter):
         arr.resize((start + len(block), *arr.shape[1:]))
         arr[start:start + len(block)] = block
 
+    def _set_attrs(self, name, attrs):
+        self.arrays[name].attrs.update(attrs)
+
     def _finish(self, meta):
         self.group.attrs.put({"motionssl_video": meta})
 
@@ -51,6 +54,9 @@ class ZarrVideoReader:
 
     def array(self, name: str):
         return self.group[name]
+
+    def attrs(self, name: str) -> dict:
+        return dict(self.group[name].attrs)
 
     def read(self, name: str, sel) -> np.ndarray:
         arr = self.group[name]
