@@ -1,6 +1,7 @@
 """HDF5 backend: one shard file per video (never two writers on a file), opened lazily per process."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -28,13 +29,9 @@ class HDF5VideoWriter(VideoWriter):
         ds[start:start + len(block)] = block
 
     def _set_attrs(self, name, attrs):
-        import json
-
         self.file[name].attrs["motionssl"] = json.dumps(attrs)
 
     def _finish(self, meta):
-        import json
-
         self.file.attrs["motionssl_video"] = json.dumps(meta)
 
     def _close(self):
@@ -48,8 +45,6 @@ class HDF5VideoReader:
         self.file = h5py.File(path, "r")
 
     def meta(self) -> dict:
-        import json
-
         return json.loads(self.file.attrs["motionssl_video"])
 
     def arrays(self) -> dict[str, tuple[tuple, np.dtype]]:
@@ -59,8 +54,6 @@ class HDF5VideoReader:
         return self.file[name]
 
     def attrs(self, name: str) -> dict:
-        import json
-
         raw = self.file[name].attrs.get("motionssl")
         return json.loads(raw) if raw is not None else {}
 
