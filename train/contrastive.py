@@ -1,0 +1,149 @@
+"""Contrastive losses as pure functions, the MoCo queue, the momentum (EMA) encoder update and the projection head.
+
+Every loss takes L2-normalised embeddings (it does not normalise), divides cosine similarities by the temperature
+`tau`, detaches nothing (MoCo's key encoder runs under no_grad at the call site) and averages over queries.
+Similarities are computed in float32 even under autocast: bf16 keeps about 3 significant digits, and dividing by
+tau = 0.07 turns its rounding into errors of several hundredths on the logits.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MoCo v2's 2-layer MLP: Linear, ReLU, Linear (no normalisation; the method normalises its output)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+def similarities(a: Tensor, b: Tensor, tau: float) -> Tensor:
+    """(a @ b.T) / tau in float32, whatever autocast is active."""
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float().T / tau
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor | None = None, tau: float = 0.07, *,
+             queue_mask: Tensor | None = None) -> Tensor:
+    """InfoNCE of queries q (B, D) against keys k (B, D); the positive of q_i is k_i.
+
+    With a queue (K, D), MoCo: the negatives of q_i are the K queue rows only (the other keys of the batch are
+    not used), so with s = q.k / tau
+        loss_i = -log( exp(s(q_i, k_i)) / (exp(s(q_i, k_i)) + sum_j exp(s(q_i, queue_j))) ),
+    and `queue_mask` (B, K) bool drops queue entry j from query i's denominator where True (e.g. same video).
+    Without a queue, in-batch (SimCLR / CPC style, one direction): the negatives of q_i are k_j, j != i, i.e.
+    cross entropy over the logits q @ k.T / tau with targets arange(B). Returns the mean over the batch.
+    """
+    if queue is None:
+        if queue_mask is not None:
+            raise ValueError("queue_mask needs a queue")
+        logits = similarities(q, k, tau)
+        return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+    with torch.autocast(q.device.type, enabled=False):
+        positive = (q.float() * k.float()).sum(dim=1, keepdim=True) / tau
+    negatives = similarities(q, queue, tau)
+    if queue_mask is not None:
+        negatives = negatives.masked_fill(queue_mask, float("-inf"))
+    logits = torch.cat([positive, negatives], dim=1)
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def check_positives(pos_mask: Tensor, n_queries: int, n_keys: int) -> None:
+    if pos_mask.shape != (n_queries, n_keys) or pos_mask.dtype != torch.bool:
+        raise ValueError(f"pos_mask must be bool of shape (B, N) = {(n_queries, n_keys)}, "
+                         f"got {pos_mask.dtype} {tuple(pos_mask.shape)}")
+    if not pos_mask.any(dim=1).all():
+        raise ValueError("every query needs at least one positive in pos_mask")
+
+
+def info_nce_multi(q: Tensor, keys: Tensor, pos_mask: Tensor, tau: float) -> Tensor:
+    """Multi-positive InfoNCE, averaged over each query's positives (SupCon's L_out form).
+
+    q (B, D), keys (N, D), pos_mask (B, N) bool, True where keys[n] is a positive of q[i]. With s = q.k / tau and
+    P_i = {n : pos_mask[i, n]},
+        loss_i = -1/|P_i| * sum_{p in P_i} log( exp(s_ip) / sum_{n=1..N} exp(s_in) ),
+    the denominator running over all N keys, positives included. Mean over i. A row with no positive is an error.
+    With keys = k and pos_mask = eye(B) this is `info_nce(q, k)`. CoCLR's released code (`multi_nce_loss`) uses
+    the other form, the log of the summed positives: that is `mil_nce`.
+    """
+    check_positives(pos_mask, q.shape[0], keys.shape[0])
+    log_prob = F.log_softmax(similarities(q, keys, tau), dim=1)
+    return (-(log_prob * pos_mask).sum(dim=1) / pos_mask.sum(dim=1)).mean()
+
+
+def mil_nce(q: Tensor, keys: Tensor, pos_mask: Tensor, tau: float) -> Tensor:
+    """Multi-positive InfoNCE with the positives summed inside the log (MIL-NCE, CoCLR's `multi_nce_loss`):
+        loss_i = -log( sum_{p in P_i} exp(s_ip) / sum_{n=1..N} exp(s_in) ),
+    same arguments as `info_nce_multi`. Mean over i; a row with no positive is an error.
+    """
+    check_positives(pos_mask, q.shape[0], keys.shape[0])
+    log_prob = F.log_softmax(similarities(q, keys, tau), dim=1)
+    return -torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1).mean()
+
+
+def info_nce_pointwise(q: Tensor, k: Tensor, tau: float) -> Tensor:
+    """Dense InfoNCE between feature maps q, k (B, D, N), each L2-normalised along D at every position.
+
+    Position n of sample b has k[b, :, n] as its positive and the other N - 1 positions of the same sample's k as
+    negatives; positions of other samples are not used: the loss asks where in its own clip a feature belongs,
+    not which clip it comes from (the clip-level losses above do that). So for every sample, cross entropy over the
+    (N, N) logits q[b].T @ k[b] / tau with targets arange(N); the mean over the B * N positions.
+    """
+    B, _, N = q.shape
+    with torch.autocast(q.device.type, enabled=False):
+        logits = torch.bmm(q.float().transpose(1, 2), k.float()) / tau  # (B, N, N): [b, n, m] = q_bn . k_bm
+    targets = torch.arange(N, device=q.device).expand(B, N)
+    return F.cross_entropy(logits.reshape(B * N, N), targets.reshape(B * N))
+
+
+class MoCoQueue(nn.Module):
+    """A ring buffer of the last `size` keys and the video each came from, checkpointed with the model.
+
+    Starts with random unit keys of video -1 (no real video), as MoCo does.
+    """
+
+    keys: Tensor
+    video_ids: Tensor
+    ptr: Tensor
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("video_ids", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, video_ids: Tensor) -> None:
+        """Overwrite the oldest entries with keys (n, D), wrapping around; of more than `size` keys the last stay."""
+        n = keys.shape[0]
+        if n > self.size:
+            keys, video_ids, n = keys[-self.size:], video_ids[-self.size:], self.size
+        slots = (self.ptr + torch.arange(n, device=self.keys.device)) % self.size
+        self.keys[slots] = keys.detach().to(self.keys.dtype)
+        self.video_ids[slots] = video_ids.to(self.video_ids.device, torch.long)
+        self.ptr.copy_((self.ptr + n) % self.size)
+
+    def negatives_mask(self, video_ids: Tensor) -> Tensor:
+        """(B, size) bool, True where the queue entry comes from query i's own video: not a negative for it."""
+        return video_ids.to(self.video_ids.device, torch.long)[:, None] == self.video_ids[None, :]
+
+
+def momentum_at(step: int, total_steps: int, base: float = 0.99) -> float:
+    """BYOL's schedule: m = 1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2, base at step 0, 1 at the end."""
+    progress = min(max(step, 0), total_steps) / max(total_steps, 1)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    """target <- m * target + (1 - m) * online for every parameter; buffers (BN statistics) are copied."""
+    for p_online, p_target in zip(online.parameters(), target.parameters(), strict=True):
+        p_target.mul_(m).add_(p_online.detach(), alpha=1.0 - m)
+    for b_online, b_target in zip(online.buffers(), target.buffers(), strict=True):
+        b_target.copy_(b_online)
