@@ -101,7 +101,8 @@ def info_nce_pointwise(q: Tensor, k: Tensor, tau: float) -> Tensor:
 class MoCoQueue(nn.Module):
     """A ring buffer of the last `size` keys and the video each came from, checkpointed with the model.
 
-    Starts with random unit keys of video -1 (no real video), as MoCo does.
+    Starts with random unit keys of video -1 (no real video), as MoCo does. `enqueue` writes in place, so a loss
+    that is backpropagated after it must be given `queue.keys.clone()`.
     """
 
     keys: Tensor
