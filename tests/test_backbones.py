@@ -45,7 +45,8 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("ours,theirs,head", [(r3d_18, tv_video.r3d_18, "fc"), (r2plus1d_18, tv_video.r2plus1d_18, "fc"),
+@pytest.mark.parametrize("ours,theirs,head", [(r3d_18, tv_video.r3d_18, "fc"),
+                                              (r2plus1d_18, tv_video.r2plus1d_18, "fc"),
                                               (s3d, tv_video.s3d, "classifier")])
 def test_torchvision_parity(ours, theirs, head):
     """Same parameter count as torchvision's model without its head, and the same state_dict keys and shapes."""

@@ -212,7 +212,8 @@ def test_momentum_schedule():
 
 def test_momentum_update():
     torch.manual_seed(0)
-    online, target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     online(torch.randn(8, 3))  # moves online's BN running statistics
     before = [p.clone() for p in target.parameters()]
     momentum_update(online, target, 0.9)

@@ -33,8 +33,9 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor | None = None, tau: float = 0.0
     not used), so with s = q.k / tau
         loss_i = -log( exp(s(q_i, k_i)) / (exp(s(q_i, k_i)) + sum_j exp(s(q_i, queue_j))) ),
     and `queue_mask` (B, K) bool drops queue entry j from query i's denominator where True (e.g. same video).
-    Without a queue, in-batch (SimCLR / CPC style, one direction): the negatives of q_i are k_j, j != i, i.e.
-    cross entropy over the logits q @ k.T / tau with targets arange(B). Returns the mean over the batch.
+    Without a queue, in-batch: the negatives of q_i are the other keys k_j, j != i, i.e. cross entropy over the
+    logits q @ k.T / tau with targets arange(B) (one direction of CLIP's loss; SimCLR's NT-Xent would also
+    contrast q_i with the other queries). Returns the mean over the batch.
     """
     if queue is None:
         if queue_mask is not None:
