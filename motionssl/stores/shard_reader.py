@@ -1,0 +1,86 @@
+"""Frames of a sharded Zarr v3 array read straight from its shard files.
+
+zarr-python 3 reads every chunk through its asyncio event loop and re-reads the shard index each time: about
+1.5 ms of overhead per chunk, more than Blosc takes to decode it (benchmarks/README.md, "Trainer: loader
+throughput"). The arrays `ZarrVideoWriter` writes have one layout, fixed by the Zarr v3 sharding spec: shards
+and chunks of whole frames along time, chunks coded `bytes` + `blosc`, the shard index (offset, nbytes as
+little-endian uint64 per chunk, then a crc32c) at the end of the shard file. This reader handles exactly that
+layout and nothing else (`open` returns None otherwise, and the caller uses zarr); it trusts the index
+without checking its crc32c.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from numcodecs import Blosc
+
+MISSING = np.iinfo(np.uint64).max  # index entry of a chunk never written
+
+
+class ShardedFrames:
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, shard_t: int, chunk_t: int):
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.shard_t, self.chunk_t = shard_t, chunk_t
+        self.per_shard = shard_t // chunk_t
+        self.chunk_shape = (chunk_t, *shape[1:])
+        self._index: dict[int, np.ndarray] = {}
+        self._blosc = Blosc()
+
+    @classmethod
+    def open(cls, path: Path, metadata: dict) -> ShardedFrames | None:
+        """The reader of the array at `path` with zarr.json `metadata`, or None when its layout is another."""
+        codecs = metadata.get("codecs", [])
+        if metadata.get("chunk_grid", {}).get("name") != "regular" or len(codecs) != 1 \
+                or codecs[0]["name"] != "sharding_indexed":
+            return None
+        shard = metadata["chunk_grid"]["configuration"]["chunk_shape"]
+        conf = codecs[0]["configuration"]
+        inner = [c["name"] for c in conf["codecs"]]
+        index = [c["name"] for c in conf["index_codecs"]]
+        endian = [c.get("configuration", {}).get("endian", "little") for c in conf["codecs"] + conf["index_codecs"]
+                  if c["name"] == "bytes"]
+        shape, chunk = metadata["shape"], conf["chunk_shape"]
+        whole_frames = shard[1:] == shape[1:] and chunk[1:] == shape[1:] and shard[0] % chunk[0] == 0
+        key = metadata.get("chunk_key_encoding", {})
+        if (inner != ["bytes", "blosc"] or index != ["bytes", "crc32c"] or conf.get("index_location", "end") != "end"
+                or set(endian) != {"little"} or not whole_frames or key.get("name") != "default"
+                or key.get("configuration", {}).get("separator", "/") != "/"):
+            return None
+        dtype = np.dtype(metadata["data_type"]).newbyteorder("<")
+        return cls(path, tuple(shape), dtype, shard[0], chunk[0])
+
+    def _shard_file(self, shard: int) -> Path:
+        return self.path / "c" / "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
+
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        shard, k = divmod(chunk, self.per_shard)
+        fd = os.open(self._shard_file(shard), os.O_RDONLY)
+        try:
+            index = self._index.get(shard)
+            if index is None:
+                size = 16 * self.per_shard + 4
+                raw = os.pread(fd, size, os.fstat(fd).st_size - size)
+                index = self._index[shard] = np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
+            offset, nbytes = index[k]
+            if offset == MISSING:  # never written: the writer writes every chunk, so this is damage
+                raise OSError(f"{self.path}: chunk {chunk} is missing from its shard; run `motionssl verify`")
+            data = os.pread(fd, int(nbytes), int(offset))
+        finally:
+            os.close(fd)
+        return np.frombuffer(self._blosc.decode(data), self.dtype).reshape(self.chunk_shape)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed); each chunk is read and decoded once."""
+        indices = np.asarray(indices, np.int64)
+        n = self.shape[0]
+        if indices.size and (indices.min() < -n or indices.max() >= n):
+            raise IndexError(f"frame index out of range for {n} frames: {indices.min()}..{indices.max()}")
+        indices = indices % max(n, 1)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        chunks = indices // self.chunk_t
+        for chunk in np.unique(chunks):
+            rows = np.flatnonzero(chunks == chunk)
+            out[rows] = self._read_chunk(int(chunk))[indices[rows] - chunk * self.chunk_t]
+        return out
