@@ -222,7 +222,7 @@ def hflip_motion(field, valid=None):
     Every augmentation that flips frames must flip their motion with this, or dx points the
     wrong way (the reference code of CMD forgets the negation).
     """
-    out = field[..., ::-1, :, :].copy()
+    out = field[..., ::-1, :].copy()  # the W axis
     out[..., 0] = -out[..., 0]
     if valid is None:
         return out
