@@ -78,8 +78,7 @@ def _resample(arr: np.ndarray, box: tuple[float, float, float, float], out_hw: t
     """(T, H, W, C) -> (T, oh, ow, C): the box (x0, y0, w, h, in units of arr's pixels) resampled with output
     pixel centres mapped to box positions; integer boxes go through cv2.resize (faster than warpAffine)."""
     oh, ow = out_hw
-    x0, y0, w, h = box
-    t, _, _, c = arr.shape
+    t, c = arr.shape[0], arr.shape[3]
     out = np.empty((t, oh, ow, c), arr.dtype)
     if all(float(v).is_integer() for v in box):
         x0, y0, w, h = map(int, box)
@@ -87,6 +86,7 @@ def _resample(arr: np.ndarray, box: tuple[float, float, float, float], out_hw: t
         for i in range(t):
             out[i] = cv2.resize(arr[i, y0:y0 + h, x0:x0 + w], (ow, oh), interpolation=interp).reshape(oh, ow, c)
         return out
+    x0, y0, w, h = box
     sx, sy = w / ow, h / oh  # source pixels per output pixel; src = x0 + (j + 0.5) * sx - 0.5
     matrix = np.array([[sx, 0, x0 + 0.5 * sx - 0.5], [0, sy, y0 + 0.5 * sy - 0.5]], np.float64)
     flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
@@ -161,8 +161,7 @@ def draw_color(rng: np.random.Generator, *, brightness: float = 0.4, contrast: f
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """(3, ...) -> (1, ...) luma."""
-    r, g, b = GRAY_WEIGHTS
-    return r * x[0:1] + g * x[1:2] + b * x[2:3]
+    return torch.tensordot(torch.tensor(GRAY_WEIGHTS, dtype=x.dtype), x, dims=1).unsqueeze(0)
 
 
 def _hue_matrix(hue: float) -> torch.Tensor:

@@ -43,6 +43,8 @@ class HDF5VideoReader:
     def __init__(self, path: Path):
         self.path = path
         self.file = h5py.File(path, "r")
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._attrs: dict[str, dict] = {}
 
     def meta(self) -> dict:
         return json.loads(self.file.attrs["motionssl_video"])
@@ -51,14 +53,18 @@ class HDF5VideoReader:
         return {name: (tuple(ds.shape), ds.dtype) for name, ds in self.file.items()}
 
     def array(self, name: str):
-        return self.file[name]
+        if name not in self._datasets:  # a lookup costs more than reading a small array: once per reader
+            self._datasets[name] = self.file[name]
+        return self._datasets[name]
 
     def attrs(self, name: str) -> dict:
-        raw = self.file[name].attrs.get("motionssl")
-        return json.loads(raw) if raw is not None else {}
+        if name not in self._attrs:
+            raw = self.array(name).attrs.get("motionssl")
+            self._attrs[name] = json.loads(raw) if raw is not None else {}
+        return self._attrs[name]
 
     def read(self, name: str, sel) -> np.ndarray:
-        ds = self.file[name]
+        ds = self.array(name)
         if isinstance(sel, slice):
             return ds[sel]
         idx, n = np.asarray(sel, np.int64), len(ds)
@@ -70,11 +76,14 @@ class HDF5VideoReader:
         uniq, inverse = np.unique(idx, return_inverse=True)
         # h5py's point and strided selections decode a chunk once per frame (40x slower at stride 4): read
         # runs of consecutive chunks as whole slices instead, and pick the frames from them.
-        chunk = ds.chunks[0] if ds.chunks else len(ds)
-        ids = uniq // chunk
-        runs = np.split(uniq, np.flatnonzero(np.diff(ids) > 1) + 1)
-        picked = np.concatenate([ds[run[0]:run[-1] + 1][run - run[0]] for run in runs if len(run)])
-        return picked[inverse.ravel()]
+        chunk = ds.chunks[0] if ds.chunks else n
+        runs = np.split(uniq, np.flatnonzero(np.diff(uniq // chunk) > 1) + 1)
+        blocks = []
+        for run in runs:
+            block = ds[run[0]:run[-1] + 1]
+            blocks.append(block if len(block) == len(run) else block[run - run[0]])
+        picked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        return picked if np.array_equal(uniq, idx) else picked[inverse.ravel()]
 
     def close(self) -> None:
         if self.file.id.valid:
