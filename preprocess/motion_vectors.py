@@ -10,8 +10,8 @@ from frame t-1 to frame t, in stored pixels, assuming constant motion across the
   past reference d frames back:  (dst - src) / d
   future reference d frames on:  (src - dst) / d
 A block predicted from both directions contributes both estimates with weight 1/2 each, so its
-value is their mean. Blocks are rasterised over their w x h area on a grid of 4x4 coded pixels,
-then pooled onto cells of `cell x cell` stored pixels, weighted by overlap area.
+value is their mean. Blocks are rasterised over their w x h area on a grid of 8x8 (else 4x4)
+coded pixels, then pooled onto cells of `cell x cell` stored pixels, weighted by overlap area.
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ CODECS_WITH_MV_EXPORT = frozenset({
 CODECS_WITHOUT_B_FRAME_MVS = frozenset({"mpeg4"})
 
 
-UNIT = 4  # coded pixels: the smallest partition FFmpeg exports (H.264 4x4), so blocks tile units exactly
+# Blocks are rasterised on a grid of 8x8 coded pixels when all their edges are multiples of 8, as
+# for everything FFmpeg exports (16x16, 16x8, 8x16, 8x8; H.264 sub-8x8 partitions come as 8x8),
+# else of 4x4 (H.264's smallest partition), onto which odd blocks are snapped outwards.
+COARSE_UNIT, FINE_UNIT = 8, 4
 
 
 def _cell_edges(size: int, cell: int) -> np.ndarray:
@@ -37,29 +40,38 @@ def _cell_edges(size: int, cell: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _resampler(coded: int, stored: int, cell: int) -> np.ndarray:
-    """(n_units, n_cells) overlap, in stored pixels, of each 4-px coded unit with each cell."""
-    n_units = -(-coded // UNIT)
+def _resampler(coded: int, stored: int, cell: int, unit: int) -> np.ndarray:
+    """(n_units, n_cells) overlap, in stored pixels, of each `unit`-px coded unit with each cell."""
+    n_units = -(-coded // unit)
     scale = stored / coded
-    lo = np.arange(n_units) * UNIT * scale
-    hi = np.minimum((np.arange(n_units) + 1) * UNIT, coded) * scale
+    lo = np.arange(n_units) * unit * scale
+    hi = np.minimum((np.arange(n_units) + 1) * unit, coded) * scale
     edges = _cell_edges(stored, cell)
     ov = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
     return np.clip(ov, 0.0, None).astype(np.float32)
 
 
-def _rasterise(x0, x1, y0, y1, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(k, uh, uw): sum of `values` (k, n) over each block's unit rectangle, via a difference image."""
-    uh, uw = shape
-    stride, size = uw + 1, (uh + 1) * (uw + 1)
-    index = np.concatenate([y0 * stride + x0, y0 * stride + x1, y1 * stride + x0, y1 * stride + x1])
-    sign = np.repeat(np.array([1.0, -1.0, -1.0, 1.0], np.float32), len(x0))
-    diff = np.empty((len(values), uh + 1, uw + 1), np.float32)
-    for i, v in enumerate(values):
-        diff[i] = np.bincount(index, sign * np.tile(v, 4), minlength=size).reshape(uh + 1, uw + 1)
-    np.cumsum(diff, axis=1, out=diff)
-    np.cumsum(diff, axis=2, out=diff)
-    return diff[:, :uh, :uw]
+@lru_cache(maxsize=64)
+def _cell_area(width: int, height: int, cell: int) -> np.ndarray:
+    return np.outer(np.diff(_cell_edges(height, cell)), np.diff(_cell_edges(width, cell))).astype(np.float32)
+
+
+def _paint(x0, x1, y0, y1, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(1 + k, h, w): per unit, whether any block covers it, and the mean of `values` (k, n) over
+    the blocks covering it. Blocks span a few units each, so they are painted unit by unit."""
+    h, w = shape
+    # Every block enumerates the largest block's offsets; those beyond its own extent are dropped.
+    oy, ox = np.arange((y1 - y0).max())[:, None, None], np.arange((x1 - x0).max())[:, None]
+    inside = ((oy < y1 - y0) & (ox < x1 - x0)).ravel()
+    index = ((y0 + oy) * w + (x0 + ox)).ravel()[inside]
+    count = np.bincount(index, minlength=h * w)
+    covered = count > 0
+    inverse = covered / np.maximum(count, 1)
+    out = np.empty((1 + len(values), h * w), np.float32)
+    out[0] = covered
+    for k, v in enumerate(np.tile(values, len(inside) // values.shape[1])[:, inside], start=1):
+        np.multiply(np.bincount(index, v, minlength=h * w), inverse, out=out[k])
+    return out.reshape(-1, h, w)
 
 
 def pool_motion_vectors(
@@ -80,9 +92,8 @@ def pool_motion_vectors(
     blocks export nothing, so they leave cells invalid (value 0).
     """
     (sw, sh), (dw, dh) = src_size, dst_size
-    ry, rx = _resampler(sh, dh, cell), _resampler(sw, dw, cell)
-    grid = (ry.shape[1], rx.shape[1])
-    empty = np.zeros(grid + (2,), np.float32), np.zeros(grid, bool)
+    area = _cell_area(dw, dh, cell)
+    empty = np.zeros(area.shape + (2,), np.float32), np.zeros(area.shape, bool)
     if records is None or len(records) == 0:
         return empty
     source = records["source"]
@@ -91,34 +102,30 @@ def pool_motion_vectors(
     if len(r) == 0:
         return empty
 
-    # Forward per-frame displacement of each record, in stored pixels.
-    gap = np.where(r["source"] < 0, past_gap or 1, -(future_gap or 1)).astype(np.float64)
-    scale = r["motion_scale"].astype(np.float64) * gap
-    fwd_x = (-r["motion_x"] / scale * (dw / sw)).astype(np.float32)
-    fwd_y = (-r["motion_y"] / scale * (dh / sh)).astype(np.float32)
+    # Forward per-frame displacement of each record, in stored pixels (float64: bincount's own type).
+    gap = np.where(r["source"] < 0, past_gap or 1, -(future_gap or 1)) * r["motion_scale"].astype(np.float64)
+    fwd = np.stack([r["motion_x"] / gap * (-dw / sw), r["motion_y"] / gap * (-dh / sh)])
 
-    # Per 4-px unit: number of records covering it and their sum. A bi-predicted block has two
-    # records over the same units, so sum / count is the mean of its two estimates.
+    # Block rectangles on the coarsest unit grid their edges allow, clipped to the frame.
+    hw, hh = r["w"] >> 1, r["h"] >> 1
+    left, top = r["dst_x"].astype(np.intp) - hw, r["dst_y"].astype(np.intp) - hh
+    edges = np.bitwise_or.reduce(left | top | (hw << 1) | (hh << 1))
+    unit = FINE_UNIT if edges % COARSE_UNIT else COARSE_UNIT
+    ry, rx = _resampler(sh, dh, cell, unit), _resampler(sw, dw, cell, unit)
     uh, uw = ry.shape[0], rx.shape[0]
-    hw, hh = r["w"].astype(np.int64) // 2, r["h"].astype(np.int64) // 2
-    cx, cy = r["dst_x"].astype(np.int64), r["dst_y"].astype(np.int64)
-    x0 = np.clip((cx - hw) // UNIT, 0, uw)
-    x1 = np.clip(-(-(cx + hw) // UNIT), 0, uw)
-    y0 = np.clip((cy - hh) // UNIT, 0, uh)
-    y1 = np.clip(-(-(cy + hh) // UNIT), 0, uh)
-    count, sum_x, sum_y = _rasterise(x0, x1, y0, y1, np.stack([np.ones_like(fwd_x), fwd_x, fwd_y]), (uh, uw))
-    covered = count > 0.5
-    safe = np.where(covered, count, 1.0)
+    x0 = np.clip(left // unit, 0, uw)
+    x1 = np.clip(-(-(left + 2 * hw) // unit), 0, uw)
+    y0 = np.clip(top // unit, 0, uh)
+    y1 = np.clip(-(-(top + 2 * hh) // unit), 0, uh)
+    # Per unit: covered, and the mean of the records over it (a bi-predicted block has two
+    # records over the same units, so its value is the mean of its two estimates).
+    units = _paint(x0, x1, y0, y1, fwd, (uh, uw))
 
     # Area-weighted pooling of the covered units onto cells: R_y^T U R_x.
-    ryt = np.ascontiguousarray(ry.T)
-    coverage = ryt @ covered.astype(np.float32) @ rx
-    sums = np.stack([ryt @ (np.where(covered, s / safe, 0.0)) @ rx for s in (sum_x, sum_y)], axis=-1)
-    area = np.outer(_cell_edges(dh, cell)[1:] - _cell_edges(dh, cell)[:-1],
-                    _cell_edges(dw, cell)[1:] - _cell_edges(dw, cell)[:-1])
+    coverage, *sums = ry.T @ units @ rx
     valid = coverage >= min_coverage * area - 1e-4
     with np.errstate(invalid="ignore", divide="ignore"):
-        mv = np.where(valid[..., None], sums / coverage[..., None], 0.0)
+        mv = np.where(valid[..., None], np.stack(sums, axis=-1) / coverage[..., None], 0.0)
     return mv.astype(np.float32), valid
 
 
