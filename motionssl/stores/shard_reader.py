@@ -54,25 +54,22 @@ class ShardedFrames:
     def _shard_file(self, shard: int) -> Path:
         return self.path / "c" / "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
 
-    def _read_chunk(self, chunk: int) -> np.ndarray:
-        shard, k = divmod(chunk, self.per_shard)
-        fd = os.open(self._shard_file(shard), os.O_RDONLY)
-        try:
-            index = self._index.get(shard)
-            if index is None:
-                size = 16 * self.per_shard + 4
-                raw = os.pread(fd, size, os.fstat(fd).st_size - size)
-                index = self._index[shard] = np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
-            offset, nbytes = index[k]
-            if offset == MISSING:  # never written: the writer writes every chunk, so this is damage
-                raise OSError(f"{self.path}: chunk {chunk} is missing from its shard; run `motionssl verify`")
-            data = os.pread(fd, int(nbytes), int(offset))
-        finally:
-            os.close(fd)
+    def _chunk(self, fd: int, shard: int, k: int) -> np.ndarray:
+        """Chunk k of the shard open as `fd`, decoded."""
+        index = self._index.get(shard)
+        if index is None:
+            size = 16 * self.per_shard + 4
+            raw = os.pread(fd, size, os.fstat(fd).st_size - size)
+            index = self._index[shard] = np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
+        offset, nbytes = index[k]
+        if offset == MISSING:  # never written: the writer writes every chunk, so this is damage
+            raise OSError(f"{self.path}: chunk {shard * self.per_shard + k} is missing; run `motionssl verify`")
+        data = os.pread(fd, int(nbytes), int(offset))
         return np.frombuffer(self._blosc.decode(data), self.dtype).reshape(self.chunk_shape)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """Frames at `indices` (any order, repeats allowed); each chunk is read and decoded once."""
+        """Frames at `indices` (any order, repeats allowed); each shard file is opened and each chunk decoded
+        once per call."""
         indices = np.asarray(indices, np.int64)
         n = self.shape[0]
         if indices.size and (indices.min() < -n or indices.max() >= n):
@@ -80,7 +77,13 @@ class ShardedFrames:
         indices = indices % max(n, 1)
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         chunks = indices // self.chunk_t
-        for chunk in np.unique(chunks):
-            rows = np.flatnonzero(chunks == chunk)
-            out[rows] = self._read_chunk(int(chunk))[indices[rows] - chunk * self.chunk_t]
+        for shard in np.unique(chunks // self.per_shard):
+            fd = os.open(self._shard_file(int(shard)), os.O_RDONLY)
+            try:
+                for chunk in np.unique(chunks[chunks // self.per_shard == shard]):
+                    rows = np.flatnonzero(chunks == chunk)
+                    frames = self._chunk(fd, int(shard), int(chunk - shard * self.per_shard))
+                    out[rows] = frames[indices[rows] - chunk * self.chunk_t]
+            finally:
+                os.close(fd)
         return out
