@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -182,8 +183,73 @@ def _not_built(what: str, issue: str):
     return command
 
 
+@app.command()
+def pretrain(
+    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default). Paper settings are its defaults."),
+    store: Optional[Path] = typer.Option(None, help="Store made by `motionssl extract`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
+    backbone: Optional[str] = typer.Option(None, help="r3d18, r2plus1d18, r3d10, r2d10, s3d or c3d."),
+    backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels (64 = full size); tiny for tests."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (one clip pair per video per epoch)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Clips per process per step."),
+    clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip."),
+    stride: Optional[int] = typer.Option(None, min=1, help="Frame stride within a clip."),
+    size: Optional[int] = typer.Option(None, min=8, help="Crop side in pixels."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="Deterministic algorithms (exact resume on CPU)."),
+    option: list[str] = typer.Option([], "--option", help="A method option as KEY=VALUE (YAML value), repeatable, "
+                                     "e.g. --option tau=0.1 --option queue_size=16384."),
+    config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
+    resume: Optional[str] = typer.Option(None, help="auto (continue RUN_DIR if it has a checkpoint) or a checkpoint path."),
+    halt_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps in this invocation "
+                                             "(for time-limited jobs); continue with --resume auto."),
+    log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
+    save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
+    import yaml
+
+    from motionssl.stores import StoreError
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.config import ConfigError, load_yaml, resolve
+    from motionssl.train.datasets import MissingModality
+    from motionssl.train.loop import train
+    from motionssl.train.methods import METHODS
+
+    try:
+        saved = output / "config.yaml"
+        yaml_values = load_yaml(config) if config else (load_yaml(saved) if resume and saved.exists() else {})
+        options = {}
+        for item in option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--option {item!r}: write KEY=VALUE")
+            options[key] = yaml.safe_load(value)
+        name = method or yaml_values.get("method") or "rgb-moco"
+        if name not in METHODS:
+            raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        cli_values = {"method": name, "store": str(store) if store else None, "out": str(output),
+                      "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
+                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
+                      "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
+                      "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
+                      "method_options": options}
+        cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
+        summary = train(cfg, resume=resume)
+    except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
+        fail(str(e))
+    if summary is not None and os.environ.get("RANK", "0") == "0":
+        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
+        typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
+
+
 for _name, _issue in (
-    ("pretrain", "trainer core and method issues: MoCo baseline, CMD, MVCGC, MCL, MoDist, CGM-Net"),
     ("finetune", "evaluation issue: linear probe and full fine-tuning"),
     ("evaluate", "evaluation issue: classification with multi-clip testing, retrieval R@k"),
 ):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 class RunLog:
-    """Appends to RUN_DIR/log.csv and RUN_DIR/tensorboard/. A resumed run drops rows past its step first."""
+    """Appends to RUN_DIR/log.csv and RUN_DIR/tensorboard/. Rows are labelled with the number of steps done; a resumed run drops rows past its checkpoint first."""
 
     def __init__(self, run_dir: Path, *, resume_step: int | None, tensorboard: bool = True):
         self.path = Path(run_dir) / "log.csv"
@@ -14,7 +14,7 @@ class RunLog:
         if self.path.exists():
             with open(self.path, newline="") as f:
                 rows = list(csv.DictReader(f))
-            keep = [r for r in rows if resume_step is not None and int(r["step"]) < resume_step]
+            keep = [r for r in rows if resume_step is not None and int(float(r["step"])) <= resume_step]
             if rows:
                 self.columns = list(rows[0])
             self._rewrite(keep)
@@ -22,7 +22,7 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
 
     def _rewrite(self, rows: list[dict]) -> None:
         with open(self.path, "w", newline="") as f:

@@ -1,0 +1,209 @@
+"""The pretraining loop: one process or many (torchrun), exact resume, AMP, logs and checkpoints.
+
+Every random choice of a sample is a function of (seed, epoch, index) (see `datasets.ClipDataset`), and the
+order of samples a function of (seed, epoch) (`DistributedSampler`), so a run resumed at step s sees the same
+batches from step s on as a run that never stopped; with the model, optimiser, scaler, queues and RNG states
+restored, its losses are equal on CPU in deterministic mode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from motionssl.stores import open_store
+from motionssl.train import checkpoint
+from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
+from motionssl.train.datasets import ClipDataset, seed_worker
+from motionssl.train.distributed import barrier, cleanup, init_from_env
+from motionssl.train.methods import METHODS
+from motionssl.train.methods.base import parse_options
+from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
+from motionssl.train.run_log import RunLog
+
+# Config fields a resumed run may change; any other difference means a different experiment.
+RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after"}
+
+
+class KeySampler(DistributedSampler):
+    """A DistributedSampler that yields `(index, epoch)` keys and can start part-way into an epoch."""
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in list(super().__iter__())[self.start:]])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+@dataclass
+class Precision:
+    dtype: torch.dtype | None  # autocast dtype; None = fp32
+
+    @staticmethod
+    def choose(name: str, device: torch.device) -> "Precision":
+        if name == "auto":
+            name = "bf16" if device.type == "cuda" else "fp32"
+        return Precision({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name])
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"cannot resume with a different config ({diffs}); use the run's config.yaml or a new -o RUN_DIR")
+
+
+def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
+    """Run (or continue) one pretraining run; returns the summary also written to RUN_DIR/summary.json."""
+    dist = init_from_env()
+    main = dist.rank == 0
+    run_dir = Path(cfg.out)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    method_cls = METHODS[cfg.method]
+    parse_options(method_cls.Options, cfg.method_options, method=cfg.method)  # fail on typos before any work
+    store = open_store(cfg.store)
+    dataset = ClipDataset(store, method_cls.needs(cfg), size=cfg.size, seed=cfg.seed)
+    sampler = KeySampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed,
+                         drop_last=True)
+    steps_per_epoch = sampler.num_samples // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"store {cfg.store} has {len(dataset)} videos: too few for batch size {cfg.batch_size} "
+                          f"x {dist.world_size} process(es); lower --batch-size")
+    total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+
+    method = method_cls(cfg, total_steps=total_steps).to(dist.device)
+    optimizer = make_optimizer(param_groups(method, cfg.weight_decay), name=cfg.optimizer, lr=cfg.lr)
+    precision = Precision.choose(cfg.precision, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.dtype == torch.float16)
+
+    start_step = 0
+    resume_from = checkpoint.find_resume(run_dir, resume)
+    if resume_from is not None:
+        state = checkpoint.load(resume_from)
+        check_resume_config(state["config"], cfg)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)])
+        start_step = state["step"]
+    if main:
+        write_yaml(cfg, run_dir / "config.yaml")
+
+    model = method
+    if dist.world_size > 1:
+        model = DistributedDataParallel(method, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                                        broadcast_buffers=False)  # queues are filled with gathered keys on every rank
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
+                        pin_memory=dist.device.type == "cuda")
+
+    def save(step: int) -> None:
+        rng = [None] * dist.world_size
+        if dist.world_size > 1:
+            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+        else:
+            rng = [checkpoint.rng_state()]
+        if main:
+            checkpoint.save(run_dir / checkpoint.LAST, {
+                "step": step, "epoch": step // steps_per_epoch, "config": cfg.to_dict(),
+                "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": rng, "backbone": method.export_backbone(), "world_size": dist.world_size})
+        barrier()
+
+    log = RunLog(run_dir, resume_step=start_step, tensorboard=main) if main else None
+    stop_step = total_steps if cfg.halt_after is None else min(total_steps, start_step + cfg.halt_after)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.progress), unit="step",
+               dynamic_ncols=True, desc=f"pretrain {cfg.method}")
+    method.train()
+    step, epoch, batches = start_step, None, None
+    window: list[float] = []
+    t_wall = time.perf_counter()
+    clips_per_step = cfg.batch_size * dist.world_size
+    try:
+        while step < stop_step:
+            if epoch != step // steps_per_epoch:
+                epoch = step // steps_per_epoch
+                sampler.set_epoch(epoch, start=(step % steps_per_epoch) * cfg.batch_size)
+                batches = iter(loader)
+            t0 = time.perf_counter()
+            batch = to_device(next(batches), dist.device)
+            t_data = time.perf_counter() - t0
+            lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps,
+                       min_lr=cfg.lr * cfg.min_lr_ratio)
+            set_lr(optimizer, lr)
+            with torch.autocast(dist.device.type, dtype=precision.dtype or torch.bfloat16,
+                                enabled=precision.dtype is not None):
+                out = model(batch, step=step)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or set grad_clip "
+                                         f"(the last checkpoint is {run_dir / checkpoint.LAST})")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = None
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip).item()
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step(step)
+            step += 1
+            dt = time.perf_counter() - t0
+            window.append(dt)
+            if main:
+                rate = clips_per_step / dt
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                if step % cfg.log_every == 0 or step == stop_step:
+                    values = {"epoch": epoch, "loss": loss.item(), "lr": lr,
+                              "clips_per_s": clips_per_step * len(window) / sum(window), "data_s": t_data,
+                              **({"grad_norm": grad_norm} if grad_norm is not None else {}), **out["logs"]}
+                    log.log(step, values)
+                    window = []
+            if step % cfg.save_every == 0 or step == stop_step:
+                save(step)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    summary = {"method": cfg.method, "run_dir": str(run_dir), "steps": step, "total_steps": total_steps,
+               "finished": step >= total_steps, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size,
+               "device": str(dist.device), "seconds": time.perf_counter() - t_wall,
+               "final_loss": None if step == start_step else loss.item()}
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    cleanup()
+    return summary
