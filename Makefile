@@ -24,7 +24,12 @@ demo: $(STAMP)
 	$(BIN)/motionssl verify demo_out/store.zarr
 	$(BIN)/motionssl show demo_out/store.zarr real/bikes -o demo_out/bikes.png
 	$(BIN)/motionssl show demo_out/store.zarr synthetic/square_right_b -o demo_out/square.png --video demo_out/square.mp4
+	rm -rf demo_out/run_moco
+	$(BIN)/motionssl pretrain --method rgb-moco --store demo_out/store.zarr -o demo_out/run_moco --backbone r3d10 \
+		--backbone-width 8 --clip-len 8 --stride 2 --size 64 --batch-size 3 --steps 30 --workers 2 --lr 3e-3 \
+		--option queue_size=64 --option hidden=128 --log-every 5 --save-every 15 --no-progress
 	@echo "demo: panels in demo_out/*.png; the store is demo_out/store.zarr (spec fast: DIS flow; --spec default uses TV-L1, slower)"
+	@echo "demo: a tiny rgb-moco run in demo_out/run_moco (log.csv, tensorboard/, checkpoint.pt); paper settings are the defaults"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py --out bench_out

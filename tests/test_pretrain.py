@@ -85,6 +85,8 @@ def test_resume_refuses_a_different_experiment(moco_store, tmp_path):
     assert pretrain("-o", run, *common).returncode == 0
     r = pretrain("-o", run, *common, "--lr", "0.5", "--resume", "auto")
     assert r.returncode == 2 and "cannot resume with a different config (lr:" in r.stderr
+    r = pretrain("-o", run, *common)
+    assert r.returncode == 2 and "already holds a run; continue it with --resume auto" in r.stderr
     r = pretrain("-o", run, *common, "--resume", str(tmp_path / "missing.pt"))
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
 

@@ -84,6 +84,9 @@ def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
     dist = init_from_env()
     main = dist.rank == 0
     run_dir = Path(cfg.out)
+    resume_from = checkpoint.find_resume(run_dir, resume)
+    if resume is None and (run_dir / checkpoint.LAST).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume auto, or pass a new -o RUN_DIR")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -110,7 +113,6 @@ def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.dtype == torch.float16)
 
     start_step = 0
-    resume_from = checkpoint.find_resume(run_dir, resume)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         check_resume_config(state["config"], cfg)
