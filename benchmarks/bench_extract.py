@@ -544,8 +544,7 @@ def print_tables(res: dict) -> None:
     m = res["machine"]
     print(f"\nmachine: {m['cpu_model']}, {m['cpus_usable']} cores, python {m['python']}, "
           f"torch {m['versions']['torch']}, av {m['versions']['av']}, zarr {m['versions']['zarr']}; "
-          f"load {m['loadavg_at_start'][0]:.2f} at start; code {res['code']['commit']}"
-          f"{' (modified)' if res['code']['dirty'] else ''}")
+          f"load {m['loadavg_at_start'][0]:.2f} at start; code {res['code']}")
     tp = res["throughput"]
     print(f"\nthroughput ({res['config']['videos']} videos, {tp['best']['bare']['frames']} frames, "
           f"{res['config']['workers']} processes, best of {res['config']['repeats']})")

@@ -116,8 +116,10 @@ def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:
 
 
 def limit_threads() -> None:
-    """Pin OpenCV to one thread: each decoder process owns one core. BLAS, OpenMP and torch are
-    pinned through OMP_NUM_THREADS & co., set before the process starts (isolation.py)."""
-    import cv2
+    """One core per decoder process: Blosc compresses in the calling thread (by default it adds a
+    thread per core from the main thread, which only contends here). OpenCV, BLAS, OpenMP and torch
+    are pinned through OPENCV_FOR_THREADS_NUM, OMP_NUM_THREADS & co., set before the process
+    starts (isolation.py), so that specs without flow never import OpenCV."""
+    import numcodecs.blosc
 
-    cv2.setNumThreads(1)
+    numcodecs.blosc.use_threads = False

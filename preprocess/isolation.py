@@ -34,10 +34,10 @@ class DecoderProcess:
 
     def _start(self) -> None:
         r, w = os.pipe()
-        # One core per decoder: BLAS/OpenMP pools read these at import, so set them before it starts
-        # (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
+        # One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so set them before
+        # it starts (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
         env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1")
+                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
         # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
         # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
         env.pop("MALLOC_TRIM_THRESHOLD_", None)

@@ -78,6 +78,48 @@ def test_quantized_arrays_read_back_in_pixels(tmp_path, fmt):
     np.testing.assert_array_equal(s.read_at("v", "flow", [3, 1]), got[[3, 1]])
 
 
+def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
+    """The writer's files (shards with a short last one, unsharded chunks, one-frame chunks, attrs)
+    are byte for byte what zarr-python writes for the same arrays, and read back through zarr."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    spec = spec_from_dict(TINY_SPEC)  # chunks of 4 frames, shards of 16
+    rng = np.random.default_rng(0)
+    arrays = {  # name: (data, chunk, shard, attrs)
+        "rgb": (rng.integers(0, 40, (37, 8, 12, 3), dtype=np.uint8), None, None, None),
+        "mv": (rng.normal(0, 3, (37, 2, 3, 2)).astype(np.float16), None, None, None),
+        "mv_valid": (rng.random((37, 2, 3)) > 0.3, None, None, None),
+        "pts": (np.arange(37) / 25, 4096, 4096, None),
+        "iframes": (rng.integers(0, 255, (3, 8, 12, 3), dtype=np.uint8), 1, None, {"note": [1, "x"]}),
+    }
+    w = make_writer(tmp_path, "zarr", "ours", spec)
+    for name, (data, chunk, shard, attrs) in arrays.items():
+        w.add_array(name, data.shape[1:], data.dtype, chunk=chunk, shard=shard, attrs=attrs)
+        for frame in data:
+            w.append(name, frame)
+    w.commit({"id": "ours", "frames": 37})
+
+    ours = tmp_path / "videos" / "ours"
+    theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", attributes={"motionssl_video": {"id": "ours", "frames": 37}})
+    codec = BloscCodec(cname=spec.storage.zarr_codec, clevel=spec.storage.zarr_level, shuffle="shuffle")
+    for name, (data, chunk, shard, attrs) in arrays.items():
+        chunk, shard = chunk or spec.storage.chunk_frames, shard or spec.storage.shard_frames
+        a = theirs.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]),
+                                shards=(shard, *data.shape[1:]) if shard > chunk else None, compressors=codec,
+                                fill_value=0, dimension_names=("t", *[f"d{i}" for i in range(data.ndim - 1)]),
+                                attributes=attrs, config={"write_empty_chunks": True})
+        a[:] = data
+        np.testing.assert_array_equal(zarr.open_array(str(ours / name), mode="r")[:], data)
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "theirs") for p in (tmp_path / "theirs").rglob("*") if p.is_file())
+    for f in files:
+        if f.name == "zarr.json":
+            assert json.loads((ours / f).read_text()) == json.loads((tmp_path / "theirs" / f).read_text()), f
+        else:
+            assert (ours / f).read_bytes() == (tmp_path / "theirs" / f).read_bytes(), f
+
+
 def _read_in_child(store, queue):
     queue.put(int(store.read("a", "rgb", 5, 6)[0, 0, 0, 0]))
 

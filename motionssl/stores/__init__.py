@@ -167,7 +167,11 @@ def init_store(path: Path, fmt: str, spec: Spec) -> None:
 
 
 def make_writer(store_path: Path, fmt: str, video_id: str, spec: Spec):
-    return _backend(fmt)[1](video_path(store_path, fmt, video_id), spec)
+    if fmt == "zarr":  # not through _backend: the writer needs numcodecs only, and decoders start faster without zarr
+        from motionssl.stores.zarr_writer import ZarrVideoWriter as writer
+    else:
+        writer = _backend(fmt)[1]
+    return writer(video_path(store_path, fmt, video_id), spec)
 
 
 def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:

@@ -5,41 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from motionssl.stores.shard_reader import ShardedFrames
-from motionssl.stores.writer import VideoWriter
-
-
-class ZarrVideoWriter(VideoWriter):
-    def __init__(self, final: Path, spec):
-        super().__init__(final, spec)
-        self.group = zarr.open_group(str(self.tmp), mode="w")
-        st = spec.storage
-        self.codec = BloscCodec(cname=st.zarr_codec, clevel=st.zarr_level, shuffle="shuffle")
-        self.arrays: dict[str, zarr.Array] = {}
-
-    def _create(self, name, frame_shape, dtype, chunk, shard):
-        self.arrays[name] = self.group.create_array(
-            name, shape=(0, *frame_shape), dtype=dtype, chunks=(chunk, *frame_shape),
-            shards=(shard, *frame_shape) if shard > chunk else None, compressors=self.codec,
-            fill_value=0, dimension_names=("t", *[f"d{i}" for i in range(len(frame_shape))]),
-            config={"write_empty_chunks": True},  # a missing chunk file then always means damage
-        )
-
-    def _write(self, name, start, block):
-        arr = self.arrays[name]
-        arr.resize((start + len(block), *arr.shape[1:]))
-        arr[start:start + len(block)] = block
-
-    def _set_attrs(self, name, attrs):
-        self.arrays[name].attrs.update(attrs)
-
-    def _finish(self, meta):
-        self.group.attrs.put({"motionssl_video": meta})
-
-    def _close(self):
-        pass
+from motionssl.stores.zarr_writer import ZarrVideoWriter  # noqa: F401  (the backend's writer)
 
 
 class ZarrVideoReader:
