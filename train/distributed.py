@@ -70,3 +70,28 @@ def gather(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def shuffle_batch(x: Tensor, *, seed: int) -> tuple[Tensor, Tensor]:
+    """MoCo's shuffling BN: deal the global batch out to the ranks in a random order before the key encoder.
+
+    Batch-norm statistics of the keys then come from other ranks' clips than the queries', so the model cannot use
+    them to find its positive. Returns this rank's shuffled share and the permutation `unshuffle_batch` undoes.
+    The order is drawn from `seed` (the same on every rank), so it needs no broadcast and replays on resume. In a
+    single process the batch comes back unchanged (the order would not change its statistics).
+    """
+    if not is_distributed():
+        return x, torch.arange(x.shape[0], device=x.device)
+    everything = gather(x)
+    order = torch.randperm(everything.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
+    return everything[order.view(dist.get_world_size(), -1)[dist.get_rank()]], order
+
+
+@torch.no_grad()
+def unshuffle_batch(x: Tensor, order: Tensor) -> Tensor:
+    """This rank's rows back in their original order, from the shuffled shares of every rank."""
+    if not is_distributed():
+        return x
+    everything = gather(x)
+    return everything[torch.argsort(order).view(dist.get_world_size(), -1)[dist.get_rank()]]

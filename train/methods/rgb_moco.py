@@ -2,7 +2,8 @@
 
 Two clips of the same video at different times, each with its own crop, flip and colour jitter. The query
 encoder sees one, the momentum encoder the other; negatives come from a queue of past keys, minus any key of
-the query's own video. Settings follow MVCGC §4.1 (its RGB stream, the CoCLR-style baseline): S3D, tau 0.07,
+the query's own video. Under DDP, keys are encoded in a shuffled order across ranks (MoCo's shuffling BN).
+Settings follow MVCGC §4.1 (its RGB stream, the CoCLR-style baseline): S3D, tau 0.07,
 m 0.999, a 2048-key queue (UCF101 scale; use 16384 for Kinetics-400), 128-d embeddings, Adam lr 1e-4 with weight
 decay 1e-5, 300 epochs.
 """
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_at, momentum_update, projection_head
-from motionssl.train.distributed import gather
+from motionssl.train.distributed import gather, shuffle_batch, unshuffle_batch
 from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import Needs
 from motionssl.train.methods.base import Method, build_backbone
@@ -55,7 +56,8 @@ class RGBMoCo(Method):
         videos = batch["video"]
         q = F.normalize(self.head(self.backbone(view_q["rgb"])), dim=1)
         with torch.no_grad():
-            k = F.normalize(self.head_k(self.backbone_k(view_k["rgb"])), dim=1)
+            shuffled, order = shuffle_batch(view_k["rgb"], seed=self.cfg.seed * 1_000_003 + step)
+            k = unshuffle_batch(F.normalize(self.head_k(self.backbone_k(shuffled)), dim=1), order)
         queue_mask = self.queue.negatives_mask(videos)
         loss = info_nce(q, k, self.queue.keys.clone(), self.opts.tau, queue_mask=queue_mask)
         with torch.no_grad():
