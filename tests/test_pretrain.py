@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.train import checkpoint
+from motionssl.train.curves import smooth
 from motionssl.train.run_log import read_log
 from conftest import write_spec
 from test_extract import extract, motionssl
@@ -57,6 +59,8 @@ def test_rgb_moco_loss_goes_down(moco_store, tmp_path):
     state = checkpoint.load(run / "checkpoint.pt")
     assert state["step"] == 50 and state["backbone"]["name"] == "r3d10"
     assert list((run / "tensorboard").iterdir()), "no TensorBoard events"
+    curves = cv2.imread(str(run / "curves.png"))
+    assert curves.shape == (300, 3 * 480, 3) and (curves < 200).any()
     assert (run / "config.yaml").read_text().count("queue_size: 16") == 1
 
 
@@ -122,3 +126,9 @@ def test_pretrain_errors_are_one_line(moco_store, tmp_path):
     for r in (r,):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--resume" in motionssl("pretrain", "--help").stdout
+
+
+def test_moving_average_matches_a_loop():
+    values = np.random.default_rng(0).normal(size=40)
+    naive = [values[max(0, i + 1 - 7):i + 1].mean() for i in range(40)]
+    np.testing.assert_allclose(smooth(values, 7), naive)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
+from motionssl.train.curves import plot_run
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import ClipDataset, seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
@@ -207,5 +208,6 @@ def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
                "final_loss": None if step == start_step else loss.item()}
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_run(run_dir)
     cleanup()
     return summary
