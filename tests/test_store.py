@@ -102,9 +102,10 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
 
     ours = tmp_path / "videos" / "ours"
     theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", attributes={"motionssl_video": {"id": "ours", "frames": 37}})
-    codec = BloscCodec(cname=spec.storage.zarr_codec, clevel=spec.storage.zarr_level, shuffle="shuffle")
     for name, (data, chunk, shard, attrs) in arrays.items():
         chunk, shard = chunk or spec.storage.chunk_frames, shard or spec.storage.shard_frames
+        codec = BloscCodec(cname=spec.storage.zarr_codec, clevel=spec.storage.zarr_level, shuffle="shuffle",
+                           blocksize=chunk * data[0].nbytes)  # the writer's: one Blosc block per chunk
         a = theirs.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]),
                                 shards=(shard, *data.shape[1:]) if shard > chunk else None, compressors=codec,
                                 fill_value=0, dimension_names=("t", *[f"d{i}" for i in range(data.ndim - 1)]),
