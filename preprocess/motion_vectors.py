@@ -64,13 +64,14 @@ def _paint(x0, x1, y0, y1, values: np.ndarray, shape: tuple[int, int]) -> np.nda
     oy, ox = np.arange((y1 - y0).max())[:, None, None], np.arange((x1 - x0).max())[:, None]
     inside = ((oy < y1 - y0) & (ox < x1 - x0)).ravel()
     index = ((y0 + oy) * w + (x0 + ox)).ravel()[inside]
+    block = np.flatnonzero(inside) % len(x0)
     count = np.bincount(index, minlength=h * w)
     covered = count > 0
     inverse = covered / np.maximum(count, 1)
     out = np.empty((1 + len(values), h * w), np.float32)
     out[0] = covered
-    for k, v in enumerate(np.tile(values, len(inside) // values.shape[1])[:, inside], start=1):
-        np.multiply(np.bincount(index, v, minlength=h * w), inverse, out=out[k])
+    for k, v in enumerate(values, start=1):
+        np.multiply(np.bincount(index, v[block], minlength=h * w), inverse, out=out[k])
     return out.reshape(-1, h, w)
 
 
