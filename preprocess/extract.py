@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,16 +61,47 @@ def default_report_path(store: Path) -> Path:
 
 # -- work that runs on Dask workers ------------------------------------------------------------
 
-_decoder = None
+_decoders = threading.local()  # per worker thread: its decoder process
+_started: queue.SimpleQueue = queue.SimpleQueue()  # decoder processes started ahead of a local cluster
+_all_decoders: list = []
+
+
+def start_decoders(n: int) -> None:
+    """Start n decoder processes now, for the workers of a local cluster to take, so that their
+    start-up (an interpreter, numpy, PyAV) overlaps this process's own (Dask, the cluster)."""
+    from motionssl.preprocess.isolation import DecoderProcess
+
+    for _ in range(n):
+        decoder = DecoderProcess()
+        decoder.start()
+        _all_decoders.append(decoder)
+        _started.put(decoder)
+
+
+def stop_decoders() -> None:
+    for decoder in _all_decoders:
+        decoder.stop()
+    _all_decoders.clear()
+
+
+def _decoder():
+    decoder = getattr(_decoders, "decoder", None)
+    if decoder is None:
+        try:
+            decoder = _started.get_nowait()
+        except queue.Empty:
+            from motionssl.preprocess.isolation import DecoderProcess
+
+            decoder = DecoderProcess()
+            _all_decoders.append(decoder)
+        _decoders.decoder = decoder
+    return decoder
 
 
 def extract_task(job: dict, timeout: float) -> dict:
     """One video, on a Dask worker: run it in the worker's decoder process, clean up on failure."""
-    global _decoder
-    from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess
+    from motionssl.preprocess.isolation import DecoderFailed
 
-    if _decoder is None:
-        _decoder = DecoderProcess()
     if job.get("gpus"):  # local multi-GPU cluster: worker i uses GPU i
         from dask.distributed import get_worker
 
@@ -77,7 +110,7 @@ def extract_task(job: dict, timeout: float) -> dict:
     t0 = time.perf_counter()
     record = {"id": job["video_id"], "status": "failed", "error": None, "frames": 0, "seconds": 0.0}
     try:
-        result = _decoder.run(job, timeout)
+        result = _decoder().run(job, timeout)
     except DecoderFailed as e:
         result = {"ok": False, "error": str(e)}
     if result["ok"]:
@@ -146,7 +179,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _ensure_zarr_parents(store: Path, ids) -> None:
     """Intermediate groups for nested ids, written once here so no two tasks race on them."""
-    import zarr
+    from motionssl.stores.zarr_writer import write_group
 
     parents = {Path(VIDEOS)}
     for vid in ids:
@@ -155,7 +188,7 @@ def _ensure_zarr_parents(store: Path, ids) -> None:
                 parents.add(parent)
     for parent in sorted(parents, key=lambda p: len(p.parts)):
         if not (store / parent / "zarr.json").exists():
-            zarr.open_group(str(store / parent), mode="a")
+            write_group(store / parent)
 
 
 def _uses_gpu(spec: Spec) -> bool:
@@ -193,16 +226,21 @@ def _start_client(opts: ExtractOptions, gpus: int):
             raise FatalError("spec needs GPU workers but no worker offers the GPU resource; "
                              "start them with `dask worker ADDRESS --resources GPU=1` (see README)")
         return client, None
-    n = opts.workers or (gpus if gpus else max(1, len(os.sched_getaffinity(0))))
-    pinned = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     import dask
 
-    with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"}):
+    # A worker only hands videos to its decoder process, which does the work on one core (pinned,
+    # isolation.py): workers are threads here, since worker processes would each pay an
+    # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
+    with dask.config.set({"distributed.logging.distributed": "error"}):
         cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-            env=pinned, silence_logs=40, resources={"GPU": 1} if gpus else None,
+            n_workers=local_workers(opts, gpus), threads_per_worker=1, processes=False, dashboard_address=":0",
+            silence_logs=40, resources={"GPU": 1} if gpus else None,
         )
     return Client(cluster), cluster
+
+
+def local_workers(opts: ExtractOptions, gpus: int) -> int:
+    return opts.workers or (gpus if gpus else max(1, len(os.sched_getaffinity(0))))
 
 
 def run_extract(opts: ExtractOptions) -> int:
@@ -228,13 +266,11 @@ def run_extract(opts: ExtractOptions) -> int:
     try:
         return _run_locked(opts, videos, report_path)
     finally:
+        stop_decoders()
         lock.unlink(missing_ok=True)
 
 
 def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path) -> int:
-    from dask.distributed import as_completed
-    from tqdm import tqdm
-
     store, spec, fmt = opts.store, opts.spec, opts.fmt
     t_start = time.perf_counter()
     _, leftovers = scan_videos(store, fmt)
@@ -251,11 +287,16 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
         else:
             todo.append(vid)
+    if todo and not opts.scheduler and not _uses_gpu(spec):
+        start_decoders(local_workers(opts, 0))
     if fmt == "zarr":
         _ensure_zarr_parents(store, todo)
 
     failures = frames = 0
     if todo:
+        from dask.distributed import as_completed
+        from tqdm import tqdm
+
         gpus = _local_gpus() if _uses_gpu(spec) and not opts.scheduler else 0
         if _uses_gpu(spec) and not opts.scheduler and not gpus:
             print("note: no CUDA device here: RAFT runs on the CPU, slowly")

@@ -32,7 +32,8 @@ class DecoderProcess:
         self.proc: subprocess.Popen | None = None
         self._results = None
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the process (also done by `run` when needed): its imports then overlap the caller's work."""
         r, w = os.pipe()
         # One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so set them before
         # it starts (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
@@ -51,7 +52,7 @@ class DecoderProcess:
 
     def run(self, job: dict, timeout: float) -> dict:
         if self.proc is None or self.proc.poll() is not None:
-            self._start()
+            self.start()
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(job) + "\n")

@@ -84,6 +84,8 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
     import zarr
     from zarr.codecs import BloscCodec
 
+    from motionssl.stores.zarr_writer import write_group
+
     spec = spec_from_dict(TINY_SPEC)  # chunks of 4 frames, shards of 16
     rng = np.random.default_rng(0)
     arrays = {  # name: (data, chunk, shard, attrs)
@@ -112,6 +114,9 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
                                 attributes=attrs, config={"write_empty_chunks": True})
         a[:] = data
         np.testing.assert_array_equal(zarr.open_array(str(ours / name), mode="r")[:], data)
+    write_group(tmp_path / "group")  # the store root and parents of nested ids
+    zarr.open_group(str(tmp_path / "their_group"), mode="a")
+    assert (tmp_path / "group" / "zarr.json").read_text() == (tmp_path / "their_group" / "zarr.json").read_text()
     files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "theirs") for p in (tmp_path / "theirs").rglob("*") if p.is_file())
     for f in files:

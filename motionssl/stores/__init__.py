@@ -157,8 +157,8 @@ def init_store(path: Path, fmt: str, spec: Spec) -> None:
         return
     path.mkdir(parents=True, exist_ok=True)
     if fmt == "zarr":
-        import zarr
-        zarr.open_group(str(path), mode="a")
+        from motionssl.stores.zarr_writer import write_group
+        write_group(path)
     (path / "videos").mkdir(exist_ok=True)
     write_json_atomic(meta_file, {
         "format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),

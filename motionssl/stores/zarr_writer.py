@@ -105,11 +105,16 @@ class ZarrVideoWriter(VideoWriter):
     def _finish(self, meta):
         for name, arr in self.arrays.items():
             _write_json(self.tmp / name / "zarr.json", arr.metadata(self._written[name]))
-        _write_json(self.tmp / "zarr.json", {"attributes": {"motionssl_video": meta}, "zarr_format": 3,
-                                             "node_type": "group"})
+        write_group(self.tmp, {"motionssl_video": meta})
 
     def _close(self):
         pass
+
+
+def write_group(path: Path, attributes: dict | None = None) -> None:
+    """A zarr v3 group at `path` (its zarr.json), as `zarr.open_group(path, mode="a")` makes one."""
+    path.mkdir(parents=True, exist_ok=True)
+    _write_json(path / "zarr.json", {"attributes": attributes or {}, "zarr_format": 3, "node_type": "group"})
 
 
 def _write_json(path: Path, doc: dict) -> None:
