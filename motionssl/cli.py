@@ -176,13 +176,6 @@ def show(
         fail(str(e))
 
 
-def _not_built(what: str, issue: str):
-    def command(ctx: typer.Context):
-        fail(f"`motionssl {what}` is not built yet ({issue}).", code=1)
-    command.__doc__ = f"[not built yet: {issue}]"
-    return command
-
-
 @app.command()
 def pretrain(
     method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default). Paper settings are its defaults."),
@@ -249,12 +242,190 @@ def pretrain(
         typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
 
 
-for _name, _issue in (
-    ("finetune", "evaluation issue: linear probe and full fine-tuning"),
-    ("evaluate", "evaluation issue: classification with multi-clip testing, retrieval R@k"),
+@app.command()
+def finetune(
+    checkpoint: Optional[Path] = typer.Option(None, help="A pretrain run's checkpoint.pt: its backbone (architecture "
+                                              "and weights) is the starting point."),
+    store: Optional[Path] = typer.Option(None, help="Store holding the labelled videos."),
+    labels: list[Path] = typer.Option([], "--labels", help="Label files: a CSV video_id,label,split; Kinetics-400 "
+                                      "CSVs (repeat for train and validate); a UCF101 or HMDB51 split folder."),
+    split: Optional[int] = typer.Option(None, min=1, max=3, help="UCF101 / HMDB51 split number (default 1)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
+    linear_probe: bool = typer.Option(False, "--linear-probe", help="Freeze the backbone (BatchNorm statistics "
+                                      "included) and train a linear classifier."),
+    cached_features: bool = typer.Option(False, "--cached-features", help="With --linear-probe: compute the frozen "
+                                         "features of --views centre clips per video once and train on them (fast)."),
+    views: int = typer.Option(10, min=1, help="Clips per training video for --cached-features."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation (the checkpoint's "
+                                      "architecture, or --backbone): the papers' baseline."),
+    dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Dropout before the classifier (full "
+                                            "fine-tuning; default 0.5)."),
+    aux_motion: Optional[float] = typer.Option(None, help="[not built yet: CMD method issue] weight of CMD's "
+                                               "motion-prediction loss as a regulariser (paper: 0.2)."),
+    backbone: Optional[str] = typer.Option(None, help="Architecture for --from-scratch without --checkpoint."),
+    backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels for --backbone."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs over the training videos (default 100)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Clips per process per step."),
+    clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip (default: the checkpoint's)."),
+    stride: Optional[int] = typer.Option(None, min=1, help="Frame stride (default: the checkpoint's)."),
+    size: Optional[int] = typer.Option(None, min=8, help="Crop side (default: the checkpoint's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (cosine schedule)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
+    precision: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or fp32."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+    config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
+    resume: Optional[str] = typer.Option(None, help="auto or a checkpoint path (as pretrain)."),
+    halt_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps in this invocation."),
+    log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
+    save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
 ):
-    app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        _not_built(_name, _issue))
+    """Train a classifier on a labelled split: full fine-tuning, --linear-probe, or --from-scratch.
+
+    Same loop as pretrain (checkpoints, --resume auto, logs, torchrun DDP); evaluate the result with
+    `motionssl evaluate classify`.
+    """
+    from motionssl.eval.finetune import Finetune, linear_probe_on_features
+    from motionssl.eval.splits import SplitError
+    from motionssl.stores import StoreError
+    from motionssl.train import checkpoint as ckpt
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.config import ConfigError, load_yaml, resolve
+    from motionssl.train.loop import train
+
+    if aux_motion is not None:
+        fail("--aux-motion is not built yet: CMD's motion-prediction regulariser comes with the CMD method issue", 1)
+    if cached_features and not linear_probe:
+        fail("--cached-features needs --linear-probe (a fine-tuned backbone changes its features)")
+    try:
+        saved = output / "config.yaml"
+        yaml_values = load_yaml(config) if config else (load_yaml(saved) if resume and saved.exists() else {})
+        defaults = dict(Finetune.defaults)
+        source = checkpoint or yaml_values.get("method_options", {}).get("checkpoint")
+        if source:  # the pretrain run's clip settings, unless overridden
+            trained = ckpt.load(Path(source)).get("config", {})
+            defaults.update({k: trained[k] for k in ("clip_len", "stride", "size") if trained.get(k)})
+        options = {"checkpoint": str(checkpoint) if checkpoint else None, "labels": [str(p) for p in labels] or None,
+                   "split": split, "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
+                   "dropout": dropout}
+        cli_values = {"method": "finetune", "store": str(store) if store else None, "out": str(output),
+                      "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
+                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
+                      "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
+                      "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
+                      "method_options": {k: v for k, v in options.items() if v is not None}}
+        cfg = resolve(defaults, yaml_values, cli_values, source=str(config or "command line"))
+        if cached_features:
+            summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
+        else:
+            summary = train(cfg, resume=resume, method_cls=Finetune)
+    except (ConfigError, StoreError, SplitError, CheckpointError) as e:
+        fail(str(e))
+    if summary is not None and os.environ.get("RANK", "0") == "0":
+        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
+        typer.echo(f"finetune: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+evaluate_app = typer.Typer(help="Evaluate a checkpoint: retrieval R@k or classification accuracy.",
+                           no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int):
+    from motionssl.eval.evaluate import Protocol
+
+    return Protocol(views=views, clip_len=clip_len, stride=stride, size=size, batch_size=batch_size, workers=workers)
+
+
+def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Path, split: int, protocol) -> None:
+    from motionssl.eval.splits import SplitError
+    from motionssl.stores import StoreError
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.datasets import MissingModality
+
+    if not labels:
+        fail("pass --labels FILE (see `motionssl finetune --help` for the formats)")
+    try:
+        result = run(checkpoint, store, labels, output, split=split, protocol=protocol)
+    except (StoreError, SplitError, CheckpointError, MissingModality, ValueError) as e:
+        fail(str(e))
+    typer.echo(result["table"].rstrip())
+    for name, path in result["pictures"].items():
+        typer.echo(f"{name}: {path}")
+
+
+CLIP_HELP = "(default: the checkpoint's)"
+
+
+@evaluate_app.command("retrieve")
+def evaluate_retrieve(
+    checkpoint: Path = typer.Option(..., help="A pretrain or finetune checkpoint.pt."),
+    store: Path = typer.Option(..., help="Store holding the labelled videos."),
+    labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for retrieval.json, .md and pictures."),
+    split: int = typer.Option(1, min=1, max=3, help="UCF101 / HMDB51 split number."),
+    views: int = typer.Option(10, min=1, help="Evenly spaced clips per video, features averaged."),
+    clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
+    stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
+    size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
+    batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
+    workers: int = typer.Option(0, min=0, help="DataLoader workers."),
+):
+    """Nearest-neighbour retrieval (CoCLR): test videos query train videos; R@1, 5, 10, 20, 50."""
+    from motionssl.eval.evaluate import evaluate_retrieval
+
+    _evaluate(evaluate_retrieval, checkpoint, store, labels, output, split,
+              _protocol(views, clip_len, stride, size, batch_size, workers))
+
+
+@evaluate_app.command("classify")
+def evaluate_classify(
+    checkpoint: Path = typer.Option(..., help="A finetune checkpoint.pt."),
+    store: Path = typer.Option(..., help="Store holding the labelled videos."),
+    labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for classification.json, .md and pictures."),
+    split: int = typer.Option(1, min=1, max=3, help="UCF101 / HMDB51 split number."),
+    views: int = typer.Option(10, min=1, help="Evenly spaced clips per video, softmax probabilities averaged."),
+    clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
+    stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
+    size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
+    batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
+    workers: int = typer.Option(0, min=0, help="DataLoader workers."),
+):
+    """Top-1 / top-5 accuracy on the test videos, probabilities averaged over evenly spaced clips."""
+    from motionssl.eval.evaluate import evaluate_classification
+
+    _evaluate(evaluate_classification, checkpoint, store, labels, output, split,
+              _protocol(views, clip_len, stride, size, batch_size, workers))
+
+
+@app.command()
+def plot(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with a log.csv), overlaid."),
+    output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="PNG to write."),
+    keys: str = typer.Option("loss,lr,clips_per_s,acc", help="Comma-separated log.csv columns, one panel each "
+                             "(columns no run logged are left out)."),
+):
+    """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""
+    from motionssl.eval.pictures import overlay_runs, write_png
+
+    missing = [str(d) for d in run_dirs if not (d / "log.csv").is_file()]
+    if missing:
+        fail(f"no log.csv in {', '.join(missing)}")
+    try:
+        image = overlay_runs(run_dirs, keys=tuple(k.strip() for k in keys.split(",") if k.strip()))
+    except ValueError as e:
+        fail(str(e))
+    write_png(image, output)
+    typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
 
 
 def main() -> None:  # python -m motionssl

@@ -22,10 +22,10 @@ from motionssl.stores import open_store
 from motionssl.train import checkpoint
 from motionssl.train.curves import plot_run
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
-from motionssl.train.datasets import ClipDataset, seed_worker
+from motionssl.train.datasets import seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
 from motionssl.train.methods import METHODS
-from motionssl.train.methods.base import parse_options
+from motionssl.train.methods.base import Method, parse_options
 from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
 from motionssl.train.run_log import RunLog
 
@@ -80,8 +80,11 @@ def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
         raise ConfigError(f"cannot resume with a different config ({diffs}); use the run's config.yaml or a new -o RUN_DIR")
 
 
-def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
-    """Run (or continue) one pretraining run; returns the summary also written to RUN_DIR/summary.json."""
+def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Method] | None = None) -> dict:
+    """Run (or continue) one pretraining run; returns the summary also written to RUN_DIR/summary.json.
+
+    `method_cls` (default: METHODS[cfg.method]) is the objective, and its `dataset` the data: `finetune` passes its
+    supervised objective here to reuse checkpoints, resume, logging and DDP."""
     dist = init_from_env()
     main = dist.rank == 0
     run_dir = Path(cfg.out)
@@ -95,10 +98,10 @@ def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    method_cls = METHODS[cfg.method]
+    method_cls = method_cls or METHODS[cfg.method]
     parse_options(method_cls.Options, cfg.method_options, method=cfg.method)  # fail on typos before any work
     store = open_store(cfg.store)
-    dataset = ClipDataset(store, method_cls.needs(cfg), size=cfg.size, seed=cfg.seed)
+    dataset = method_cls.dataset(cfg, store)
     sampler = KeySampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed,
                          drop_last=True)
     steps_per_epoch = sampler.num_samples // cfg.batch_size
@@ -149,7 +152,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None) -> dict:
     log = RunLog(run_dir, resume_step=start_step, tensorboard=main) if main else None
     stop_step = total_steps if cfg.halt_after is None else min(total_steps, start_step + cfg.halt_after)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.progress), unit="step",
-               dynamic_ncols=True, desc=f"pretrain {cfg.method}")
+               dynamic_ncols=True, desc=cfg.method)
     method.train()
     step, epoch, batches = start_step, None, None
     window: list[float] = []

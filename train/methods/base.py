@@ -15,7 +15,8 @@ from torch import nn
 
 from motionssl.train.backbones import BACKBONES
 from motionssl.train.config import ConfigError, PretrainConfig
-from motionssl.train.datasets import Needs
+from motionssl.stores import Store
+from motionssl.train.datasets import ClipDataset, Needs
 
 
 def parse_options(options_cls: type, raw: dict, *, method: str) -> Any:
@@ -58,6 +59,11 @@ class Method(nn.Module):
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
         raise NotImplementedError
+
+    @classmethod
+    def dataset(cls, cfg: PretrainConfig, store: Store) -> ClipDataset:
+        """The training data: every video of the store, unlabelled (supervised objectives override this)."""
+        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         raise NotImplementedError

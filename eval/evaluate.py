@@ -1,0 +1,105 @@
+"""`motionssl evaluate`: retrieval (pretrain or finetune checkpoints) and classification (finetune checkpoints).
+
+Each writes NAME.json, NAME.md (a Markdown table) and its pictures into the output directory, and returns the JSON.
+Clip length, stride and crop size default to the checkpoint's training config.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motionssl.eval.features import clip_dataset, clip_outputs, load_backbone
+from motionssl.eval.finetune import load_classifier
+from motionssl.eval.metrics import RECALL_KS, average_clip_probabilities, confusion_matrix, retrieval, topk_accuracy
+from motionssl.eval.pictures import confusion_image, recall_curve, retrieval_grid, write_png
+from motionssl.eval.splits import load_split
+from motionssl.stores import open_store
+
+
+@dataclass(frozen=True)
+class Protocol:
+    views: int = 10                 # evenly spaced clips per video
+    clip_len: int | None = None     # None: the checkpoint's
+    stride: int | None = None
+    size: int | None = None
+    batch_size: int = 8
+    workers: int = 0
+
+    def settled(self, config: dict) -> "Protocol":
+        return Protocol(self.views, *(getattr(self, k) or config[k] for k in ("clip_len", "stride", "size")),
+                        self.batch_size, self.workers)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _outputs(model, store, videos, labels, p: Protocol) -> np.ndarray:
+    ds = clip_dataset(store, videos, labels, clip_len=p.clip_len, stride=p.stride, size=p.size, views=p.views)
+    return clip_outputs(model, ds, batch_size=p.batch_size, workers=p.workers, device=_device())
+
+
+def _table(header: Sequence[str], row: Sequence[str]) -> str:
+    return "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(row) + " |\n"
+
+
+def evaluate_retrieval(checkpoint: Path, store_path: Path, labels: Sequence[Path], out: Path, *, split: int = 1,
+                       protocol: Protocol = Protocol(), ks: Sequence[int] = RECALL_KS) -> dict:
+    """Backbone features (no projection head) of the test videos query those of the train videos (CoCLR)."""
+    backbone, payload, _ = load_backbone(checkpoint)
+    p = protocol.settled(payload["config"])
+    store = open_store(store_path)
+    s = load_split(labels, store.videos, split=split)
+    (train, ytrain), (test, ytest) = s.part("train"), s.part("test")
+    recall, neighbours = retrieval(_outputs(backbone, store, train, ytrain, p), ytrain,
+                                   _outputs(backbone, store, test, ytest, p), ytest, ks)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = {"recall_curve": write_png(recall_curve(recall), out / "recall_at_k.png"),
+                "retrieval_grid": write_png(retrieval_grid(store, test, ytest, neighbours, train, ytrain, s.classes),
+                                            out / "retrieval_grid.png")}
+    result = {"protocol": "retrieval", "checkpoint": str(checkpoint), "store": str(store_path),
+              "backbone": payload["backbone"]["name"], "queries": len(test), "gallery": len(train),
+              "classes": len(s.classes), "recall": {f"R@{k}": v for k, v in recall.items()},
+              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views,
+              "pictures": {k: str(v) for k, v in pictures.items()},
+              "neighbours": {test[q]: [train[n] for n in neighbours[q, :5]] for q in range(len(test))}}
+    (out / "retrieval.json").write_text(json.dumps(result, indent=1))
+    table = _table(["checkpoint", "queries", "gallery", *result["recall"]],
+                   [str(checkpoint), str(len(test)), str(len(train)), *(f"{100 * v:.1f}" for v in recall.values())])
+    (out / "retrieval.md").write_text(table)
+    result["table"] = table
+    return result
+
+
+def evaluate_classification(checkpoint: Path, store_path: Path, labels: Sequence[Path], out: Path, *,
+                            split: int = 1, protocol: Protocol = Protocol()) -> dict:
+    """Top-1 / top-5 accuracy of the softmax probabilities averaged over each test video's clips."""
+    model, payload = load_classifier(checkpoint)
+    p = protocol.settled(payload["config"])
+    store = open_store(store_path)
+    s = load_split(labels, store.videos, split=split)
+    num_classes = model.head.out_features
+    if num_classes != len(s.classes):
+        raise ValueError(f"{checkpoint} classifies {num_classes} classes, the labels have {len(s.classes)}")
+    test, ytest = s.part("test")
+    probs = average_clip_probabilities(_outputs(model, store, test, ytest, p))
+    ks = [k for k in (1, 5) if k <= num_classes]
+    accuracy = topk_accuracy(probs, np.array(ytest), ks)
+    matrix = confusion_matrix(probs.argmax(1), np.array(ytest), num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    picture = write_png(confusion_image(matrix, s.classes), out / "confusion.png")
+    result = {"protocol": "classification", "checkpoint": str(checkpoint), "store": str(store_path),
+              "videos": len(test), "classes": list(s.classes), "accuracy": {f"top{k}": v for k, v in accuracy.items()},
+              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views,
+              "confusion": matrix.tolist(), "pictures": {"confusion": str(picture)}}
+    (out / "classification.json").write_text(json.dumps(result, indent=1))
+    table = _table(["checkpoint", "videos", *result["accuracy"]],
+                   [str(checkpoint), str(len(test)), *(f"{100 * v:.1f}" for v in accuracy.values())])
+    (out / "classification.md").write_text(table)
+    result["table"] = table
+    return result
