@@ -105,7 +105,9 @@ def pool_motion_vectors(
 
     # Forward per-frame displacement of each record, in stored pixels (float64: bincount's own type).
     gap = np.where(r["source"] < 0, past_gap or 1, -(future_gap or 1)) * r["motion_scale"].astype(np.float64)
-    fwd = np.stack([r["motion_x"] / gap * (-dw / sw), r["motion_y"] / gap * (-dh / sh)])
+    fwd = np.array([r["motion_x"], r["motion_y"]], np.float64)
+    fwd /= gap
+    fwd *= [[-dw / sw], [-dh / sh]]
 
     # Block rectangles on the coarsest unit grid their edges allow, clipped to the frame.
     hw, hh = r["w"] >> 1, r["h"] >> 1
@@ -114,20 +116,18 @@ def pool_motion_vectors(
     unit = FINE_UNIT if edges % COARSE_UNIT else COARSE_UNIT
     ry, rx = _resampler(sh, dh, cell, unit), _resampler(sw, dw, cell, unit)
     uh, uw = ry.shape[0], rx.shape[0]
-    x0 = np.clip(left // unit, 0, uw)
-    x1 = np.clip(-(-(left + 2 * hw) // unit), 0, uw)
-    y0 = np.clip(top // unit, 0, uh)
-    y1 = np.clip(-(-(top + 2 * hh) // unit), 0, uh)
+    x0, x1 = np.clip([left // unit, -(-(left + 2 * hw) // unit)], 0, uw)
+    y0, y1 = np.clip([top // unit, -(-(top + 2 * hh) // unit)], 0, uh)
     # Per unit: covered, and the mean of the records over it (a bi-predicted block has two
     # records over the same units, so its value is the mean of its two estimates).
     units = _paint(x0, x1, y0, y1, fwd, (uh, uw))
 
     # Area-weighted pooling of the covered units onto cells: R_y^T U R_x.
-    coverage, *sums = ry.T @ units @ rx
-    valid = coverage >= min_coverage * area - 1e-4
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mv = np.where(valid[..., None], np.stack(sums, axis=-1) / coverage[..., None], 0.0)
-    return mv.astype(np.float32), valid
+    pooled = ry.T @ units @ rx
+    valid = pooled[0] >= min_coverage * area - 1e-4
+    mv = np.zeros(area.shape + (2,), np.float32)
+    np.divide(np.moveaxis(pooled[1:], 0, -1), pooled[0, ..., None], out=mv, where=valid[..., None])
+    return mv, valid
 
 
 class ReferenceGaps:
