@@ -8,6 +8,7 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from motionssl.preprocess.motion_vectors import (
     CODECS_WITH_MV_EXPORT, CODECS_WITHOUT_B_FRAME_MVS, ReferenceGaps, pool_motion_vectors,
@@ -86,19 +87,23 @@ def decode_frames(
     tb = stream.time_base or Fraction(1, 1)
     frame_ticks = float(1 / (Fraction(probe.fps).limit_denominator(100000) * tb)) if probe.fps > 0 else 1.0
     gaps = ReferenceGaps(frame_ticks)
+    # One reformatter for the whole video keeps its swscale context: `frame.to_ndarray(width=...)`
+    # builds a new one per frame, which cost 0.2 ms/frame (same pixels either way).
+    rgb = VideoReformatter()
     index = 0
     try:
         for packet in container.demux(stream):
             gaps.demuxed(packet.pts)
             for frame in packet.decode():
-                yield _convert(frame, index, probe, size, mv_cell if want_mv else None, gaps, tb)
+                yield _convert(frame, index, probe, size, mv_cell if want_mv else None, gaps, tb, rgb)
                 index += 1
     except av.error.FFmpegError as e:
         raise BadVideo(f"truncated or corrupt: decoding failed after {index} frames ({e.strerror or type(e).__name__})") from None
 
 
-def _convert(frame, index, probe, size, mv_cell, gaps, tb) -> Frame:
-    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA", threads=1)
+def _convert(frame, index, probe, size, mv_cell, gaps, tb, reformatter) -> Frame:
+    rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation="AREA",
+                               threads=1).to_ndarray()
     ftype = PICT_TYPES.get(int(frame.pict_type), "?")
     mv = valid = None
     if mv_cell is not None:
