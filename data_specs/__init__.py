@@ -76,6 +76,14 @@ class Storage:
     zarr_codec: str = "zstd"
     zarr_level: int = 1
     hdf5_compression: str = "lzf"
+    rgb_codec: str = "blosc"        # blosc | h264: each rgb/iframes chunk one H.264 GOP (yuv444p, lossy)
+    rgb_crf: int = 12               # h264: libx264 constant rate factor
+    flow_codec: str = "blosc"       # blosc | h264: uint8 flow/boundary/edges chunks as lossless H.264
+
+
+# Keys added after stores were first written: hashed only when they differ from these defaults, so
+# older stores keep their digest.
+_LATER_STORAGE_KEYS = {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,9 @@ class Spec:
         """Short hash of everything that changes what is written; names do not count."""
         d = self.to_dict()
         d.pop("name")
+        for key, default in _LATER_STORAGE_KEYS.items():
+            if d["storage"][key] == default:
+                del d["storage"][key]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -173,6 +184,13 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")
     if st.hdf5_compression not in ("lzf", "gzip", "none"):
         raise SpecError(f"{source}: storage.hdf5_compression must be lzf, gzip or none")
+    for key in ("rgb_codec", "flow_codec"):
+        if getattr(st, key) not in ("blosc", "h264"):
+            raise SpecError(f"{source}: storage.{key} must be blosc or h264, got {getattr(st, key)!r}")
+    if isinstance(st.rgb_crf, bool) or not isinstance(st.rgb_crf, int) or not 0 <= st.rgb_crf <= 51:
+        raise SpecError(f"{source}: storage.rgb_crf must be an integer in [0, 51] (libx264), got {st.rgb_crf!r}")
+    if st.flow_codec == "h264" and spec.needs_flow and fl.store_as != "uint8":
+        raise SpecError(f"{source}: storage.flow_codec h264 codes uint8 flow; set flow.store_as: uint8")
 
 
 def builtin_specs() -> list[str]:

@@ -1,4 +1,9 @@
-"""HDF5 backend: one shard file per video (never two writers on a file), opened lazily per process."""
+"""HDF5 backend: one shard file per video (never two writers on a file), opened lazily per process.
+
+h5py cannot run Python filters, so an array coded with H.264 (`motionssl.stores.h264`) is stored as a
+variable-length uint8 dataset with one entry per chunk (its H.264 stream) and the attribute `motionssl_h264`
+giving the logical shape, dtype, frames per chunk and codec; the reader decodes it back to that shape.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from motionssl.stores.h264 import ChunkCoder, h264_coder
 from motionssl.stores.writer import VideoWriter
+
+H264_ATTR = "motionssl_h264"
 
 
 class HDF5VideoWriter(VideoWriter):
@@ -16,14 +24,30 @@ class HDF5VideoWriter(VideoWriter):
         self.file = h5py.File(self.tmp, "w", libver="latest")
         comp = spec.storage.hdf5_compression
         self.compression = None if comp == "none" else comp
+        self.h264: dict[str, tuple[ChunkCoder, int, dict]] = {}
 
     def _create(self, name, frame_shape, dtype, chunk, shard):
+        coder = h264_coder(self.spec, name, dtype)
+        if coder is not None:
+            self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8))
+            doc = {"shape": [0, *frame_shape], "dtype": np.dtype(dtype).name, "chunk_frames": chunk,
+                   "codec": coder.to_dict()}
+            self.h264[name] = (coder, chunk, doc)
+            return
         self.file.create_dataset(
             name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
             chunks=(chunk, *frame_shape), compression=self.compression, shuffle=self.compression is not None,
         )
 
     def _write(self, name, start, block):
+        if name in self.h264:  # whole chunks (the base class flushes whole shards), the last one maybe short
+            coder, chunk, doc = self.h264[name]
+            ds, first = self.file[name], start // chunk
+            coded = [np.frombuffer(coder.encode(block[i:i + chunk]), np.uint8) for i in range(0, len(block), chunk)]
+            ds.resize(first + len(coded), axis=0)
+            ds[first:first + len(coded)] = coded
+            doc["shape"][0] = start + len(block)
+            return
         ds = self.file[name]
         ds.resize(start + len(block), axis=0)
         ds[start:start + len(block)] = block
@@ -32,6 +56,8 @@ class HDF5VideoWriter(VideoWriter):
         self.file[name].attrs["motionssl"] = json.dumps(attrs)
 
     def _finish(self, meta):
+        for name, (_, _, doc) in self.h264.items():
+            self.file[name].attrs[H264_ATTR] = json.dumps(doc)
         self.file.attrs["motionssl_video"] = json.dumps(meta)
 
     def _close(self):
@@ -45,12 +71,23 @@ class HDF5VideoReader:
         self.file = h5py.File(path, "r")
         self._datasets: dict[str, h5py.Dataset] = {}
         self._attrs: dict[str, dict] = {}
+        self._h264: dict[str, H264Frames | None] = {}
 
     def meta(self) -> dict:
         return json.loads(self.file.attrs["motionssl_video"])
 
     def arrays(self) -> dict[str, tuple[tuple, np.dtype]]:
-        return {name: (tuple(ds.shape), ds.dtype) for name, ds in self.file.items()}
+        out = {}
+        for name, ds in self.file.items():
+            frames = self.h264_frames(name)
+            out[name] = (frames.shape, frames.dtype) if frames is not None else (tuple(ds.shape), ds.dtype)
+        return out
+
+    def h264_frames(self, name: str) -> H264Frames | None:
+        if name not in self._h264:
+            raw = self.array(name).attrs.get(H264_ATTR)
+            self._h264[name] = H264Frames(self.array(name), json.loads(raw)) if raw is not None else None
+        return self._h264[name]
 
     def array(self, name: str):
         if name not in self._datasets:  # a lookup costs more than reading a small array: once per reader
@@ -65,6 +102,9 @@ class HDF5VideoReader:
 
     def read(self, name: str, sel) -> np.ndarray:
         ds = self.array(name)
+        frames = self.h264_frames(name)
+        if frames is not None:
+            return frames.read(np.arange(*sel.indices(frames.shape[0])) if isinstance(sel, slice) else sel)
         if isinstance(sel, slice):
             return ds[sel]
         idx, n = np.asarray(sel, np.int64), len(ds)
@@ -88,3 +128,29 @@ class HDF5VideoReader:
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+
+
+class H264Frames:
+    """Frames of an H.264-coded array: one variable-length dataset entry per chunk, decoded on read."""
+
+    def __init__(self, ds: h5py.Dataset, doc: dict):
+        self.ds = ds
+        self.shape, self.dtype = tuple(doc["shape"]), np.dtype(doc["dtype"])
+        self.chunk_t = int(doc["chunk_frames"])
+        self.coder = ChunkCoder.from_dict(doc["codec"])
+
+    def read(self, indices) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed); each chunk decoded once, up to its last frame asked for."""
+        indices = np.asarray(indices, np.int64)
+        n = self.shape[0]
+        if indices.size and (indices.min() < -n or indices.max() >= n):
+            raise IndexError(f"frame index out of range for {n} frames: {indices.min()}..{indices.max()}")
+        indices = indices % max(n, 1)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        chunks = indices // self.chunk_t
+        for chunk in np.unique(chunks):
+            rows = np.flatnonzero(chunks == chunk)
+            offsets = indices[rows] - chunk * self.chunk_t
+            data = self.ds[int(chunk)].tobytes()
+            out[rows] = self.coder.decode(data, (self.chunk_t, *self.shape[1:]), int(offsets.max()) + 1)[offsets]
+        return out

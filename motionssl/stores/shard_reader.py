@@ -3,7 +3,7 @@
 zarr-python 3 reads every chunk through its asyncio event loop and re-reads the shard index each time: about
 1.5 ms of overhead per chunk, more than Blosc takes to decode it (benchmarks/README.md, "Trainer: loader
 throughput"). The arrays `ZarrVideoWriter` writes have one layout, fixed by the Zarr v3 sharding spec: shards
-and chunks of whole frames along time, chunks coded `bytes` + `blosc`, the shard index (offset, nbytes as
+and chunks of whole frames along time, chunks coded `bytes` + `blosc` or `motionssl.h264`, the shard index (offset, nbytes as
 little-endian uint64 per chunk, then a crc32c) at the end of the shard file. This reader handles exactly that
 layout and nothing else (`open` returns None otherwise, and the caller uses zarr); it trusts the index
 without checking its crc32c.
@@ -16,17 +16,21 @@ from pathlib import Path
 import numpy as np
 from numcodecs import Blosc
 
+from motionssl.stores.h264 import CODEC_NAME, ChunkCoder
+
 MISSING = np.iinfo(np.uint64).max  # index entry of a chunk never written
 
 
 class ShardedFrames:
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, shard_t: int, chunk_t: int):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, shard_t: int, chunk_t: int,
+                 h264: ChunkCoder | None = None):
         self.path, self.shape, self.dtype = path, shape, dtype
         self.shard_t, self.chunk_t = shard_t, chunk_t
         self.per_shard = shard_t // chunk_t
         self.chunk_shape = (chunk_t, *shape[1:])
         self._index: dict[int, np.ndarray] = {}
         self._blosc = Blosc()
+        self._h264 = h264
 
     @classmethod
     def open(cls, path: Path, metadata: dict) -> ShardedFrames | None:
@@ -44,18 +48,19 @@ class ShardedFrames:
         shape, chunk = metadata["shape"], conf["chunk_shape"]
         whole_frames = shard[1:] == shape[1:] and chunk[1:] == shape[1:] and shard[0] % chunk[0] == 0
         key = metadata.get("chunk_key_encoding", {})
-        if (inner != ["bytes", "blosc"] or index != ["bytes", "crc32c"] or conf.get("index_location", "end") != "end"
+        if (inner not in (["bytes", "blosc"], [CODEC_NAME]) or index != ["bytes", "crc32c"] or conf.get("index_location", "end") != "end"
                 or set(endian) != {"little"} or not whole_frames or key.get("name") != "default"
                 or key.get("configuration", {}).get("separator", "/") != "/"):
             return None
         dtype = np.dtype(metadata["data_type"]).newbyteorder("<")
-        return cls(path, tuple(shape), dtype, shard[0], chunk[0])
+        h264 = ChunkCoder.from_dict(conf["codecs"][0]) if inner == [CODEC_NAME] else None
+        return cls(path, tuple(shape), dtype, shard[0], chunk[0], h264)
 
     def _shard_file(self, shard: int) -> Path:
         return self.path / "c" / "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
 
-    def _chunk(self, fd: int, shard: int, k: int) -> np.ndarray:
-        """Chunk k of the shard open as `fd`, decoded."""
+    def _chunk(self, fd: int, shard: int, k: int, frames: int) -> np.ndarray:
+        """Chunk k of the shard open as `fd`, decoded: at least its first `frames` frames."""
         index = self._index.get(shard)
         if index is None:
             size = 16 * self.per_shard + 4
@@ -65,6 +70,8 @@ class ShardedFrames:
         if offset == MISSING:  # never written: the writer writes every chunk, so this is damage
             raise OSError(f"{self.path}: chunk {shard * self.per_shard + k} is missing; run `motionssl verify`")
         data = os.pread(fd, int(nbytes), int(offset))
+        if self._h264 is not None:  # P-frames depend on earlier ones only: stop at the last frame asked for
+            return self._h264.decode(data, self.chunk_shape, frames)
         return np.frombuffer(self._blosc.decode(data), self.dtype).reshape(self.chunk_shape)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -82,8 +89,9 @@ class ShardedFrames:
             try:
                 for chunk in np.unique(chunks[chunks // self.per_shard == shard]):
                     rows = np.flatnonzero(chunks == chunk)
-                    frames = self._chunk(fd, int(shard), int(chunk - shard * self.per_shard))
-                    out[rows] = frames[indices[rows] - chunk * self.chunk_t]
+                    offsets = indices[rows] - chunk * self.chunk_t
+                    frames = self._chunk(fd, int(shard), int(chunk - shard * self.per_shard), int(offsets.max()) + 1)
+                    out[rows] = frames[offsets]
             finally:
                 os.close(fd)
         return out

@@ -12,6 +12,9 @@ def _array_bytes(store: Store, reader, name: str) -> int:
     if store.format == "zarr":
         root = Path(reader.path) / name
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    frames = reader.h264_frames(name)
+    if frames is not None:  # variable-length entries live in the file's heap, outside the dataset's storage
+        return sum(len(entry) for entry in frames.ds[:])
     return int(reader.array(name).id.get_storage_size())
 
 

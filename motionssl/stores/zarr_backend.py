@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from motionssl.stores import zarr_h264  # noqa: F401  (registers the motionssl.h264 codec with zarr)
 from motionssl.stores.shard_reader import ShardedFrames
 from motionssl.stores.zarr_writer import ZarrVideoWriter  # noqa: F401  (the backend's writer)
 

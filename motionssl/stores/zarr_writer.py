@@ -20,6 +20,7 @@ import numpy as np
 from numcodecs import Blosc
 from numcodecs.checksum32 import CRC32C
 
+from motionssl.stores.h264 import ChunkCoder, h264_coder
 from motionssl.stores.writer import VideoWriter
 
 MISSING = np.iinfo(np.uint64).max  # shard index entry of a chunk beyond the end of the array
@@ -34,6 +35,7 @@ class _Array:
     shard: int  # frames per shard file; == chunk: not sharded, one file per chunk
     blosc: Blosc
     attrs: dict = field(default_factory=dict)
+    h264: ChunkCoder | None = None  # chunks coded as H.264 streams instead of Blosc
 
     def chunk_file(self, root: Path, index: int) -> Path:
         return root / "c" / "/".join([str(index)] + ["0"] * len(self.frame_shape))
@@ -43,10 +45,13 @@ class _Array:
         fill value) to whole chunks, and chunks past it are absent from the index."""
         block = np.ascontiguousarray(block, self.dtype.newbyteorder("<"))
         n_chunks = -(-len(block) // self.chunk)
-        if len(block) < n_chunks * self.chunk:
-            block = np.concatenate([block, np.zeros((n_chunks * self.chunk - len(block), *self.frame_shape),
-                                                    block.dtype)])
-        chunks = [self.blosc.encode(block[i:i + self.chunk]) for i in range(0, len(block), self.chunk)]
+        if self.h264 is not None:  # a short last chunk is coded as it is; decoding fills the rest with 0
+            chunks = [self.h264.encode(block[i:i + self.chunk]) for i in range(0, len(block), self.chunk)]
+        else:
+            if len(block) < n_chunks * self.chunk:
+                block = np.concatenate([block, np.zeros((n_chunks * self.chunk - len(block), *self.frame_shape),
+                                                        block.dtype)])
+            chunks = [self.blosc.encode(block[i:i + self.chunk]) for i in range(0, len(block), self.chunk)]
         if self.shard == self.chunk:
             return chunks[0]
         index = np.full((self.shard // self.chunk, 2), MISSING, "<u8")
@@ -61,7 +66,7 @@ class _Array:
         blosc = {"name": "blosc", "configuration": {"typesize": self.dtype.itemsize, "cname": self.blosc.cname,
                                                     "clevel": self.blosc.clevel, "shuffle": "shuffle",
                                                     "blocksize": self.blosc.blocksize}}
-        codecs = [data_bytes, blosc]
+        codecs = [data_bytes, blosc] if self.h264 is None else [self.h264.to_dict()]
         if self.shard > self.chunk:
             codecs = [{"name": "sharding_indexed", "configuration": {
                 "chunk_shape": [self.chunk, *self.frame_shape], "codecs": codecs,
@@ -88,7 +93,8 @@ class ZarrVideoWriter(VideoWriter):
         # compression 40 % slower and rgb chunks 8 % larger (benchmarks/README.md).
         block = chunk * int(np.prod(frame_shape, dtype=np.int64)) * dtype.itemsize
         blosc = Blosc(cname=st.zarr_codec, clevel=st.zarr_level, shuffle=Blosc.SHUFFLE, blocksize=block)
-        self.arrays[name] = _Array(frame_shape, dtype, chunk, max(shard, chunk), blosc)
+        self.arrays[name] = _Array(frame_shape, dtype, chunk, max(shard, chunk), blosc,
+                                   h264=h264_coder(self.spec, name, dtype))
         (self.tmp / name / "c").mkdir(parents=True)
 
     def _write(self, name, start, block):
