@@ -9,6 +9,7 @@ Measured in one run (definitions in benchmarks/README.md):
      --repeats runs per side, order alternating; ratio = extract / bare. Also timed, to split the
      gap: extract_video called directly in the same Pool (no CLI, Dask or decoder subprocess), and
      the command on one short clip (its fixed cost). CPU seconds of every run are recorded too.
+     With --large-copies N, extract (zarr) and bare are also timed on N copies of each clip.
   2. where the time goes: one process, in-process, per stage of extract_video; a cProfile; and
      extract_video's CPU with and without the environment Dask gives decoder processes.
   3. size and read speed of the Zarr and HDF5 stores: bytes per frame (total and per array),
@@ -250,6 +251,22 @@ def throughput(video_dir: Path, one_clip_dir: Path, work: Path, workers: int, re
     return summarize_throughput(runs, sides, workers)
 
 
+def large_input(video_dir: Path, work: Path, workers: int, repeats: int) -> dict:
+    """extract_zarr and bare only, on a larger input (start-up weighs less); best of `repeats` each."""
+    runs = []
+    for r in range(repeats):
+        for side in (("extract_zarr", "bare") if r % 2 == 0 else ("bare", "extract_zarr")):
+            run = time_bare(video_dir, workers) if side == "bare" else \
+                time_extract(video_dir, work / "store_large", "zarr", workers)
+            run["round"] = r
+            runs.append(run)
+            print(f"  round {r} {side:24s} {run['frames']:5d} frames in {run['wall_s']:6.2f}s "
+                  f"= {run['fps']:6.1f} frames/s (load {run['loadavg_1m']:.2f})", flush=True)
+    shutil.rmtree(work / "store_large", ignore_errors=True)
+    best = {s: max((x for x in runs if x["side"] == s), key=lambda x: x["fps"]) for s in ("extract_zarr", "bare")}
+    return {"runs": runs, "best": best, "ratio_vs_bare": best["extract_zarr"]["fps"] / best["bare"]["fps"]}
+
+
 def summarize_throughput(runs: list[dict], sides: list[str], workers: int) -> dict:
     """Best run per side (highest frames/s) and the ratios against the bare side."""
     best = {s: max((x for x in runs if x["side"] == s), key=lambda x: x["fps"]) for s in sides}
@@ -341,6 +358,7 @@ def breakdown_worker(out_dir: Path, formats: list[str], clips: list[Path]) -> di
     timers.wrap(writer.VideoWriter, "_flush", "writer: flush", per_name=True)  # inside append and commit
     timers.wrap(writer.VideoWriter, "append", "writer: append")
     timers.wrap(writer.VideoWriter, "commit", "writer: commit")
+    timers.wrap(writer, "_fsync_tree", "writer: fsync")  # inside commit
     result = {}
     for fmt in formats:
         store = out_dir / f"store_{fmt}"
@@ -563,6 +581,13 @@ def print_tables(res: dict) -> None:
           "ratio without it: " + ", ".join(f"{k} {v:.2f}" for k, v in tp["ratio_vs_bare_without_fixed_cost"].items()))
     for side, a in tp["accounting"].items():
         print(f"  {side:24s} " + ", ".join(f"{k} {v:.2f}" for k, v in a.items()))
+    if "large" in res:
+        lg = res["large"]
+        print(f"\nlarger input ({res['config']['large_copies']} copies, {lg['best']['bare']['frames']} frames, "
+              f"best of {res['config']['large_repeats']})")
+        for side, b in lg["best"].items():
+            print(f"  {side:24s} {b['frames']:6d} {b['wall_s']:8.2f} {b['fps']:9.1f}")
+        print(f"  extract_zarr/bare {lg['ratio_vs_bare']:.2f}")
     _print_breakdown(res.get("breakdown", {}))
     _print_decoder_env(res.get("decoder_env", {}))
     print(f"\nstores ({res['config']['videos']} videos)")
@@ -585,6 +610,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--formats", default="zarr,hdf5", help="store formats to extract and measure (default zarr,hdf5)")
     p.add_argument("--read-clips", type=int, default=200, help="random 16-frame clips read per store (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random clip positions")
+    p.add_argument("--large-copies", type=int, default=0,
+                   help="also time extract_zarr and bare on this many copies of each clip (default 0: not run)")
+    p.add_argument("--large-repeats", type=int, default=2, help="timed runs per side of the larger input (default 2)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage breakdown")
     p.add_argument("--keep", action="store_true", help="keep the work directory (stores, replicated clips)")
     p.add_argument("--breakdown-worker", nargs="+", help=argparse.SUPPRESS)  # internal: child process
@@ -613,9 +641,13 @@ def main(argv=None) -> int:
         res = {"date": time.strftime("%Y-%m-%d"), "code": code_version(), "machine": machine_info(), "config": {
             "spec": SPEC, "workers": args.workers, "copies": args.copies, "repeats": args.repeats,
             "clips": [c.name for c in clips], "videos": len(clips) * args.copies, "read_clips": args.read_clips,
-            "seed": args.seed}}
+            "seed": args.seed, "large_copies": args.large_copies, "large_repeats": args.large_repeats}}
         print(f"throughput: {len(clips)} clips x {args.copies} copies, {args.workers} processes", flush=True)
         res["throughput"] = throughput(video_dir, one_clip_dir, work, args.workers, args.repeats, formats)
+        if args.large_copies:
+            print(f"larger input: {len(clips)} clips x {args.large_copies} copies", flush=True)
+            large_dir = replicate(clips, args.large_copies, work / "videos_large")
+            res["large"] = large_input(large_dir, work, args.workers, args.large_repeats)
         if not args.no_breakdown:
             print("stage breakdown (in-process, one clip set)", flush=True)
             res["breakdown"] = stage_breakdown(clips, work, formats)
