@@ -259,12 +259,12 @@ def finetune(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation (the checkpoint's "
                                       "architecture, or --backbone): the papers' baseline."),
     dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Dropout before the classifier (full "
-                                            "fine-tuning; default 0.5)."),
+                                            "fine-tuning; default 0.3, CMD's)."),
     aux_motion: Optional[float] = typer.Option(None, help="[not built yet: CMD method issue] weight of CMD's "
                                                "motion-prediction loss as a regulariser (paper: 0.2)."),
     backbone: Optional[str] = typer.Option(None, help="Architecture for --from-scratch without --checkpoint."),
     backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels for --backbone."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs over the training videos (default 100)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs over the training videos (default 120, CMD's)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Clips per process per step."),
     clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip (default: the checkpoint's)."),

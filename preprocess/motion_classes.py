@@ -74,10 +74,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=12)
     parser.add_argument("--test-per-class", type=int, default=4)
     parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--size", default="96x64", help="WIDTHxHEIGHT in pixels")
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args()
+    width, height = (int(x) for x in a.size.split("x"))
     labels = write_motion_classes(a.out, per_class=a.per_class, test_per_class=a.test_per_class, frames=a.frames,
-                                  seed=a.seed)
+                                  size=(width, height), seed=a.seed)
     print(f"motion classes {', '.join(DIRECTIONS)}: {a.per_class} videos each in {a.out}; labels {labels}")
 
 
