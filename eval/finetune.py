@@ -134,7 +134,7 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
                              device: str = "cpu") -> dict:
     """The linear protocol's fast path: features of `views` evenly spaced centre clips of every training video,
     computed once by the frozen backbone; then `cfg.steps` (or `cfg.epochs`) full-batch Adam steps on the linear
-    head (a convex problem: Adam needs no per-dataset lr tuning), cosine lr. Writes the same checkpoint layout as the loop."""
+    head, cosine lr. Writes the same checkpoint layout as the loop."""
     run_dir = Path(cfg.out)
     if (run_dir / checkpoint.LAST).exists():
         raise ConfigError(f"{run_dir} already holds a run; pass a new -o RUN_DIR")

@@ -72,7 +72,8 @@ def run_steps(method: Finetune, steps: int = 3) -> None:
     method.train()
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        batch = {"views": [{"rgb": torch.randn(4, 3, 4, 32, 32, generator=g) * 3 + 1}], "label": torch.tensor([0, 1, 2, 0])}
+        clips = torch.randn(4, 3, 4, 32, 32, generator=g) * 3 + 1
+        batch = {"views": [{"rgb": clips}], "label": torch.tensor([0, 1, 2, 0])}
         loss = method(batch, step=0)["loss"]
         optimizer.zero_grad()
         loss.backward()

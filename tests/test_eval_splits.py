@@ -59,7 +59,8 @@ def test_hmdb51(tmp_path):
                                              "unused_brush_hair_clip.avi 0 \n")
     write(d / "cartwheel_test_split1.txt", "Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_le_bad_8.avi 2 \n")
     write(d / "cartwheel_test_split2.txt", "whatever.avi 1 \n")
-    ids = ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0", "brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0",
+    ids = ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0",
+           "brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0",
            "cartwheel/Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_le_bad_8"]
     assert detect([d]) == "hmdb51"
     s = load_split([d], ids, split=1)
