@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -90,12 +89,13 @@ def check_store(store: Store, needs: Needs) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy and random seeded from the worker's torch seed, one OpenCV thread
-    (workers are the parallelism; OpenCV's own pool would oversubscribe the cores)."""
+    """DataLoader worker_init_fn: numpy and random seeded from the worker's torch seed.
+
+    It leaves OpenCV's thread count alone: in a worker forked after the parent used OpenCV, cv2.setNumThreads
+    waits forever on the parent's pool threads, which do not exist in the child."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    cv2.setNumThreads(1)
 
 
 class ClipDataset(Dataset):
