@@ -7,6 +7,7 @@ restored, its losses are equal on CPU in deterministic mode.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -99,7 +100,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     method_cls = method_cls or METHODS[cfg.method]
-    parse_options(method_cls.Options, cfg.method_options, method=cfg.method)  # fail on typos before any work
+    # fail on typos before any work, and record every option (defaults included) in config.yaml
+    cfg.method_options = dataclasses.asdict(parse_options(method_cls.Options, cfg.method_options, method=cfg.method))
     store = open_store(cfg.store)
     dataset = method_cls.dataset(cfg, store)
     sampler = KeySampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed,
