@@ -156,7 +156,8 @@ def draw_color(rng: np.random.Generator, *, brightness: float = 0.4, contrast: f
     sigma = rng.uniform(*blur_sigma)
     if not jitter:
         factors = [1.0, 1.0, 1.0, 0.0]
-    return ColorParams(*map(float, factors), order=order, grayscale=bool(gray), blur_sigma=float(sigma) if blur else 0.0)
+    return ColorParams(*map(float, factors), order=order, grayscale=bool(gray),
+                       blur_sigma=float(sigma) if blur else 0.0)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -164,12 +165,21 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return torch.tensordot(torch.tensor(GRAY_WEIGHTS, dtype=x.dtype), x, dims=1).unsqueeze(0)
 
 
-def _hue_matrix(hue: float) -> torch.Tensor:
+def _hue_matrix(hue: float) -> np.ndarray:
     """RGB -> RGB rotation of the chroma plane of YIQ by `hue` turns (luma kept)."""
     yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     a = 2 * math.pi * hue
     rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    return torch.from_numpy(np.linalg.inv(yiq) @ rot @ yiq).float()
+    return np.linalg.inv(yiq) @ rot @ yiq
+
+
+def _mix_channels(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
+    """x[c] = sum_j m[c, j] x[j], in place. A new clip-sized tensor is a fresh mmap that page-faults in: for a
+    3 x 16 x 112 x 112 clip, 1.6 ms against 0.4 ms for the arithmetic (measured)."""
+    r, g, b = x[0].clone(), x[1].clone(), x[2]
+    for c in range(3):  # b is overwritten last
+        torch.mul(b, m[c, 2], out=x[c]).add_(r, alpha=m[c, 0]).add_(g, alpha=m[c, 1])
+    return x
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
@@ -182,15 +192,14 @@ def blur_radius(sigma: float) -> int:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, T, H, W) float32 blurred per frame by a Gaussian of `sigma` px truncated at radius ceil(3 sigma),
-    borders reflected without repeating the edge (torch's "reflect"). OpenCV's separable filter: several
-    times faster than a one-channel conv2d on the CPU."""
+    """(C, T, H, W) float32 blurred in place per frame by a Gaussian of `sigma` px truncated at radius
+    ceil(3 sigma), borders reflected without repeating the edge (torch's "reflect"). OpenCV's separable
+    filter: several times faster than a one-channel conv2d on the CPU."""
     k = 2 * blur_radius(sigma) + 1
-    planes = x.contiguous().numpy().reshape(-1, *x.shape[-2:])
-    out = np.empty_like(planes)
-    for src, dst in zip(planes, out):
-        cv2.GaussianBlur(src, (k, k), sigma, dst=dst, borderType=cv2.BORDER_REFLECT_101)
-    return torch.from_numpy(out).view(x.shape)
+    x = x.contiguous()
+    for plane in x.numpy().reshape(-1, *x.shape[-2:]):  # in place: see _mix_channels
+        cv2.GaussianBlur(plane, (k, k), sigma, dst=plane, borderType=cv2.BORDER_REFLECT_101)
+    return x
 
 
 def apply_color(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
@@ -205,9 +214,9 @@ def apply_color(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
         elif op == 2 and params.saturation != 1:
             x = _blend(x, _gray(x), params.saturation)
         elif op == 3 and params.hue != 0:
-            x = (_hue_matrix(params.hue) @ x.reshape(3, -1)).view(x.shape).clamp_(0, 1)
+            x = _mix_channels(x, _hue_matrix(params.hue)).clamp_(0, 1)
     if params.grayscale:
-        x = _gray(x).expand(3, *x.shape[1:]).contiguous()
+        x.copy_(_gray(x).expand_as(x))
     if params.blur_sigma > 0:
         x = gaussian_blur(x, params.blur_sigma)
     return x
