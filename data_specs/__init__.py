@@ -67,6 +67,8 @@ class Flow:
     edges_clamp: float = 10.0
     store_as: str = "uint8"         # uint8: linear over [-store_bound, store_bound] (denseflow); float16
     store_bound: float = 20.0
+    maps_store_as: str = "float16"  # float16 | uint8: boundary over [0, boundary_bound], edges over [0, edges_clamp]
+    boundary_bound: float = 5.0     # uint8 boundary saturates here (0.05 % of values beyond it, benchmarks/README.md)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ class Storage:
 
 # Keys added after stores were first written: hashed only when they differ from these defaults, so
 # older stores keep their digest.
-_LATER_STORAGE_KEYS = {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc"}
+_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc"},
+               "flow": {"maps_store_as": "float16", "boundary_bound": 5.0}}
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,10 @@ class Spec:
         """Short hash of everything that changes what is written; names do not count."""
         d = self.to_dict()
         d.pop("name")
-        for key, default in _LATER_STORAGE_KEYS.items():
-            if d["storage"][key] == default:
-                del d["storage"][key]
+        for section, keys in _LATER_KEYS.items():
+            for key, default in keys.items():
+                if d[section][key] == default:
+                    del d[section][key]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -172,13 +176,15 @@ def _validate(spec: Spec, source: str) -> None:
     fl = spec.flow
     choices = {"method": FLOW_METHOD_NAMES, "dis_preset": DIS_PRESETS, "raft_model": ("large", "small"),
                "boundary_operator": ("prewitt", "sobel", "central"), "edges_flow": ("separate", "derived"),
-               "store_as": ("uint8", "float16")}
+               "store_as": ("uint8", "float16"), "maps_store_as": ("uint8", "float16")}
     for key, allowed in choices.items():
         if getattr(fl, key) not in allowed:
             raise SpecError(f"{source}: flow.{key} must be one of {list(allowed)}, got {getattr(fl, key)!r}")
     if fl.edges_gap < 1 or fl.batch < 1 or fl.block_frames < fl.edges_gap + 2 or fl.raft_iters < 1:
         raise SpecError(f"{source}: flow needs edges_gap >= 1, batch >= 1, raft_iters >= 1, "
                         f"block_frames >= edges_gap + 2")
+    if not fl.boundary_bound > 0 or not fl.edges_clamp > 0:
+        raise SpecError(f"{source}: flow.boundary_bound and flow.edges_clamp must be > 0")
     st = spec.storage
     if st.chunk_frames < 1 or st.shard_frames < st.chunk_frames or st.shard_frames % st.chunk_frames:
         raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")

@@ -76,9 +76,11 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
                 writer.add_array("flow", frame_shape[:2] + (2,), np.uint8 if quantized else np.float16,
                                  attrs={"quantization": {"kind": "linear", "bound": spec.flow.store_bound}}
                                  if quantized else None)
-            for name in ("boundary", "edges"):
+            for name, bound in maps_bounds(spec).items():
                 if name in want:
-                    writer.add_array(name, frame_shape[:2], np.float16)
+                    writer.add_array(name, frame_shape[:2], np.float16 if bound is None else np.uint8,
+                                     attrs=None if bound is None else
+                                     {"quantization": {"kind": "range", "min": 0.0, "max": bound}})
         n = n_iframes = 0
         no_mv = (np.zeros((gh, gw, 2), np.float16), np.zeros((gh, gw), bool))
         rotation = 0
@@ -99,12 +101,12 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
                 writer.append("mv", mv.astype(np.float16))
                 writer.append("mv_valid", valid)
             if maps is not None:
-                _write_maps(writer, maps.push(frame.rgb), want, flow_bound)
+                _write_maps(writer, maps.push(frame.rgb), want, flow_bound, maps_bounds(spec))
             n += 1
             progress(n)
         container.close()
         if maps is not None:
-            _write_maps(writer, maps.finish(), want, flow_bound)
+            _write_maps(writer, maps.finish(), want, flow_bound, maps_bounds(spec))
             notes += maps.notes
         if n == 0:
             raise BadVideo("no frames could be decoded")
@@ -127,7 +129,20 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
         raise
 
 
-def _write_maps(writer, maps, want: set[str], flow_bound: float | None) -> None:
+def maps_bounds(spec) -> dict[str, float | None]:
+    """The uint8 range [0, bound] of boundary and edges, or None where they are stored as float16."""
+    if spec.flow.maps_store_as == "float16":
+        return {"boundary": None, "edges": None}
+    return {"boundary": spec.flow.boundary_bound, "edges": spec.flow.edges_clamp}
+
+
+def _map_values(m: np.ndarray, bound: float | None) -> np.ndarray:
+    if bound is None:
+        return m.astype(np.float16)
+    return np.clip(np.rint(m * np.float32(255 / bound)), 0, 255).astype(np.uint8)
+
+
+def _write_maps(writer, maps, want: set[str], flow_bound: float | None, bounds: dict[str, float | None]) -> None:
     from motionssl.preprocess.flow import quantize_flow  # here: specs without flow never import torch
 
     for m in maps:
@@ -135,6 +150,6 @@ def _write_maps(writer, maps, want: set[str], flow_bound: float | None) -> None:
             writer.append("flow", m.flow.astype(np.float16) if flow_bound is None
                           else quantize_flow(m.flow, bound=flow_bound))
         if "boundary" in want:
-            writer.append("boundary", m.boundary.astype(np.float16))
+            writer.append("boundary", _map_values(m.boundary, bounds["boundary"]))
         if "edges" in want:
-            writer.append("edges", m.edges.astype(np.float16))
+            writer.append("edges", _map_values(m.edges, bounds["edges"]))

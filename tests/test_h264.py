@@ -15,7 +15,7 @@ from motionssl.stores.h264 import decode_chunk, encode_chunk
 from motionssl.stores.summary import summarize
 from motionssl.stores.verify import verify_store
 
-H264_SPEC = {**TINY_FLOW_SPEC, "name": "tiny-h264",
+H264_SPEC = {**TINY_FLOW_SPEC, "name": "tiny-h264", "flow": {**TINY_FLOW_SPEC["flow"], "maps_store_as": "uint8"},
              "storage": {**TINY_FLOW_SPEC["storage"], "rgb_codec": "h264", "flow_codec": "h264"}}
 FRAMES = 30  # chunks of 4: the last chunk holds 2 frames
 
@@ -72,7 +72,8 @@ def test_planes_are_lossless(shape):
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_reader_api_matches_the_blosc_store(stores, fmt):
     h, b = open_store(stores["h264", fmt]), open_store(stores["blosc", fmt])
-    assert h.arrays("right") == b.arrays("right")  # same logical shapes and dtypes
+    hb, bb = h.arrays("right"), b.arrays("right")
+    assert {k: hb[k] for k in ("rgb", "iframes", "flow")} == {k: bb[k] for k in ("rgb", "iframes", "flow")}
     rgb, ref = h.read("right", "rgb"), b.read("right", "rgb")
     assert rgb.shape == (FRAMES, 64, 128, 3) and rgb.dtype == np.uint8
     assert psnr(rgb, ref) > 35
@@ -87,9 +88,23 @@ def test_reader_api_matches_the_blosc_store(stores, fmt):
         assert np.array_equal(h.read_at("right", "rgb", [chunk_start + 1]), rgb[[chunk_start + 1]])
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_uint8_maps_read_back_within_half_a_step(stores, fmt):
+    """boundary over [0, 5] and edges over [0, 10] in 255 steps (lossless H.264 on top), against float16."""
+    h, b = open_store(stores["h264", fmt]), open_store(stores["blosc", fmt])
+    assert h.arrays("right")["boundary"] == ((FRAMES, 64, 128), np.dtype(np.uint8))
+    for name, bound in (("boundary", 5.0), ("edges", 10.0)):
+        q, ref = h.read("right", name), b.read("right", name).astype(np.float32)
+        assert q.dtype == np.float32 and q.shape == ref.shape
+        inside = ref <= bound
+        # half a step, plus float16's own rounding of the reference (values <= 10: < 0.004)
+        assert np.abs(q - ref)[inside].max() <= bound / 510 + 0.004
+        assert np.all(q[~inside] == np.float32(bound))  # saturates
+
+
 def test_both_backends_store_the_same_values(stores):
     z, h = open_store(stores["h264", "zarr"]), open_store(stores["h264", "hdf5"])
-    for name in ("rgb", "iframes", "flow"):
+    for name in ("rgb", "iframes", "flow", "boundary", "edges"):
         assert np.array_equal(z.read("right", name), h.read("right", name))
 
 

@@ -132,10 +132,14 @@ class Store:
 
 
 def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
-    """Undo storage quantisation: uint8 q over [-bound, bound] -> float32 q * 2 bound / 255 - bound."""
+    """Undo storage quantisation: uint8 q over [-bound, bound] -> float32 q * 2 bound / 255 - bound (kind
+    linear); over [min, max] -> q * (max - min) / 255 + min (kind range)."""
     quant = attrs.get("quantization")
     if quant is None:
         return raw
+    if quant["kind"] == "range":
+        lo, hi = np.float32(quant["min"]), np.float32(quant["max"])
+        return raw.astype(np.float32) * ((hi - lo) / np.float32(255)) + lo
     bound = np.float32(quant["bound"])
     return raw.astype(np.float32) * (2 * bound / np.float32(255)) - bound
 
