@@ -5,6 +5,7 @@ Clip length, stride and crop size default to the checkpoint's training config.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +30,10 @@ class Protocol:
     size: int | None = None
     batch_size: int = 8
     workers: int = 0
+    crops: int = 1                  # short-side squares per clip along the long side (3: the 10 x 3 views protocol)
 
     def settled(self, config: dict) -> "Protocol":
-        return Protocol(self.views, *(getattr(self, k) or config[k] for k in ("clip_len", "stride", "size")),
-                        self.batch_size, self.workers)
+        return dataclasses.replace(self, **{k: getattr(self, k) or config[k] for k in ("clip_len", "stride", "size")})
 
 
 def _device() -> str:
@@ -40,7 +41,8 @@ def _device() -> str:
 
 
 def _outputs(model, store, videos, labels, p: Protocol) -> np.ndarray:
-    ds = clip_dataset(store, videos, labels, clip_len=p.clip_len, stride=p.stride, size=p.size, views=p.views)
+    ds = clip_dataset(store, videos, labels, clip_len=p.clip_len, stride=p.stride, size=p.size, views=p.views,
+                      crops=p.crops)
     return clip_outputs(model, ds, batch_size=p.batch_size, workers=p.workers, device=_device())
 
 
@@ -65,7 +67,7 @@ def evaluate_retrieval(checkpoint: Path, store_path: Path, labels: Sequence[Path
     result = {"protocol": "retrieval", "checkpoint": str(checkpoint), "store": str(store_path),
               "backbone": payload["backbone"]["name"], "queries": len(test), "gallery": len(train),
               "classes": len(s.classes), "recall": {f"R@{k}": v for k, v in recall.items()},
-              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views,
+              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views, "crops": p.crops,
               "pictures": {k: str(v) for k, v in pictures.items()},
               "neighbours": {test[q]: [train[n] for n in neighbours[q, :5]] for q in range(len(test))}}
     (out / "retrieval.json").write_text(json.dumps(result, indent=1))
@@ -95,7 +97,7 @@ def evaluate_classification(checkpoint: Path, store_path: Path, labels: Sequence
     picture = write_png(confusion_image(matrix, s.classes), out / "confusion.png")
     result = {"protocol": "classification", "checkpoint": str(checkpoint), "store": str(store_path),
               "videos": len(test), "classes": list(s.classes), "accuracy": {f"top{k}": v for k, v in accuracy.items()},
-              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views,
+              "clip_len": p.clip_len, "stride": p.stride, "size": p.size, "views": p.views, "crops": p.crops,
               "confusion": matrix.tolist(), "pictures": {"confusion": str(picture)}}
     (out / "classification.json").write_text(json.dumps(result, indent=1))
     table = _table(["checkpoint", "videos", *result["accuracy"]],

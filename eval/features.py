@@ -86,10 +86,11 @@ def load_backbone(path: Path) -> tuple[nn.Module, dict, LoadReport]:
 
 
 def clip_dataset(store: Store, videos: Sequence[str], labels: Sequence[int], *, clip_len: int, stride: int,
-                 size: int, views: int = 10) -> ClipDataset:
-    """`views` evenly spaced clips per video, centre crop, no jitter (the test-time protocol)."""
+                 size: int, views: int = 10, crops: int = 1) -> ClipDataset:
+    """`views` evenly spaced clips per video, each cut into `crops` short-side squares (1: the centre), no jitter
+    (the test-time protocol)."""
     needs = Needs(modalities=("rgb",), clip_len=clip_len, stride=stride, views=views)
-    return ClipDataset(store, needs, size=size, train=False, videos=videos, labels=labels)
+    return ClipDataset(store, needs, size=size, train=False, videos=videos, labels=labels, crops=crops)
 
 
 @torch.no_grad()

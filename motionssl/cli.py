@@ -339,10 +339,11 @@ evaluate_app = typer.Typer(help="Evaluate a checkpoint: retrieval R@k or classif
 app.add_typer(evaluate_app, name="evaluate")
 
 
-def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int):
+def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int, crops: int = 1):
     from motionssl.eval.evaluate import Protocol
 
-    return Protocol(views=views, clip_len=clip_len, stride=stride, size=size, batch_size=batch_size, workers=workers)
+    return Protocol(views=views, clip_len=clip_len, stride=stride, size=size, batch_size=batch_size, workers=workers,
+                    crops=crops)
 
 
 def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Path, split: int, protocol) -> None:
@@ -376,6 +377,8 @@ def evaluate_retrieve(
     clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
     stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
     size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
+    crops: int = typer.Option(1, min=1, help="Test crops per clip, features averaged: 1 (centre square), 3 (both "
+                              "ends and the centre of the long side) or 10 (CoCLR's ten-crop: corners, centre, flips)."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
 ):
@@ -383,7 +386,7 @@ def evaluate_retrieve(
     from motionssl.eval.evaluate import evaluate_retrieval
 
     _evaluate(evaluate_retrieval, checkpoint, store, labels, output, split,
-              _protocol(views, clip_len, stride, size, batch_size, workers))
+              _protocol(views, clip_len, stride, size, batch_size, workers, crops))
 
 
 @evaluate_app.command("classify")
@@ -397,14 +400,16 @@ def evaluate_classify(
     clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
     stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
     size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
+    crops: int = typer.Option(1, min=1, help="Test crops per clip: 1 (centre square), 3 (the 10 x 3 views of MoDist / "
+                              "SlowFast) or 10 (ten-crop, MVCGC / CoCLR); probabilities averaged over clips x crops."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
 ):
-    """Top-1 / top-5 accuracy on the test videos, probabilities averaged over evenly spaced clips."""
+    """Top-1 / top-5 accuracy on the test videos, probabilities averaged over evenly spaced clips (x crops)."""
     from motionssl.eval.evaluate import evaluate_classification
 
     _evaluate(evaluate_classification, checkpoint, store, labels, output, split,
-              _protocol(views, clip_len, stride, size, batch_size, workers))
+              _protocol(views, clip_len, stride, size, batch_size, workers, crops))
 
 
 @app.command()

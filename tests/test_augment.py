@@ -11,7 +11,7 @@ from torchvision.transforms import RandomResizedCrop
 from motionssl.data_specs import hflip_motion
 from motionssl.train.augment import (
     ColorParams, SpatialParams, apply_color, center_params, crop_resize_frames, crop_resize_motion, draw_color,
-    draw_spatial, gaussian_blur, normalize, to_clip_tensor,
+    draw_spatial, eval_crops, gaussian_blur, normalize, to_clip_tensor,
 )
 
 
@@ -93,6 +93,21 @@ def test_center_params_is_the_short_side_square():
     assert p.pixel_box(64, 128) == (32, 0, 64, 64)
     p = center_params(aspect=0.5)
     assert p.pixel_box(128, 64) == (0, 32, 64, 64)
+
+
+def test_eval_crops_are_the_papers_test_crops():
+    assert eval_crops(1, 2.0) == [center_params(2.0)]
+    boxes = [c.pixel_box(64, 128) for c in eval_crops(3, 2.0)]
+    assert boxes == [(0, 0, 64, 64), (32, 0, 64, 64), (64, 0, 64, 64)]  # left, centre, right squares
+    boxes = [c.pixel_box(128, 64) for c in eval_crops(3, 0.5)]
+    assert boxes == [(0, 0, 64, 64), (0, 32, 64, 64), (0, 64, 64, 64)]  # portrait: top, centre, bottom
+    ten = eval_crops(10, 2.0)  # 128 x 64 frame: centred 64-px square at x = 32, crops of 56 px
+    assert [c.pixel_box(64, 128) for c in ten[:5]] == [(32, 0, 56, 56), (40, 0, 56, 56), (32, 8, 56, 56),
+                                                        (40, 8, 56, 56), (36, 4, 56, 56)]
+    assert [c.flip for c in ten] == [False] * 5 + [True] * 5
+    assert [c.pixel_box(64, 128) for c in ten[5:]] == [c.pixel_box(64, 128) for c in ten[:5]]
+    with pytest.raises(ValueError):
+        eval_crops(2)
 
 
 # -- resampling -----------------------------------------------------------------------------------

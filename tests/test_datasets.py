@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, default_collate
 from conftest import TINY_SPEC, extract_in_process
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
-from motionssl.train.augment import center_params, crop_resize_frames, crop_resize_motion, draw_spatial, normalize, \
-    to_clip_tensor
+from motionssl.train.augment import center_params, crop_resize_frames, crop_resize_motion, draw_spatial, \
+    eval_crops, normalize, to_clip_tensor
 from motionssl.train.datasets import ClipDataset, MissingModality, Needs, check_store, seed_worker
 from motionssl.train.sampling import random_clip
 
@@ -136,6 +136,33 @@ def test_centre_crop_motion_reads_in_output_pixels(stores, fmt):
         np.testing.assert_allclose(view["mv"][1 - axis][valid].median(), 0.0, atol=0.05)
         np.testing.assert_allclose(view["flow"][axis].median(), 2.0, atol=0.05)
         assert abs(view["flow"][1 - axis].median()) < 0.1  # uint8 flow storage: 0 reads 0.078 px (x 0.5)
+
+
+@pytest.mark.parametrize("crops", [3, 10])
+def test_test_crops_cut_each_clip_the_same_frames(stores, crops):
+    """crops=3 or 10: views x crops views, clip-major, each the crop `eval_crops` gives, of the same frames; a flipped
+    crop negates dx."""
+    store = stores["zarr"]
+    needs = Needs(modalities=("rgb", "mv"), clip_len=3, stride=2, views=2)
+    many = ClipDataset(store, needs, size=32, train=False, crops=crops)
+    one = ClipDataset(store, needs, size=32, train=False)
+    index = many.videos.index("right")
+    s, c = many[index], one[index]
+    assert len(s["views"]) == 2 * crops
+    frames = store.read("right", "rgb")
+    for clip in range(2):
+        idx = c["views"][clip]["frames"].numpy()
+        for k, crop in enumerate(eval_crops(crops, 2.0)):  # 128 x 64 stored frames
+            view = s["views"][crops * clip + k]
+            assert view["frames"].tolist() == idx.tolist()
+            ref = normalize(to_clip_tensor(crop_resize_frames(frames[idx], crop, 32)))  # flips a flipped crop
+            torch.testing.assert_close(view["rgb"], ref, rtol=0, atol=1e-6)
+            valid = view["mv_valid"][0] > 0
+            assert np.sign(float(view["mv"][0][valid].median())) == (-1 if crop.flip else 1)  # moving right
+        if crops == 3:
+            torch.testing.assert_close(s["views"][3 * clip + 1]["rgb"], c["views"][clip]["rgb"])  # centre = crops=1
+    with pytest.raises(ValueError, match="test-time"):
+        ClipDataset(store, needs, size=32, train=True, crops=3)
 
 
 def test_random_crop_motion_reads_4_times_size_over_crop_pixels(stores):

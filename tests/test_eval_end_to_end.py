@@ -105,6 +105,10 @@ def test_linear_probe_on_cached_features_then_classify(chain):
     assert result["accuracy"]["top1"] == np.trace(matrix) / 8 and "top5" not in result["accuracy"]  # 4 classes
     assert f"| {100 * result['accuracy']['top1']:.1f} |" in text
     assert cv2.imread(str(out / "confusion.png")).shape[0] > 300
+    cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", chain["store"],
+        "--labels", chain["labels"], "-o", out / "crops", "--views", 2, "--crops", 3)
+    three = json.loads((out / "crops" / "classification.json").read_text())
+    assert (three["views"], three["crops"], np.array(three["confusion"]).sum()) == (2, 3, 8)
 
 
 def test_full_finetune_resumes_and_plot_overlays(chain):

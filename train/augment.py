@@ -13,7 +13,7 @@ MoCo video do), on the (3, T, H, W) float tensor in [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -67,10 +67,30 @@ def draw_spatial(rng: np.random.Generator, *, aspect: float = 1.0, scale: tuple[
     return SpatialParams(*box, flip=bool(rng.random() < flip_p))
 
 
-def center_params(aspect: float = 1.0) -> SpatialParams:
-    """The centred square of side the frame's short side (evaluation), unflipped."""
+def center_params(aspect: float = 1.0, position: float = 0.5) -> SpatialParams:
+    """The square of side the frame's short side (evaluation), unflipped, centred by default; `position` slides it
+    along the long side from 0 (left or top edge) to 1 (right or bottom edge)."""
     w, h = min(1.0, 1 / aspect), min(1.0, aspect)
-    return SpatialParams((1 - w) / 2, (1 - h) / 2, w, h)
+    return SpatialParams((1 - w) * position, (1 - h) * position, w, h)
+
+
+def eval_crops(crops: int, aspect: float = 1.0) -> list[SpatialParams]:
+    """The test-time crops of a frame of width / height `aspect`:
+    1: the centred short-side square;
+    3: three short-side squares, at both ends of the long side and the centre (SlowFast's and MoDist's 10 x 3 views);
+    10: ten-crop as CoCLR and MVCGC test: the four corners and the centre of the centred short-side square, each
+       7/8 of its side (112 of 128 px), and the same five flipped."""
+    if crops == 1:
+        return [center_params(aspect)]
+    if crops == 3:
+        return [center_params(aspect, p) for p in (0.0, 0.5, 1.0)]
+    if crops == 10:
+        sq, side = center_params(aspect), 7 / 8
+        w, h = sq.w * side, sq.h * side
+        boxes = [SpatialParams(sq.x0 + fx * (sq.w - w), sq.y0 + fy * (sq.h - h), w, h)
+                 for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))]
+        return boxes + [replace(b, flip=True) for b in boxes]
+    raise ValueError(f"test-time crops must be 1, 3 or 10, got {crops}")
 
 
 def _resample(arr: np.ndarray, box: tuple[float, float, float, float], out_hw: tuple[int, int], *,

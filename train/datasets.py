@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from motionssl.stores import Store
 from motionssl.train.augment import (
-    ColorParams, SpatialParams, apply_color, center_params, crop_resize_frames, crop_resize_motion, draw_color,
-    draw_spatial, normalize, to_clip_tensor,
+    ColorParams, SpatialParams, apply_color, crop_resize_frames, crop_resize_motion, draw_color,
+    draw_spatial, eval_crops, normalize, to_clip_tensor,
 )
 from motionssl.train.sampling import evenly_spaced_clips, random_clip
 
@@ -102,16 +102,22 @@ class ClipDataset(Dataset):
     """One item per video; `ds[i]` or `ds[(i, epoch)]` draws clips of video i (see the module docstring).
 
     train=False: clips evenly spaced in time (the centre one for a single view), centre crop of the short
-    side, no flip, no colour jitter (ImageNet normalisation only). `labels` align with `videos` (default:
-    every video of the store, in store order). `scale` and `flip_p` are RandomResizedCrop's and the flip's.
+    side, no flip, no colour jitter (ImageNet normalisation only); with `crops` = 3 or 10, each clip is cut into
+    those test crops (`augment.eval_crops`), so a sample holds views x crops views, clip-major.
+    `labels` align with `videos` (default: every video of the store, in store order). `scale` and `flip_p` are
+    RandomResizedCrop's and the flip's.
     """
 
     def __init__(self, store: Store, needs: Needs, *, size: int = 112, train: bool = True,
                  videos: Sequence[str] | None = None, labels: Sequence[int] | None = None, seed: int = 0,
-                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5):
+                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5, crops: int = 1):
         check_store(store, needs)
+        if crops != 1 and (train or needs.future_mv or needs.iframe or needs.motion_stats):
+            raise ValueError("crops > 1 is test-time cropping: train=False, and views of per-frame modalities only")
         self.store, self.needs, self.size, self.train, self.seed = store, needs, size, train, seed
         self.scale, self.flip_p = scale, flip_p
+        self.crops = crops
+        eval_crops(crops)  # fails early on an unknown count
         self.cell = store.spec.mv.cell
         if ("mv" in needs.modalities or needs.future_mv) and size % self.cell:
             raise ValueError(f"size {size} is not a multiple of the store's mv cell {self.cell}")
@@ -148,9 +154,13 @@ class ClipDataset(Dataset):
                 color = draw_color(rng)
             else:
                 idx = evenly_spaced_clips(frames_total, length, n.stride, n.views)[v]
-                spatial, color = center_params(aspect), None
+                spatial, *others = eval_crops(self.crops, aspect)
+                color = None
             view, raw = self._view(vid, idx, spatial, color, hw)
             views.append(view)
+            if not self.train:
+                for crop in others:  # the other test crops of the same frames
+                    views.append(self._view(vid, idx, crop, None, hw, raw=raw)[0])
             if v == 0 and n.future_mv:
                 unclamped = idx[0] + n.stride * np.arange(length)
                 mv, valid = crop_resize_motion(raw["mv"][n.clip_len:], spatial, self._grid, frame_hw=hw,
@@ -179,14 +189,16 @@ class ClipDataset(Dataset):
         return arr if len(uniq) == len(idx) else arr[inverse]
 
     def _view(self, vid: str, idx: np.ndarray, spatial: SpatialParams, color: ColorParams | None,
-              hw: tuple[int, int]) -> tuple[dict, dict[str, np.ndarray]]:
+              hw: tuple[int, int], raw: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """The view's tensors, and the raw arrays read for it (mv and mv_valid over all of `idx`, which goes
-        past the clip when view 0 carries future_mv)."""
+        past the clip when view 0 carries future_mv); `raw` given: those arrays, not read again."""
         mods, frames = self.needs.modalities, idx[:self.needs.clip_len]
         names = set(mods) | {self.stats_from} - {None}
         if "mv" in names or len(idx) > len(frames):
             names |= {"mv", "mv_valid"}
-        raw = {name: self._read(vid, name, idx if name in ("mv", "mv_valid") else frames) for name in sorted(names)}
+        if raw is None:
+            raw = {name: self._read(vid, name, idx if name in ("mv", "mv_valid") else frames)
+                   for name in sorted(names)}
         view: dict = {"frames": torch.from_numpy(frames)}
         if "rgb" in mods:
             view["rgb"] = self._rgb(raw["rgb"], spatial, color)
