@@ -104,14 +104,15 @@ class ClipDataset(Dataset):
     train=False: clips evenly spaced in time (the centre one for a single view), centre crop of the short
     side, no flip, no colour jitter (ImageNet normalisation only). `labels` align with `videos` (default:
     every video of the store, in store order). `scale` and `flip_p` are RandomResizedCrop's and the flip's.
+    color_jitter=False: no colour jitter, grayscale or blur in training either (methods that reconstruct frames).
     """
 
     def __init__(self, store: Store, needs: Needs, *, size: int = 112, train: bool = True,
                  videos: Sequence[str] | None = None, labels: Sequence[int] | None = None, seed: int = 0,
-                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5):
+                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5, color_jitter: bool = True):
         check_store(store, needs)
         self.store, self.needs, self.size, self.train, self.seed = store, needs, size, train, seed
-        self.scale, self.flip_p = scale, flip_p
+        self.scale, self.flip_p, self.color_jitter = scale, flip_p, color_jitter
         self.cell = store.spec.mv.cell
         if ("mv" in needs.modalities or needs.future_mv) and size % self.cell:
             raise ValueError(f"size {size} is not a multiple of the store's mv cell {self.cell}")
@@ -145,7 +146,7 @@ class ClipDataset(Dataset):
             if self.train:
                 idx = random_clip(frames_total, length, n.stride, rng)
                 spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
-                color = draw_color(rng)
+                color = draw_color(rng) if self.color_jitter else None
             else:
                 idx = evenly_spaced_clips(frames_total, length, n.stride, n.views)[v]
                 spatial, color = center_params(aspect), None
