@@ -4,7 +4,7 @@ The network reads a clip of T frames and returns T motion maps. Map t holds, at 
 turns frame t into frame t+1 (eq. 1); maps 0..T-2 reconstruct the clip's next frames and map T-1 predicts the frame
 after the clip, which the network never sees (§3.5). So a sample is T+1 frames: the first T are the input.
 
-    clip (B,3,T,H,W) -> video encoder (the 3D backbone) -> LR motion decoder -> F_motion (B,C,T,H/4,W/4), M_LR (k*k taps)
+    clip (B,3,T,H,W) -> video encoder (3D backbone) -> LR motion decoder -> F_motion (B,C,T,H/4,W/4), M_LR (k*k taps)
     frame t          -> context extractor (ResNet-18 to conv3_x, no max-pool) -> F_context (C,H/4,W/4)
     CGMUL(F_context, F_motion, M_LR): S (eq. 2), S*F (eq. 3), concat (eq. 4), 3x3 conv, periodic shuffle (eq. 5)
                      -> M_HR (k_hr*k_hr taps, H, W)
@@ -182,7 +182,8 @@ class MotionDecoder(nn.Module):
         super().__init__()
         dims = [in_dim] + [max(out_dim, in_dim // 2 ** (i + 1)) for i in range(stages - 1)] + [out_dim]
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(a, b, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True))
+            nn.Sequential(nn.Conv3d(a, b, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(b),
+                          nn.ReLU(inplace=True))
             for a, b in zip(dims, dims[1:]))
         self.taps = nn.Conv3d(out_dim, taps, kernel_size=3, padding=1)
         for m in self.stages.modules():
