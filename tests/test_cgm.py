@@ -18,7 +18,7 @@ from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import ClipDataset
 from motionssl.train.methods.cgm import (
     CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, filter_displacement, periodic_shuffle,
-    pixel_adaptive_warp,
+    pixel_adaptive_warp, to_signed_unit,
 )
 from motionssl.train.run_log import read_log
 from test_extract import motionssl
@@ -244,3 +244,14 @@ def test_errors_are_one_line(cgm_store, tmp_path):
     for i, (extra, message) in enumerate(cases):
         r = cli(*base, "-o", tmp_path / f"r{i}", *extra)
         assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_training_clips_are_the_stored_pixels_cropped_and_flipped_only(cgm_store):
+    """No colour jitter, grayscale or blur: de-normalised frames are whole uint8 levels (resampled uint8 frames)."""
+    cfg = tiny_cfg(store=str(cgm_store))
+    ds = CGM.dataset(cfg, open_store(cgm_store))
+    assert ds.needs.clip_len == 5 and ds.scale == (0.4, 1.0)  # the clip and the frame after it
+    for i in range(3):
+        rgb = ds[(i, 0)]["views"][0]["rgb"]
+        levels = (to_signed_unit(rgb[None]) + 1) * 127.5
+        assert (levels - levels.round()).abs().max() < 1e-3
