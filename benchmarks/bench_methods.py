@@ -133,7 +133,7 @@ def main() -> None:
         result["machine"]["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        store = build_store(tmp, per_class=args.per_class, frames=48)
+        store = build_store(tmp, per_class=args.per_class, frames=32)
         runners = {name: Runner(name, store, tmp / "runs", args) for name in names}
         times: dict[str, list[float]] = {name: [] for name in names}
         for name, r in runners.items():
