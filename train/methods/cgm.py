@@ -234,11 +234,11 @@ class CGMOptions:
     lambda1: float = 1.0        # weight of the LR reconstruction loss (paper: 1)
     lambda2: float = 0.0        # weight of the classification loss; > 0 needs `labels` (paper: 10 when supervised)
     eps: float = 1e-6           # Charbonnier epsilon (paper)
-    labels: list[str] = field(default_factory=list)  # label files, as `finetune --labels` (only with lambda2 > 0)
+    labels: list[str] = field(default_factory=list)  # label files, as `finetune --labels`: train on their train part
     split: int = 1              # UCF101 / HMDB51 split number of `labels`
 
 
-def _split(cfg: PretrainConfig, store: Store, opts: CGMOptions):
+def _split(store: Store, opts: CGMOptions):
     from motionssl.eval.splits import load_split  # the label formats live with the evaluation protocols
 
     return load_split([Path(p) for p in opts.labels], store.videos, split=opts.split)
@@ -261,7 +261,7 @@ class CGM(Method):
         self.head = None
         if o.lambda2 > 0:
             if num_classes is None:
-                num_classes = len(_split(cfg, open_store(cfg.store), o).classes)
+                num_classes = len(_split(open_store(cfg.store), o).classes)
             self.head = nn.Linear(self.backbone.out_dim, num_classes)
 
     @classmethod
@@ -274,7 +274,7 @@ class CGM(Method):
         _check(cfg, opts)
         labelled = {}
         if opts.labels:
-            videos, labels = _split(cfg, store, opts).part("train")
+            videos, labels = _split(store, opts).part("train")
             labelled = {"videos": videos, "labels": labels}
         return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, scale=CROP_SCALE, color_jitter=False,
                            **labelled)
@@ -304,9 +304,9 @@ class CGM(Method):
         with torch.no_grad():
             err = (hr_pred - target).abs().view(b, t, -1).mean(2)       # (B, T), l1 on [-1, 1]
             copy = (source - target).abs().view(b, t, -1).mean(2)
-        logs = {"loss_hr": loss_hr.item(), "loss_lr": loss_lr.item(), "l1_future": err[:, -1].mean().item(),
-                "l1_copy": copy[:, :-1].mean().item() if t > 1 else float("nan"),
-                "l1_recon": err[:, :-1].mean().item() if t > 1 else float("nan")}
+        # l1_recon against l1_copy: the in-clip reconstructions against copying frame t; l1_future: the prediction
+        logs = {"loss_hr": loss_hr.item(), "loss_lr": loss_lr.item(), "l1_recon": err[:, :-1].mean().item(),
+                "l1_copy": copy[:, :-1].mean().item(), "l1_future": err[:, -1].mean().item()}
         if self.head is not None:
             logits = self.head(maps.pooled)
             ce = F.cross_entropy(logits, batch["label"])
