@@ -83,12 +83,14 @@ class Runner:
             self.batches += [to_device(b, self.device) for b in loader][:args.batches - len(self.batches)]
         self.params = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
         self.step = 0
+        # cpu: this process's CPU seconds, robust to other jobs on a shared machine when --threads 1
+        self.clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     def run_step(self) -> float:
         batch = self.batches[self.step % len(self.batches)]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         with torch.autocast(self.device.type, dtype=self.precision.dtype or torch.bfloat16,
                             enabled=self.precision.dtype is not None):
             loss = self.method(batch, step=self.step)["loss"]
@@ -99,7 +101,7 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.step += 1
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
 
 def main() -> None:
@@ -119,6 +121,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter; cpu: process CPU time (use with --threads 1 on a busy machine)")
     ap.add_argument("--per-class", type=int, default=4, help="videos per motion class in the store")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,7 +137,7 @@ def main() -> None:
         result["machine"]["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        store = build_store(tmp, per_class=args.per_class, frames=48)
+        store = build_store(tmp, per_class=args.per_class, frames=32)
         runners = {name: Runner(name, store, tmp / "runs", args) for name in names}
         times: dict[str, list[float]] = {name: [] for name in names}
         for name, r in runners.items():

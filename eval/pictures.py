@@ -166,3 +166,52 @@ def write_png(image: np.ndarray, path: Path) -> Path:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
     return Path(path)
+
+
+def motion_l1_bars(rows: Sequence[tuple[str, float, float]], *, margin: int, width: int = 640) -> np.ndarray:
+    """`evaluate motion`: one pair of horizontal bars per representation, l1 over the whole frame (dark) and over
+    the interior (light), on one scale from 0, each bar labelled with its value."""
+    label_w, bar_h, top = 250, 14, 40
+    height = top + len(rows) * (2 * bar_h + 14) + 10
+    img = np.full((height, width, 3), BACKGROUND, np.uint8)
+    _text(img, "l1 of the predicted next frame (frames in [-1, 1]); lower is better", 8, 16, 0.45)
+    _text(img, f"dark: whole frame   light: interior ({margin} px margin)", 8, 32, 0.38, AXIS)
+    top_value = max([max(a, b) for _, a, b in rows] + [1e-9])
+    span = width - label_w - 70
+    for i, (name, whole, inner) in enumerate(rows):
+        y = top + i * (2 * bar_h + 14)
+        _text(img, name[:40], 8, y + bar_h + 4, 0.38)
+        for j, (value, colour) in enumerate(((whole, PALETTE[0]), (inner, (232, 199, 174)))):
+            y0 = y + j * bar_h
+            x1 = label_w + max(1, round(value / top_value * span))
+            cv2.rectangle(img, (label_w, y0), (x1, y0 + bar_h - 2), colour, -1)
+            _text(img, f"{value:.4f}", x1 + 4, y0 + bar_h - 3, 0.35)
+    cv2.line(img, (label_w, top - 4), (label_w, height - 6), AXIS, 1)
+    return img
+
+
+def motion_error_tiles(source: np.ndarray, target: np.ndarray, errors: dict[str, np.ndarray], *, title: str,
+                       tile: int = 160) -> np.ndarray:
+    """`evaluate motion`: frame t and frame t+1 (RGB), then |prediction - frame t+1| of each representation (mean
+    over channels), all on one INFERNO scale from 0 to the largest 99th percentile among them."""
+    h, w = source.shape[:2]
+    size = (max(1, round(w * tile / h)), tile)
+    top = max([float(np.percentile(e, 99)) for e in errors.values()] + [1e-6])
+
+    def cell(image: np.ndarray, label: str) -> np.ndarray:
+        out = np.full((tile + 22, size[0] + 6, 3), BACKGROUND, np.uint8)
+        out[:tile, 3:3 + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+        _text(out, label[: max(6, size[0] // 7)], 3, tile + 16, 0.38)
+        return out
+
+    cells = [cell(source[..., ::-1], "frame t"), cell(target[..., ::-1], "frame t+1")]
+    for name, err in errors.items():
+        u8 = np.clip(err / top * 255, 0, 255).astype(np.uint8)
+        cells.append(cell(cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO), f"{name}: {err.mean():.3f}"))
+    per_row = 4
+    cells += [np.full_like(cells[0], BACKGROUND)] * (-len(cells) % per_row)
+    rows = [np.concatenate(cells[i:i + per_row], axis=1) for i in range(0, len(cells), per_row)]
+    grid = np.concatenate(rows, axis=0)
+    header = np.full((24, grid.shape[1], 3), BACKGROUND, np.uint8)
+    _text(header, f"{title}   |error| of each prediction of frame t+1, black 0 .. yellow {top:.2f}", 4, 16, 0.42)
+    return np.concatenate([header, grid], axis=0)

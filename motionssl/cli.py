@@ -156,9 +156,22 @@ def show(
     count: int = typer.Option(4, min=1, help="Rows when --steps is not given."),
     max_motion: Optional[float] = typer.Option(None, help="Motion (px/frame) at full colour saturation "
                                                            "(default: 95th percentile of what is shown)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="A `pretrain --method cgm` checkpoint.pt: adds a column of "
+                                              "its learned motion maps (each filter's displacement centroid)."),
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
     from motionssl.show import render_panel, write_png, write_video
+
+    learned = None
+    if checkpoint is not None:
+        from motionssl.eval.motion import LearnedMotion
+        from motionssl.train.checkpoint import CheckpointError
+        from motionssl.train.config import ConfigError
+
+        try:
+            learned = LearnedMotion(checkpoint)
+        except (CheckpointError, ConfigError) as e:
+            fail(str(e))
 
     s = _open(store)
     try:
@@ -166,11 +179,11 @@ def show(
     except ValueError:
         fail(f"--steps must be comma-separated integers, got {steps!r}")
     try:
-        image = render_panel(s, video_id, steps=chosen, count=count, max_motion=max_motion)
+        image = render_panel(s, video_id, steps=chosen, count=count, max_motion=max_motion, learned=learned)
         write_png(image, output)
         typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
         if video is not None:
-            n = write_video(s, video_id, video, max_motion=max_motion)
+            n = write_video(s, video_id, video, max_motion=max_motion, learned=learned)
             typer.echo(f"wrote {video} ({n} frames)")
     except ValueError as e:
         fail(str(e))
@@ -334,7 +347,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-evaluate_app = typer.Typer(help="Evaluate a checkpoint: retrieval R@k or classification accuracy.",
+evaluate_app = typer.Typer(help="Evaluate a checkpoint: retrieval R@k or classification accuracy; or motion "
+                                "representations by next-frame prediction.",
                            no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -410,6 +424,37 @@ def evaluate_classify(
 
     _evaluate(evaluate_classification, checkpoint, store, labels, output, split,
               _protocol(views, clip_len, stride, size, batch_size, workers, crops))
+
+
+@evaluate_app.command("motion")
+def evaluate_motion(
+    store: Path = typer.Argument(..., help="Store whose frames are predicted (any spec; its mv and flow are rows)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for motion.json, .md and pictures."),
+    checkpoint: Optional[Path] = typer.Option(None, help="A `pretrain --method cgm` checkpoint.pt: adds a row for its "
+                                              "learned motion maps."),
+    flow_store: list[Path] = typer.Option([], "--flow-store", help="Another store of the same videos at the same size "
+                                          "whose flow is one more row (e.g. a `default` TV-L1 extract next to a "
+                                          "`fast` DIS one); repeatable."),
+    video: list[str] = typer.Option([], "--video", help="A video id to evaluate, repeatable (default: all)."),
+    max_videos: Optional[int] = typer.Option(None, min=1, help="Evaluate at most this many videos."),
+    margin: int = typer.Option(8, min=0, help="Pixels left out at each side for the interior l1."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Warp each frame with each motion representation and measure the l1 error against the true next frame
+    (frames in [-1, 1], CGM-Net Table 1): identity (no motion), motion vectors, stored flow, CGM-Net maps."""
+    from motionssl.eval.motion import evaluate_motion as run
+    from motionssl.stores import StoreError
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.config import ConfigError
+
+    try:
+        result = run(store, output, checkpoint_path=checkpoint, flow_stores=flow_store, videos=video or None,
+                     max_videos=max_videos, margin=margin, progress=progress)
+    except (StoreError, CheckpointError, ConfigError, ValueError) as e:
+        fail(str(e))
+    typer.echo(result["table"].rstrip())
+    for name, path in result["pictures"].items():
+        typer.echo(f"{name}: {path}")
 
 
 @app.command()

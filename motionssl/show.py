@@ -12,6 +12,8 @@ Colour conventions (the legend under every panel repeats them):
 - motion map (MCL boundary) and flow edges: INFERNO colormap; the motion map from 0 to the 99th
   percentile of the frames shown, flow edges on their fixed range [0, edges_clamp] (10).
 - I-frames: an orange border and an "I" badge on the RGB tile, and "I" in the row label.
+- learned motion (`learned=`, e.g. a CGM-Net checkpoint's `eval.motion.LearnedMotion`): one more column, its
+  per-pixel displacement (dx, dy) t -> t+1 in the mv/flow colours and scale.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("flow", "flow (t -> t+1)"),
     ("boundary", "motion map (MCL)"),
     ("edges", "flow edges (MoDist)"),
+    ("learned", "learned motion (t -> t+1)"),  # not a store array: drawn when render_panel gets `learned`
 )
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _FONT_SCALE = 0.42
@@ -148,8 +151,10 @@ class _Scales:
     over: str               # which frames the data-driven scales come from, for the legend
 
 
-def _read_steps(store, video_id: str, columns: list[str], steps: list[int]) -> dict[str, np.ndarray]:
-    data = {name: store.read_at(video_id, name, steps) for name in columns}
+def _read_steps(store, video_id: str, columns: list[str], steps: list[int], learned=None) -> dict[str, np.ndarray]:
+    data = {name: store.read_at(video_id, name, steps) for name in columns if name != "learned"}
+    if learned is not None:
+        data["learned"] = learned.displacement(store, video_id, steps)
     if "mv" in columns:
         have = store.arrays(video_id)
         data["mv_valid"] = (store.read_at(video_id, "mv_valid", steps) if "mv_valid" in have
@@ -162,8 +167,9 @@ def _scales(store, data: dict[str, np.ndarray], max_motion: float | None, *, ove
         mags = []
         if "mv" in data:
             mags.append(np.hypot(*np.moveaxis(data["mv"].astype(np.float32), -1, 0))[data["mv_valid"]])
-        if "flow" in data:
-            mags.append(np.hypot(*np.moveaxis(data["flow"].astype(np.float32), -1, 0)).ravel())
+        for name in ("flow", "learned"):
+            if name in data:
+                mags.append(np.hypot(*np.moveaxis(data[name].astype(np.float32), -1, 0)).ravel())
         mags = np.concatenate(mags) if mags else np.zeros(0)
         mags = mags[np.isfinite(mags)]
         max_motion = _nice_ceil(float(np.percentile(mags, MOTION_PERCENTILE))) if mags.size else 1.0
@@ -201,7 +207,7 @@ def _tiles(data: dict[str, np.ndarray], i: int, columns: list[str], size: tuple[
             vec = _upsample_grid(x.astype(np.float32), size, cell)
             ok = _upsample_grid(data["mv_valid"][i], size, cell)
             out[name] = motion_to_rgb(vec, ok, max_motion=scales.motion)
-        elif name == "flow":
+        elif name in ("flow", "learned"):
             out[name] = motion_to_rgb(x, max_motion=scales.motion)
         else:
             out[name] = scalar_to_rgb(x, vmax=scales.boundary if name == "boundary" else scales.edges)
@@ -240,14 +246,17 @@ def _colorbar(width: int, height: int) -> np.ndarray:
 def _legend_lines(columns: list[str], scales: _Scales, any_iframe: bool) -> list[tuple[str, str]]:
     """(kind, text) lines; kind 'boundary'/'edges' get a colorbar drawn before the text."""
     lines = []
-    if "mv" in columns or "flow" in columns:
-        which = " and ".join(t for n, t in (("mv", "motion vectors"), ("flow", "flow")) if n in columns)
+    if {"mv", "flow", "learned"} & set(columns):
+        which = " and ".join(t for n, t in (("mv", "motion vectors"), ("flow", "flow"), ("learned", "learned motion"))
+                             if n in columns)
         lines += [
             ("text", f"{which}: hue = direction (wheel; red = rightward, y points down), saturation = magnitude"),
             ("text", f"saturates at {scales.motion:g} px per frame, stored pixels ({scales.motion_from})"),
             ("text", "white = zero motion" + (", dark grey = no motion vector (intra block / I-frame)"
                                               if "mv" in columns else "")),
         ]
+    if "learned" in columns:
+        lines.append(("text", "learned motion: centroid of each pixel's CGM-Net filter (its positive taps), in pixels"))
     if "boundary" in columns:
         lines.append(("boundary", f"motion map: 0 .. {scales.boundary:.3g} (99th percentile over {scales.over})"))
     if "edges" in columns:
@@ -259,7 +268,7 @@ def _legend_lines(columns: list[str], scales: _Scales, any_iframe: bool) -> list
 
 def _legend(columns: list[str], scales: _Scales, any_iframe: bool) -> np.ndarray:
     lines = _legend_lines(columns, scales, any_iframe)
-    wheel = "mv" in columns or "flow" in columns
+    wheel = bool({"mv", "flow", "learned"} & set(columns))
     bar_w = 60
     x0 = (_WHEEL + 2 * _MARGIN) if wheel else 0
     width = x0 + max([_text_width(t) + bar_w + 8 for _, t in lines] + [0]) + _MARGIN
@@ -333,15 +342,15 @@ class _Video:
     edges_gap: int
 
 
-def _video(store, video_id: str) -> _Video:
+def _video(store, video_id: str, learned=None) -> _Video:
     _check_video(store, video_id)
-    columns = panel_columns(store, video_id)
+    columns = panel_columns(store, video_id) + (["learned"] if learned is not None else [])
     if not columns:
         raise ValueError(f"video {video_id!r} holds none of the arrays show draws ({', '.join(n for n, _ in COLUMNS)})")
     have = store.arrays(video_id)
     n = _n_frames(store, video_id, columns)
     meta = store.meta(video_id)
-    pixel = next((c for c in columns if c != "mv"), None)
+    pixel = next((c for c in columns if c not in ("mv", "learned")), None)
     if pixel is not None:
         size = tuple(int(s) for s in have[pixel][0][1:3])
     else:
@@ -410,26 +419,28 @@ def _compose(store, v: _Video, data: dict[str, np.ndarray], steps: list[int], sc
 
 # -- public entry points ------------------------------------------------------------------------
 def render_panel_with_boxes(store, video_id: str, *, steps: list[int] | None = None, count: int = 4,
-                            max_motion: float | None = None,
+                            max_motion: float | None = None, learned=None,
                             ) -> tuple[np.ndarray, dict[tuple[int, str], tuple[int, int, int, int]]]:
     """`render_panel`, plus where each tile is: boxes[(t, array name)] = (y0, x0, y1, x1)."""
-    v = _video(store, video_id)
+    v = _video(store, video_id, learned)
     steps = choose_steps(v.n_frames, count=count) if steps is None else [int(t) for t in steps]
     if not steps:
         raise ValueError(f"no time steps to show for video {video_id!r} ({v.n_frames} frames)")
     _check_steps(steps, v.n_frames, video_id)
-    data = _read_steps(store, video_id, v.columns, steps)
+    data = _read_steps(store, video_id, v.columns, steps, learned)
     return _compose(store, v, data, steps, _scales(store, data, max_motion))
 
 
 def render_panel(store, video_id: str, *, steps: list[int] | None = None, count: int = 4,
-                 max_motion: float | None = None) -> np.ndarray:
+                 max_motion: float | None = None, learned=None) -> np.ndarray:
     """(H, W, 3) uint8 RGB figure: one row per step, one column per modality the video holds, a legend.
 
     steps default to `choose_steps(frames, count=count)`; max_motion (px) defaults to the 99th
-    percentile of the mv and flow magnitudes shown, rounded up to a nice number.
+    percentile of the mv and flow magnitudes shown, rounded up to a nice number. `learned`: an object whose
+    `displacement(store, video_id, steps)` gives (len(steps), H, W, 2) motion t -> t+1, drawn as one more column.
     """
-    return render_panel_with_boxes(store, video_id, steps=steps, count=count, max_motion=max_motion)[0]
+    return render_panel_with_boxes(store, video_id, steps=steps, count=count, max_motion=max_motion,
+                                   learned=learned)[0]
 
 
 def write_png(image: np.ndarray, path: str | Path) -> None:
@@ -440,7 +451,7 @@ def write_png(image: np.ndarray, path: str | Path) -> None:
 
 
 def write_video(store, video_id: str, path: str | Path, *, fps: float | None = None,
-                max_motion: float | None = None, block: int = 64) -> int:
+                max_motion: float | None = None, block: int = 64, learned=None) -> int:
     """An H.264 mp4 with one frame per time step t (one row, the panel's columns); returns T.
 
     The scales are fixed for the whole video: max_motion and the motion map's top come from up
@@ -448,11 +459,11 @@ def write_video(store, video_id: str, path: str | Path, *, fps: float | None = N
     """
     import av
 
-    v = _video(store, video_id)
+    v = _video(store, video_id, learned)
     if v.n_frames == 0:
         raise ValueError(f"video {video_id!r} has no frames")
     sample = choose_steps(v.n_frames, count=min(64, v.n_frames))
-    scales = _scales(store, _read_steps(store, video_id, v.columns, sample), max_motion,
+    scales = _scales(store, _read_steps(store, video_id, v.columns, sample, learned), max_motion,
                      over=f"{len(sample)} frames sampled from the video")
     fps = fps or store.meta(video_id).get("fps") or 25.0
     path = Path(path)
@@ -461,7 +472,7 @@ def write_video(store, video_id: str, path: str | Path, *, fps: float | None = N
         stream = None
         for start in range(0, v.n_frames, block):
             steps = list(range(start, min(start + block, v.n_frames)))
-            data = _read_steps(store, video_id, v.columns, steps)
+            data = _read_steps(store, video_id, v.columns, steps, learned)
             for i, t in enumerate(steps):
                 one = {k: a[i: i + 1] for k, a in data.items()}
                 image = _compose(store, v, one, [t], scales, iframe_key=bool((v.types == "I").any()))[0]

@@ -216,7 +216,7 @@ def test_specs():
 
 def test_every_command_has_help():
     for cmd in ("extract", "info", "verify", "dump", "pretrain", "finetune", "evaluate", "show", "plot",
-                "evaluate retrieve", "evaluate classify"):
+                "evaluate retrieve", "evaluate classify", "evaluate motion"):
         proc = subprocess.run([sys.executable, "-m", "motionssl.cli", *cmd.split(), "--help"],
                               capture_output=True, text=True)
         assert proc.returncode == 0 and "Usage" in proc.stdout, cmd

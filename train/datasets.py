@@ -106,16 +106,18 @@ class ClipDataset(Dataset):
     those test crops (`augment.eval_crops`), so a sample holds views x crops views, clip-major.
     `labels` align with `videos` (default: every video of the store, in store order). `scale` and `flip_p` are
     RandomResizedCrop's and the flip's.
+    color_jitter=False: no colour jitter, grayscale or blur in training either (methods that reconstruct frames).
     """
 
     def __init__(self, store: Store, needs: Needs, *, size: int = 112, train: bool = True,
                  videos: Sequence[str] | None = None, labels: Sequence[int] | None = None, seed: int = 0,
-                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5, crops: int = 1):
+                 scale: tuple[float, float] = (0.2, 1.0), flip_p: float = 0.5, crops: int = 1,
+                 color_jitter: bool = True):
         check_store(store, needs)
         if crops != 1 and (train or needs.future_mv or needs.iframe or needs.motion_stats):
             raise ValueError("crops > 1 is test-time cropping: train=False, and views of per-frame modalities only")
         self.store, self.needs, self.size, self.train, self.seed = store, needs, size, train, seed
-        self.scale, self.flip_p = scale, flip_p
+        self.scale, self.flip_p, self.color_jitter = scale, flip_p, color_jitter
         self.crops = crops
         eval_crops(crops)  # fails early on an unknown count
         self.cell = store.spec.mv.cell
@@ -151,7 +153,7 @@ class ClipDataset(Dataset):
             if self.train:
                 idx = random_clip(frames_total, length, n.stride, rng)
                 spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
-                color = draw_color(rng)
+                color = draw_color(rng) if self.color_jitter else None
             else:
                 idx = evenly_spaced_clips(frames_total, length, n.stride, n.views)[v]
                 spatial, *others = eval_crops(self.crops, aspect)
