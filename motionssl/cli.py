@@ -70,6 +70,9 @@ def extract(
         code = run_extract(opts)
     except (SpecError, FatalError) as e:
         fail(str(e))
+    except OSError as e:  # mid-run, e.g. the disk filled while writing the index: finished videos are kept
+        fail(f"{e.strerror or e} ({e.filename or output}); the videos finished so far are kept: fix this and rerun "
+             f"the same command", 1)
     raise typer.Exit(code)
 
 
@@ -204,6 +207,12 @@ def pretrain(
     log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
     save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
+                                               "finds broken (named on stderr) instead of stopping."),
+    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN or "
+                                                  "inf (each named on stderr, counted in log.csv) instead of stopping."),
+    data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
+                                                 "workers give no batch for this many seconds (default 600; 0 = wait)."),
 ):
     """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
     import yaml
@@ -212,6 +221,7 @@ def pretrain(
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.config import ConfigError, load_yaml, resolve
     from motionssl.train.datasets import MissingModality
+    from motionssl.train.faults import TrainingFault
     from motionssl.train.loop import train
     from motionssl.train.methods import METHODS
 
@@ -232,11 +242,14 @@ def pretrain(
                       "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
                       "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
                       "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
+                      "skip_broken": skip_broken, "skip_nonfinite": skip_nonfinite, "data_timeout": data_timeout,
                       "method_options": options}
         cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
         summary = train(cfg, resume=resume)
     except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
         fail(str(e))
+    except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
+        fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
         state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
         typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
@@ -293,6 +306,7 @@ def finetune(
     from motionssl.train import checkpoint as ckpt
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.config import ConfigError, load_yaml, resolve
+    from motionssl.train.faults import TrainingFault
     from motionssl.train.loop import train
 
     if aux_motion is not None:
@@ -323,6 +337,8 @@ def finetune(
             summary = train(cfg, resume=resume, method_cls=Finetune)
     except (ConfigError, StoreError, SplitError, CheckpointError) as e:
         fail(str(e))
+    except TrainingFault as e:
+        fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
         state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
         typer.echo(f"finetune: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
