@@ -16,7 +16,8 @@ from conftest import write_spec
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
 from motionssl.stores.layout import scan_videos
-from test_extract import extract, motionssl, report_of
+from motionssl.stores.verify import verify_store
+from test_extract import extract, report_of
 
 CLI = [sys.executable, "-m", "motionssl.cli"]
 
@@ -70,6 +71,11 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
     return lines[0]
 
 
+def verified(store: Path) -> None:
+    """`motionssl verify` passes (its exit status is tested in test_store.py)."""
+    assert verify_store(open_store(store)) == []
+
+
 @pytest.fixture
 def spec(tmp_path) -> Path:
     return write_spec(tmp_path / "tiny.yaml")
@@ -77,39 +83,48 @@ def spec(tmp_path) -> Path:
 
 # -- poison videos and dying decoders ------------------------------------------------------------------------------
 
-def test_a_poison_video_is_quarantined_after_two_attempts(tmp_path, spec):
-    d = videos(tmp_path / "in", good_a=8, good_b=8, poison=8)
+def test_a_poison_video_is_quarantined_and_a_full_disk_is_not(tmp_path, spec):
+    """A decoder that crashes (SIGSEGV) on a video gets a second, fresh decoder, then the video is quarantined: the
+    same command skips it until its file changes. A write that fails on a full disk (a real ENOSPC OSError from the
+    writer, injected: test_disk_full_while_writing has a real full filesystem) is no fault of the video: it fails
+    clearly, leaves nothing, and the next run does it again."""
+    d = videos(tmp_path / "in", good=8, poison=8, full=20)
     store, log = tmp_path / "s.zarr", tmp_path / "faults.log"
-    env = {"MOTIONSSL_FAULT": "crash:poison", "MOTIONSSL_FAULT_LOG": str(log)}
+    env = {"MOTIONSSL_FAULT": "crash:poison,enospc:full", "MOTIONSSL_FAULT_LOG": str(log)}
     extract(d, store, spec, env=env, check=3)
     rec = {v["id"]: v for v in report_of(store)["videos"]}
-    assert rec["good_a"]["status"] == rec["good_b"]["status"] == "ok"
+    assert rec["good"]["status"] == "ok"
     poison = rec["poison"]
     assert poison["status"] == "failed" and poison["attempts"] == 2 and poison["quarantined"]
     assert poison["error"] == "decoder process crashed (signal SIGSEGV) on each of 2 attempts; quarantined"
-    assert log.read_text().splitlines() == ["crash poison", "crash poison"]  # two fresh decoders, no more
+    assert log.read_text().count("crash poison") == 2  # two fresh decoders, no more
+    full = rec["full"]
+    assert full["status"] == "failed" and not full["quarantined"] and full["attempts"] == 1
+    assert full["error"].startswith("write failed: No space left on device (writing ")
+    assert full["error"].endswith("free space and rerun the same extract (finished videos are skipped)")
     assert report_of(store)["summary"]["quarantined"] == ["poison"]
-    assert set(open_store(store).videos) == {"good_a", "good_b"} and not scan_videos(store, "zarr")[1]
-    # The same command again: the poison is not retried while its file is unchanged.
+    assert scan_videos(store, "zarr") == (["good"], [])  # nothing partial left
+    # The same command again: the poison is not retried while its file is unchanged; the full disk is.
     extract(d, store, spec, env=env, check=3)
     rec = {v["id"]: v for v in report_of(store)["videos"]}
     assert rec["poison"]["attempts"] == 0 and rec["poison"]["error"].startswith(
         "quarantined by an earlier run (decoder process crashed (signal SIGSEGV) on each of 2 attempts); "
         "replace or fix poison.mp4, or touch it, to try again")
-    assert {rec["good_a"]["status"], rec["good_b"]["status"]} == {"skipped"}
-    assert len(log.read_text().splitlines()) == 2
-    # Touched (or replaced), it is tried again: without the fault it is a good video.
+    assert rec["good"]["status"] == "skipped" and rec["full"]["attempts"] == 1
+    assert log.read_text().count("crash poison") == 2 and log.read_text().count("enospc full") == 2
+    # Disk space back (no more fault), and the poison touched (or replaced): both done.
     os.utime(d / "poison.mp4")
     extract(d, store, spec, check=0)
-    assert {v["id"]: v["status"] for v in report_of(store)["videos"]}["poison"] == "ok"
+    assert {v["id"]: v["status"] for v in report_of(store)["videos"]} == {"good": "skipped", "poison": "ok",
+                                                                          "full": "ok"}
     assert json.loads((store / "quarantine.json").read_text()) == {"videos": {}}
-    motionssl("verify", store, check=0)
+    verified(store)
 
 
 def test_a_killed_decoder_is_retried_in_a_fresh_one(tmp_path, spec):
     """The local cluster's workers are threads; the processes that die are their decoders. SIGKILL the one that is
     decoding a video: the video is redone in a fresh decoder, nothing partial stays, the run exits 0."""
-    d = videos(tmp_path / "in", slow=6, fast=8)
+    d = videos(tmp_path / "in", slow=4, fast=8)
     store = tmp_path / "s.zarr"
     run = subprocess.Popen([*CLI, "extract", str(d), "-o", str(store), "--spec", str(spec), "--workers", "2",
                             "--no-progress"], env={**os.environ, "MOTIONSSL_FAULT": "slow:slow"},
@@ -121,9 +136,9 @@ def test_a_killed_decoder_is_retried_in_a_fresh_one(tmp_path, spec):
     assert run.returncode == 0, out + err
     rec = {v["id"]: v for v in report_of(store)["videos"]}
     assert rec["slow"]["status"] == "ok" and rec["slow"]["attempts"] == 2 and rec["fast"]["attempts"] == 1
-    assert open_store(store).meta("slow")["frames"] == 6
+    assert open_store(store).meta("slow")["frames"] == 4
     assert not scan_videos(store, "zarr")[1]
-    motionssl("verify", store, check=0)
+    verified(store)
 
 
 def test_dask_workers_killed_mid_task(tmp_path, spec):
@@ -174,7 +189,7 @@ def test_dask_workers_killed_mid_task(tmp_path, spec):
         assert {v["id"]: v["status"] for v in report_of(s1)["videos"]} == {"slow_a": "ok", "fast_a": "ok",
                                                                            "fast_b": "ok"}
         wait_for(lambda: not alive(decoder), "the dead worker's decoder to go")  # PDEATHSIG
-        motionssl("verify", s1, check=0)  # the dead attempt's partial write was cleaned up
+        verified(s1)  # the dead attempt's partial write was cleaned up
 
         # 2. a video whose every worker dies is given up by Dask alone; a poison video kills no worker.
         d2 = videos(tmp_path / "in2", slow_b=20, poison=8, fast_c=8)  # slow_b lasts 6 s: the others finish first
@@ -215,7 +230,7 @@ def small_disk(tmp_path):
                        text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a size-limited tmpfs here (needs root with CAP_SYS_ADMIN: {r.stderr.strip()}); "
-                    f"test_injected_enospc covers the same error path")
+                    f"test_a_poison_video_is_quarantined_and_a_full_disk_is_not injects the same error")
     yield where
     subprocess.run(["umount", "-l", str(where)], check=True)
 
@@ -239,26 +254,13 @@ def test_disk_full_while_writing(tmp_path, spec, small_disk, fmt):
     s = open_store(store)
     assert s.videos == ["small"] and "big" not in json.loads((store / "index.json").read_text())["videos"]
     assert scan_videos(store, fmt) == (["small"], [])  # no partial write left behind
-    motionssl("verify", store, check=0)
+    verified(store)
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
     extract(d, store, spec, *extra, check=0)
     assert {v["id"]: v["status"] for v in json.loads(report.read_text())["videos"]} == {"big": "ok",
                                                                                         "small": "skipped"}
     assert open_store(store).meta("big")["frames"] == 60
-    motionssl("verify", store, check=0)
-
-
-def test_injected_enospc(tmp_path, spec):
-    """The same error path on any machine: the writer's second block fails with a real ENOSPC OSError."""
-    d = videos(tmp_path / "in", full=20, fine=8)
-    store = tmp_path / "s.hdf5"
-    extract(d, store, spec, "--format", "hdf5", env={"MOTIONSSL_FAULT": "enospc:full"}, check=3)
-    rec = {v["id"]: v for v in report_of(store)["videos"]}
-    assert rec["fine"]["status"] == "ok" and rec["full"]["error"].startswith("write failed: No space left on device")
-    assert scan_videos(store, "hdf5") == (["fine"], [])
-    extract(d, store, spec, "--format", "hdf5", check=0)
-    assert {v["id"]: v["status"] for v in report_of(store)["videos"]} == {"full": "ok", "fine": "skipped"}
-    motionssl("verify", store, check=0)
+    verified(store)
 
 
 # -- an output that cannot be written ---------------------------------------------------------------------------
@@ -301,4 +303,4 @@ def test_a_second_extract_on_the_same_store_is_refused_naming_the_first(tmp_path
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err  # the first run was not disturbed
     assert {v["status"] for v in report_of(store)["videos"]} == {"ok"}
-    motionssl("verify", store, check=0)
+    verified(store)
