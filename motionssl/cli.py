@@ -209,10 +209,10 @@ def pretrain(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
     skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
                                                "finds broken (named on stderr) instead of stopping."),
-    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN or "
-                                                  "inf (each named on stderr, counted in log.csv) instead of stopping."),
+    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN "
+                                                  "or inf (each named on stderr, counted in log.csv), not stop."),
     data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
-                                                 "workers give no batch for this many seconds (default 600; 0 = wait)."),
+                                                 "workers give no batch for this many seconds (600; 0 = wait)."),
 ):
     """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
     import yaml

@@ -125,6 +125,7 @@ def extract_task(job: dict, timeout: float) -> dict:
             tries = f" on each of {attempt} attempts" if attempt > 1 else ""
             # A poison video: kept out of later runs too (see `_quarantine`), unless its file changes.
             result = {"ok": False, "error": f"{e}{tries}; quarantined", "quarantined": True}
+            break
     record["attempts"] = attempt
     if result["ok"]:
         meta = result["meta"]
@@ -339,9 +340,10 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             index[vid] = meta
             records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
         elif vid in quarantine:
+            reason = (f"quarantined by an earlier run ({quarantine[vid]['error']}); replace or fix {path.name}, "
+                      f"or touch it, to try again")
             records.append({"id": vid, "status": "failed", "frames": 0, "seconds": 0.0, "attempts": 0,
-                            "quarantined": True, "error": f"quarantined by an earlier run ({quarantine[vid]['error']}); "
-                                                          f"replace or fix {path.name}, or touch it, to try again"})
+                            "quarantined": True, "error": reason})
             print(f"failed: {vid}: {records[-1]['error']}")
         else:
             todo.append(vid)

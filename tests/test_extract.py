@@ -201,8 +201,12 @@ def test_bad_inputs_fail_alone(tmp_path, fmt):
     assert "exceeds decode.max_pixels" in reasons["huge"]
     if fmt == "zarr":
         assert "crashed (signal SIGSEGV)" in reasons["crash"] and "hang" not in reasons
+        assert rec["crash"]["attempts"] == 2 and rec["crash"]["quarantined"]  # a fresh decoder, then quarantined
     else:
         assert "timed out: no progress for 8s" in reasons["hang"] and "crash" not in reasons
+        assert rec["hang"]["attempts"] == 1 and rec["hang"]["quarantined"]  # a hang is not retried
+        assert rec["hang"]["seconds"] < 16
+    assert all(not r.get("quarantined") for vid, r in rec.items() if vid not in ("crash", "hang"))
     assert all("\n" not in r for r in reasons.values())
     assert "failed: good" not in proc.stdout
     s = open_store(store)

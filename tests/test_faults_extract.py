@@ -171,7 +171,8 @@ def test_dask_workers_killed_mid_task(tmp_path, spec):
         def kill_worker_decoding(video: Path) -> int:
             """SIGKILL the worker whose decoder has `video` open; returns that decoder's pid."""
             def find():
-                return [p for p in pids_with_open(video) if parent_of(p) in by_pid and by_pid[parent_of(p)].poll() is None]
+                return [p for p in pids_with_open(video)
+                        if parent_of(p) in by_pid and by_pid[parent_of(p)].poll() is None]
             decoder = wait_for(find, f"a worker's decoder on {video.name}")[0]
             worker = by_pid[parent_of(decoder)]
             worker.kill()

@@ -141,19 +141,25 @@ def test_a_non_finite_loss_stops_with_the_step_and_the_videos(store8, tmp_path):
 
 
 def test_skip_nonfinite_skips_the_batch_and_leaves_no_trace(store8, tmp_path, monkeypatch, capsys):
-    """Video v3's clips are made +inf (fault hook `inf-sample`): each batch holding it has a NaN loss. With
-    skip_nonfinite those batches are skipped and counted, and the NaN keys never reach the MoCo queue nor the
-    BatchNorm statistics: every later loss is finite."""
+    """Video v3's clips are made +inf (fault hook `inf-sample`): each batch holding it has a NaN loss. The run stops
+    there; resumed with skip_nonfinite (as the message says), such batches are skipped and counted across resumes,
+    and the NaN keys reach neither the MoCo queue nor the BatchNorm statistics: every other loss is finite."""
     monkeypatch.setenv("MOTIONSSL_FAULT", "inf-sample:v3")
+    orders = [torch.randperm(8, generator=torch.Generator().manual_seed(epoch)).tolist() for epoch in (0, 1)]
+    bad = [epoch * 4 + order.index(3) // 2 for epoch, order in enumerate(orders)]  # v3's batch in each epoch
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match="batch of videos .*v3"):
-        train(config(store8, tmp_path / "stopped", steps=8))
-    summary = train(config(store8, run, steps=8, skip_nonfinite=True))
+    with pytest.raises(NonFiniteLoss, match=rf"loss is nan at step {bad[0]} \(batch of videos .*v3"):
+        train(config(store8, run, steps=8, save_every=1))
+    assert checkpoint.load(run / checkpoint.LAST)["step"] == bad[0]
+    first = train(config(store8, run, steps=8, save_every=1, skip_nonfinite=True, halt_after=1),  # the bad batch
+                  resume="auto")
+    assert first["skipped_nonfinite"] == 1 and not first["finished"]
+    summary = train(config(store8, run, steps=8, save_every=1, skip_nonfinite=True), resume="auto")
+    assert summary["finished"] and summary["skipped_nonfinite"] == 2
     rows = read_log(run)
-    bad = [r["step"] for r in rows if not np.isfinite(r["loss"])]
-    assert len(bad) == 2 and summary["skipped_nonfinite"] == 2  # v3 is in one batch per epoch, 2 epochs
-    assert [r["skipped_nonfinite"] for r in rows] == [sum(s <= r["step"] for s in bad) for r in rows]
-    assert np.isfinite([r["loss"] for r in rows if r["step"] not in bad]).all()
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["step"] for r in rows if not np.isfinite(r["loss"])] == [b + 1 for b in bad]
+    assert [r["skipped_nonfinite"] for r in rows] == [sum(b < r["step"] for b in bad) for r in rows]
     state = checkpoint.load(run / checkpoint.LAST)["method"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
     err = capsys.readouterr().err

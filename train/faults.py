@@ -68,9 +68,9 @@ def usable_store(store: Store, *, skip_broken: bool, announce: bool = True) -> t
 # -- non-finite losses ----------------------------------------------------------------------------------------
 
 class NonFiniteGuard:
-    def __init__(self, module: torch.nn.Module, *, skip: bool, world_size: int, hint: str):
+    def __init__(self, module: torch.nn.Module, *, skip: bool, world_size: int, hint: str, skipped: int = 0):
         self.module, self.skip, self.world_size, self.hint = module, skip, world_size, hint
-        self.skipped = 0
+        self.skipped = skipped  # over the whole run: a resumed run starts from its checkpoint's count
         self._saved: list[torch.Tensor] | None = None
 
     def before_forward(self) -> None:

@@ -120,7 +120,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     precision = Precision.choose(cfg.precision, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.dtype == torch.float16)
 
-    start_step = 0
+    start_step = skipped_before = 0
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         check_resume_config(state["config"], cfg)
@@ -129,6 +129,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)])
         start_step = state["step"]
+        skipped_before = state.get("skipped_nonfinite", 0)
     if main:
         write_yaml(cfg, run_dir / "config.yaml")
 
@@ -141,7 +142,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     loader = DataLoader(tracked, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
                         pin_memory=dist.device.type == "cuda", timeout=data_timeout)
-    guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size,
+    guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size, skipped=skipped_before,
                            hint=f"lower --lr or set grad_clip (the last checkpoint is {run_dir / checkpoint.LAST})")
 
     def save(step: int) -> None:
@@ -154,7 +155,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
             checkpoint.save(run_dir / checkpoint.LAST, {
                 "step": step, "epoch": step // steps_per_epoch, "config": cfg.to_dict(),
                 "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng, "backbone": method.export_backbone(), "world_size": dist.world_size})
+                "rng": rng, "backbone": method.export_backbone(), "world_size": dist.world_size,
+                "skipped_nonfinite": guard.skipped})
         barrier()
 
     log = RunLog(run_dir, resume_step=start_step, tensorboard=main) if main else None
@@ -184,7 +186,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                 out = model(batch, step=step)
             loss = out["loss"]
             grad_norm = None
-            if guard.finite(loss, step=step, videos=batch_videos(batch, dataset)):  # else skipped: the step still counts
+            if guard.finite(loss, step=step, videos=batch_videos(batch, dataset)):  # else skipped; the step counts
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip is not None:
@@ -204,7 +206,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                     values = {"epoch": epoch, "loss": loss.item(), "lr": lr,
                               "clips_per_s": clips_per_step * len(window) / sum(window), "data_s": t_data,
                               **({"grad_norm": grad_norm} if grad_norm is not None else {}),
-                              **({"skipped_nonfinite": guard.skipped} if cfg.skip_nonfinite else {}), **out["logs"]}
+                              "skipped_nonfinite": guard.skipped, **out["logs"]}
                     log.log(step, values)
                     window = []
             if step % cfg.save_every == 0 or step == stop_step:
