@@ -144,7 +144,12 @@ def dump(
         fail(f"video {video_id!r} is not in {store}; `motionssl info {store}` lists the ids")
     if modality not in s.arrays(video_id):
         fail(f"{video_id} has no {modality!r}: the store's spec {s.spec.name!r} does not include it")
-    arr = s.read(video_id, modality)
+    from motionssl.stores import StoreError
+
+    try:
+        arr = s.read(video_id, modality)
+    except StoreError as e:  # damaged data: one line naming video and array
+        fail(str(e))
     np.save(output, arr)
     typer.echo(f"wrote {output}: {arr.dtype} {tuple(arr.shape)}")
 
@@ -162,6 +167,7 @@ def show(
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
     from motionssl.show import render_panel, write_png, write_video
+    from motionssl.stores import StoreError
 
     s = _open(store)
     try:
@@ -175,7 +181,7 @@ def show(
         if video is not None:
             n = write_video(s, video_id, video, max_motion=max_motion)
             typer.echo(f"wrote {video} ({n} frames)")
-    except ValueError as e:
+    except (ValueError, StoreError) as e:
         fail(str(e))
 
 

@@ -307,7 +307,10 @@ def _quarantine(store: Path, spec: Spec, videos: dict[str, Path], overwrite: boo
     """Videos whose decoder crashed or hung in an earlier run, and whose file has not changed since: not tried
     again. A changed file (replaced, fixed, or only touched) and --overwrite try it again."""
     path = store / QUARANTINE
-    entries = read_json(path)["videos"] if path.is_file() and not overwrite else {}
+    try:
+        entries = read_json(path)["videos"] if path.is_file() and not overwrite else {}
+    except (OSError, ValueError, KeyError):  # damaged: it only saves time, so try every video again
+        entries = {}
     return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == spec.digest
             and q.get("stamp") == _source_stamp(videos[vid])}
 

@@ -1,7 +1,8 @@
 """Run each video's extraction in a separate decoder process, under a wall-clock timeout.
 
 A segfault or an endless loop inside FFmpeg kills or stalls only that process: the Dask worker
-reports the video as failed, starts a fresh decoder and goes on. The decoder process is a plain
+gives a dead decoder's video one more try in a fresh decoder, then reports it failed (quarantined,
+see `extract.py`), and goes on. The decoder process is a plain
 subprocess (not multiprocessing), so it also works inside daemonic Dask worker processes, and it
 is reused across videos so its start-up cost is paid once per worker.
 

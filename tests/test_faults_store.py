@@ -13,6 +13,7 @@ from motionssl.train.faults import usable_store
 from test_store import build_store
 
 
+@pytest.mark.filterwarnings("ignore:Object at frame_type is not recognized")  # zarr, on the deleted zarr.json
 def test_verify_names_every_broken_array_of_a_zarr_store(tmp_path):
     s = build_store(tmp_path / "s", "zarr")  # rgb: 40 frames in shards of 16 -> files c/0, c/1, c/2
     a, b = s.path / "videos" / "a", s.path / "videos" / "nested" / "b"
@@ -33,6 +34,10 @@ def test_verify_names_every_broken_array_of_a_zarr_store(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "motionssl.cli", "verify", str(s.path)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout.count("\n") == 3 and "3 problem(s)" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "motionssl.cli", "dump", str(s.path), "a", "pts", "-o",
+                           str(tmp_path / "pts.npy")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read pts of video 'a' in ")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_verify_names_a_corrupt_chunk_and_a_truncated_file_of_an_hdf5_store(tmp_path):

@@ -45,6 +45,14 @@ def store8(tmp_path_factory) -> Path:
     return extract_in_process(root / "videos", root / "store.zarr", {**TINY_SPEC, "modalities": ["rgb"]}, "zarr")
 
 
+@pytest.fixture(autouse=True)
+def deterministic_mode_restored():
+    """train() turns deterministic algorithms on for the process; leave other tests as they were."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 def config(store: Path, out: Path, **overrides) -> PretrainConfig:
     """What `motionssl pretrain` resolves: the method's paper settings under these tiny ones."""
     return resolve(METHODS["rgb-moco"].defaults, {}, {**TINY, "store": str(store), "out": str(out), **overrides})
