@@ -139,10 +139,10 @@ def resolve(entries: Iterable[Entry], classes: Sequence[str], store_ids: Iterabl
         else:
             parts[e.part][vid] = index[e.label]
     if unmatched:
-        shown = "\n  ".join(unmatched[:20]) + (f"\n  ... and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+        shown = ", ".join(unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
         example = ", ".join(ids[:3]) or "none: the store is empty"
         raise SplitError(f"{len(unmatched)} of the videos in {source} are not in the store (its ids look like "
-                         f"{example}); extract them or fix the labels:\n  {shown}")
+                         f"{example}): {shown}; extract them or fix the labels")  # one line, as every CLI error
     if twice:
         raise SplitError(f"{source}: {len(twice)} videos are listed twice: {', '.join(twice[:10])}")
     return Split(tuple(classes), parts["train"], parts["test"])

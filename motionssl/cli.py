@@ -70,6 +70,9 @@ def extract(
         code = run_extract(opts)
     except (SpecError, FatalError) as e:
         fail(str(e))
+    except OSError as e:  # mid-run, e.g. the disk filled while writing the index: finished videos are kept
+        fail(f"{e.strerror or e} ({e.filename or output}); the videos finished so far are kept: fix this and rerun "
+             f"the same command", 1)
     raise typer.Exit(code)
 
 
@@ -141,7 +144,12 @@ def dump(
         fail(f"video {video_id!r} is not in {store}; `motionssl info {store}` lists the ids")
     if modality not in s.arrays(video_id):
         fail(f"{video_id} has no {modality!r}: the store's spec {s.spec.name!r} does not include it")
-    arr = s.read(video_id, modality)
+    from motionssl.stores import StoreError
+
+    try:
+        arr = s.read(video_id, modality)
+    except StoreError as e:  # damaged data: one line naming video and array
+        fail(str(e))
     np.save(output, arr)
     typer.echo(f"wrote {output}: {arr.dtype} {tuple(arr.shape)}")
 
@@ -161,6 +169,7 @@ def show(
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
     from motionssl.show import render_panel, write_png, write_video
+    from motionssl.stores import StoreError
 
     learned = None
     if checkpoint is not None:
@@ -185,7 +194,7 @@ def show(
         if video is not None:
             n = write_video(s, video_id, video, max_motion=max_motion, learned=learned)
             typer.echo(f"wrote {video} ({n} frames)")
-    except ValueError as e:
+    except (ValueError, StoreError) as e:
         fail(str(e))
 
 
@@ -217,6 +226,12 @@ def pretrain(
     log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
     save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
+                                               "finds broken (named on stderr) instead of stopping."),
+    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN "
+                                                  "or inf (each named on stderr, counted in log.csv), not stop."),
+    data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
+                                                 "workers give no batch for this many seconds (600; 0 = wait)."),
 ):
     """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
     import yaml
@@ -225,6 +240,7 @@ def pretrain(
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.config import ConfigError, load_yaml, resolve
     from motionssl.train.datasets import MissingModality
+    from motionssl.train.faults import TrainingFault
     from motionssl.train.loop import train
     from motionssl.train.methods import METHODS
 
@@ -245,11 +261,14 @@ def pretrain(
                       "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
                       "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
                       "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
+                      "skip_broken": skip_broken, "skip_nonfinite": skip_nonfinite, "data_timeout": data_timeout,
                       "method_options": options}
         cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
         summary = train(cfg, resume=resume)
     except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
         fail(str(e))
+    except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
+        fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
         state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
         typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
@@ -306,6 +325,7 @@ def finetune(
     from motionssl.train import checkpoint as ckpt
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.config import ConfigError, load_yaml, resolve
+    from motionssl.train.faults import TrainingFault
     from motionssl.train.loop import train
 
     if aux_motion is not None:
@@ -336,6 +356,8 @@ def finetune(
             summary = train(cfg, resume=resume, method_cls=Finetune)
     except (ConfigError, StoreError, SplitError, CheckpointError) as e:
         fail(str(e))
+    except TrainingFault as e:
+        fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
         state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
         typer.echo(f"finetune: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")

@@ -6,6 +6,7 @@ import os
 import queue
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from motionssl.data_specs import Spec
 from motionssl.stores import init_store, read_video_meta, write_index
-from motionssl.stores.layout import INDEX, VIDEOS, read_json, scan_videos, video_path
+from motionssl.stores.layout import INDEX, QUARANTINE, VIDEOS, read_json, scan_videos, video_path, write_json_atomic
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -22,6 +23,9 @@ VIDEO_EXTENSIONS = frozenset({
 })
 LOCK = ".extract.lock"
 EXIT_OK, EXIT_SOME_FAILED = 0, 3  # fatal errors exit 2, from the CLI
+# A decoder that dies (a signal, an exit) is given one more try in a fresh process: a death can be transient
+# (the OOM killer, a killed process). A hang is not retried: it already cost a whole --timeout.
+MAX_ATTEMPTS = 2
 
 
 class FatalError(Exception):
@@ -109,16 +113,27 @@ def extract_task(job: dict, timeout: float) -> dict:
         job = {**job, "device": f"cuda:{name % job['gpus'] if isinstance(name, int) else 0}"}
     t0 = time.perf_counter()
     record = {"id": job["video_id"], "status": "failed", "error": None, "frames": 0, "seconds": 0.0}
-    try:
-        result = _decoder().run(job, timeout)
-    except DecoderFailed as e:
-        result = {"ok": False, "error": str(e)}
+    final = video_path(Path(job["store"]), job["format"], job["video_id"])
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            result = _decoder().run(job, timeout)
+            break
+        except DecoderFailed as e:
+            _remove_temps(final)  # what the dead decoder had written
+            if not e.hung and attempt < MAX_ATTEMPTS:
+                continue
+            tries = f" on each of {attempt} attempts" if attempt > 1 else ""
+            # A poison video: kept out of later runs too (see `_quarantine`), unless its file changes.
+            result = {"ok": False, "error": f"{e}{tries}; quarantined", "quarantined": True}
+            break
+    record["attempts"] = attempt
     if result["ok"]:
         meta = result["meta"]
         record.update(status="ok", frames=meta["frames"], meta=meta, notes=meta.get("notes", []))
     else:
         record["error"] = result["error"]
-        _remove_temps(video_path(Path(job["store"]), job["format"], job["video_id"]))
+        record["quarantined"] = bool(result.get("quarantined"))
+        _remove_temps(final)
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
 
@@ -134,13 +149,19 @@ def _remove_temps(final: Path) -> None:
 # -- the driver ---------------------------------------------------------------------------------
 
 def _check_writable(store: Path) -> None:
-    parent = store.parent if not store.exists() else store
-    if not parent.is_dir():
-        raise FatalError(f"output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FatalError(f"cannot write to {parent}; choose another -o or fix its permissions")
+    """Fatal unless a file can be created where the videos will go. A real probe, not only os.access: that says
+    yes to root whatever the permission bits, and to NFS clients whose server will refuse."""
     if store.exists() and not store.is_dir():
         raise FatalError(f"{store} exists and is not a directory; choose another -o")
+    where = next((d for d in (store / VIDEOS, store, store.parent) if d.exists()), store.parent)
+    if not where.is_dir():
+        raise FatalError(f"output directory {where} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".motionssl-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FatalError(f"cannot write to {where} ({e.strerror}); choose another -o or make it writable") from None
 
 
 def _acquire_lock(store: Path) -> Path:
@@ -270,21 +291,63 @@ def run_extract(opts: ExtractOptions) -> int:
         lock.unlink(missing_ok=True)
 
 
+def _remove_leftovers(store: Path, fmt: str) -> None:
+    """Partial videos of an interrupted run, or of attempts whose worker died; called only under the lock, with
+    no task of this run still writing."""
+    for p in scan_videos(store, fmt)[1]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _source_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _quarantine(store: Path, spec: Spec, videos: dict[str, Path], overwrite: bool) -> dict[str, dict]:
+    """Videos whose decoder crashed or hung in an earlier run, and whose file has not changed since: not tried
+    again. A changed file (replaced, fixed, or only touched) and --overwrite try it again."""
+    path = store / QUARANTINE
+    try:
+        entries = read_json(path)["videos"] if path.is_file() and not overwrite else {}
+    except (OSError, ValueError, KeyError):  # damaged: it only saves time, so try every video again
+        entries = {}
+    return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == spec.digest
+            and q.get("stamp") == _source_stamp(videos[vid])}
+
+
+def _save_quarantine(store: Path, quarantine: dict[str, dict]) -> None:
+    if quarantine or (store / QUARANTINE).exists():
+        write_json_atomic(store / QUARANTINE, {"videos": quarantine})
+
+
+def _task_failure(vid: str, error: BaseException) -> dict:
+    """The record of a video whose Dask task itself failed: KilledWorker when every worker that ran it died."""
+    reason = (f"every Dask worker that ran it died ({type(error).__name__}); check the workers' logs "
+              f"(memory limits?) and rerun" if type(error).__name__ == "KilledWorker"
+              else f"its task failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return {"id": vid, "status": "failed", "error": reason, "frames": 0, "seconds": 0.0}
+
+
 def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path) -> int:
     store, spec, fmt = opts.store, opts.spec, opts.fmt
     t_start = time.perf_counter()
-    _, leftovers = scan_videos(store, fmt)
-    for p in leftovers:  # partial videos of an earlier, interrupted run
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    _remove_leftovers(store, fmt)
 
     index = read_json(store / INDEX)["videos"] if (store / INDEX).is_file() else {}
     index = {vid: m for vid, m in index.items() if video_path(store, fmt, vid).exists()}
+    quarantine = _quarantine(store, spec, videos, opts.overwrite)
     records, todo = [], []
     for vid, path in videos.items():
         meta = None if opts.overwrite else (index.get(vid) or read_video_meta(store, fmt, vid))
         if meta is not None and meta.get("spec_digest") == spec.digest:
             index[vid] = meta
             records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
+        elif vid in quarantine:
+            reason = (f"quarantined by an earlier run ({quarantine[vid]['error']}); replace or fix {path.name}, "
+                      f"or touch it, to try again")
+            records.append({"id": vid, "status": "failed", "frames": 0, "seconds": 0.0, "attempts": 0,
+                            "quarantined": True, "error": reason})
+            print(f"failed: {vid}: {records[-1]['error']}")
         else:
             todo.append(vid)
     if todo and not opts.scheduler and not _uses_gpu(spec):
@@ -311,34 +374,49 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             } for vid in todo]
             run = uuid.uuid4().hex[:8]
             needs_gpu = _uses_gpu(spec) and (gpus or opts.scheduler)
-            futures = client.map(extract_task, jobs, timeout=opts.timeout, pure=False,
-                                 key=[f"extract-{run}-{i}" for i in range(len(jobs))],
+            keys = [f"extract-{run}-{i}" for i in range(len(jobs))]
+            video_of = dict(zip(keys, todo))
+            futures = client.map(extract_task, jobs, timeout=opts.timeout, pure=False, key=keys,
                                  resources={"GPU": 1} if needs_gpu else None)
             last_index = time.monotonic()
             bar = tqdm(total=len(jobs), unit="video", disable=not opts.progress, dynamic_ncols=True)
             for fut in as_completed(futures):
-                rec = fut.result()
+                try:
+                    rec = fut.result()
+                except Exception as e:  # the task, not the video, failed: that video alone is reported failed
+                    rec = _task_failure(video_of[fut.key], e)
                 fut.release()
                 meta = rec.pop("meta", None)
                 if rec["status"] == "ok":
                     index[rec["id"]] = meta
                     frames += rec["frames"]
+                    quarantine.pop(rec["id"], None)
                 else:
                     failures += 1
                     bar.write(f"failed: {rec['id']}: {rec['error']}")
+                    if rec.get("quarantined"):
+                        quarantine[rec["id"]] = {"error": rec["error"].removesuffix("; quarantined"),
+                                                 "attempts": rec["attempts"], "spec_digest": spec.digest,
+                                                 "stamp": _source_stamp(videos[rec["id"]])}
                 records.append(rec)
                 elapsed = time.perf_counter() - t_start
                 bar.set_postfix(fps=f"{frames / max(elapsed, 1e-9):.0f}", failed=failures)
                 bar.update(1)
                 if time.monotonic() - last_index > 10:
-                    write_index(store, index)
+                    try:
+                        write_index(store, index)
+                    except OSError as e:  # a full disk, say: the videos are on disk, and the final write retries
+                        bar.write(f"warning: could not update {INDEX} ({e.strerror}); will retry")
                     last_index = time.monotonic()
             bar.close()
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+        _remove_leftovers(store, fmt)  # attempts whose worker died mid-write
+    failures = sum(r["status"] == "failed" for r in records)
     write_index(store, index)
+    _save_quarantine(store, quarantine)
     seconds = time.perf_counter() - t_start
     order = {vid: i for i, vid in enumerate(videos)}
     records.sort(key=lambda r: order[r["id"]])
@@ -348,6 +426,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
         "frames_extracted": frames, "seconds": round(seconds, 3),
         "frames_per_second": round(frames / seconds, 1) if seconds > 0 else None,
         "no_motion_vectors": [r["id"] for r in records if any("no motion vectors" in n for n in r.get("notes", []))],
+        "quarantined": [r["id"] for r in records if r.get("quarantined")],
         "spec": spec.name, "spec_digest": spec.digest, "format": fmt, "store": str(store),
     }
     report = {"videos": records, "summary": summary}

@@ -1,7 +1,8 @@
 """Run each video's extraction in a separate decoder process, under a wall-clock timeout.
 
 A segfault or an endless loop inside FFmpeg kills or stalls only that process: the Dask worker
-reports the video as failed, starts a fresh decoder and goes on. The decoder process is a plain
+gives a dead decoder's video one more try in a fresh decoder, then reports it failed (quarantined,
+see `extract.py`), and goes on. The decoder process is a plain
 subprocess (not multiprocessing), so it also works inside daemonic Dask worker processes, and it
 is reused across videos so its start-up cost is paid once per worker.
 
@@ -9,6 +10,7 @@ Protocol: one JSON job per line on the child's stdin, one JSON result per line o
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -17,14 +19,24 @@ import subprocess
 import sys
 import time
 
-# Test hook: MOTIONSSL_FAULT="crash:<id substring>", "hang:<...>" or "slow:<...>" makes the decoder
-# process crash (SIGSEGV), hang, or take 0.3 s per frame on matching videos, to exercise
-# isolation and the no-progress timeout with real signals and real time.
-FAULT_ENV = "MOTIONSSL_FAULT"
+from motionssl import fault_injection
+
+# Test hook (motionssl/fault_injection.py): MOTIONSSL_FAULT="crash:<id substring>", "hang:<...>", "slow:<...>"
+# or "enospc:<...>" makes the decoder process crash (SIGSEGV), hang, take 0.3 s per frame, or hit a full disk
+# on matching videos, to exercise isolation, retries, the no-progress timeout and cleanup with real signals,
+# real time and real error paths.
 
 
 class DecoderFailed(Exception):
-    """The decoder process died or hung; the message is the report's one-line reason."""
+    """The decoder process died or hung; the message is the report's one-line reason.
+
+    `hung` tells a hang (no progress for the timeout) from a death (a signal, an exit): the caller retries a
+    death once in a fresh process, since one can be transient (the OOM killer, a killed process), but not a hang,
+    which already cost a whole timeout."""
+
+    def __init__(self, message: str, *, hung: bool = False):
+        super().__init__(message)
+        self.hung = hung
 
 
 class DecoderProcess:
@@ -66,7 +78,7 @@ class DecoderProcess:
             if not ready:
                 self.stop()
                 raise DecoderFailed(f"timed out: no progress for {timeout:g}s after {frames} frames "
-                                    f"(decoder hung; raise --timeout if frames are very slow)")
+                                    f"(decoder hung; raise --timeout if frames are very slow)", hung=True)
             line = self._results.readline()
             if not line:
                 code = self.proc.wait()
@@ -90,16 +102,44 @@ class DecoderProcess:
         self.proc = self._results = None
 
 
-def _fault(video_id: str) -> str:
-    spec = os.environ.get(FAULT_ENV, "")
-    kind, _, needle = spec.partition(":")
-    if not needle or needle not in video_id:
-        return ""
-    if kind == "crash":
+def _inject_faults(video_id: str) -> set[str]:
+    """Fire the faults armed for this video that act here (crash, hang); return every armed kind, for the
+    caller to apply slow and enospc."""
+    kinds = fault_injection.armed(video_id)
+    for kind in kinds & {"crash", "hang", "slow", "enospc"}:
+        fault_injection.record(kind, video_id)
+    if "crash" in kinds:
         os.kill(os.getpid(), signal.SIGSEGV)
-    elif kind == "hang":
+    if "hang" in kinds:
         time.sleep(10**6)
-    return kind
+    return kinds
+
+
+def _full_disk_after_first_write():
+    """Make every VideoWriter fail with a real ENOSPC OSError from its second block on (fault `enospc`), so the
+    whole error path runs: a partly written temporary, abort, the report's reason. Returns the undo."""
+    from motionssl.stores.writer import VideoWriter
+
+    original = VideoWriter._flush
+
+    def flush(self, name):
+        if sum(self._written.values()) > 0 and self._buf.get(name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp / name))
+        original(self, name)
+
+    VideoWriter._flush = flush
+    return lambda: setattr(VideoWriter, "_flush", original)
+
+
+def write_error(e: OSError, store: str) -> str:
+    """The report's one-line reason for a failed write; a full disk says what to do. (HDF5's own messages span
+    lines and bury the cause: its errno is taken instead.)"""
+    where = e.filename or store
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"write failed: {os.strerror(e.errno)} (writing {where}); the video was not kept: free space and "
+                f"rerun the same extract (finished videos are skipped)")
+    reason = os.strerror(e.errno) if e.errno else (str(e).splitlines() or [type(e).__name__])[0]
+    return f"write failed: {reason} (writing {where})"
 
 
 def _die_with_parent() -> None:
@@ -130,15 +170,20 @@ def _serve() -> None:
 
     for line in sys.stdin:
         job = json.loads(line)
-        slow[0] = _fault(job["video_id"]) == "slow"
+        faults = _inject_faults(job["video_id"])
+        slow[0] = "slow" in faults
+        undo = _full_disk_after_first_write() if "enospc" in faults else None
         try:
             result = {"ok": True, "meta": extract_video(job, progress=progress)}
         except BadVideo as e:
             result = {"ok": False, "error": str(e)}
         except OSError as e:  # disk full, permissions: the video is not complete
-            result = {"ok": False, "error": f"write failed: {e.strerror or e} ({e.filename or 'store'})"}
+            result = {"ok": False, "error": write_error(e, job["store"])}
         except Exception as e:  # any other failure stays this video's, with its type named
             result = {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        finally:
+            if undo is not None:
+                undo()
         out.write(json.dumps(result) + "\n")
         out.flush()
 

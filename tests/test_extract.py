@@ -14,6 +14,7 @@ import pytest
 from conftest import write_spec
 from motionssl.stores import open_store
 from motionssl.stores.layout import scan_videos
+from motionssl.stores.verify import verify_store
 from motionssl.preprocess.synthetic import encode, translating_frames
 
 SYNTHETIC_IDS = {"moving/right_b", "moving/down_nob", "square_mpeg4", "hevc"}
@@ -123,23 +124,32 @@ def test_rerun_skips_and_overwrite_redoes(synthetic_dir, tmp_path, tiny_spec):
 
 
 def test_killed_run_resumes_to_identical_store(synthetic_dir, tmp_path, tiny_spec):
-    """SIGKILL a running extract (one video hangs so the run is surely mid-way), then rerun it."""
+    """SIGKILL the whole process group of a running extract while a video is half written (it decodes at 0.3 s
+    per frame), then rerun the same command: exit 0, the finished videos skipped, the stale lock taken over, and
+    a store identical to one that was never interrupted. The half-written video is never visible."""
     store = tmp_path / "killed.zarr"
-    env = {**os.environ, "MOTIONSSL_FAULT": "hang:hevc"}
+    env = {**os.environ, "MOTIONSSL_FAULT": "slow:right_b"}
     proc = subprocess.Popen([sys.executable, "-m", "motionssl.cli", "extract", str(synthetic_dir), "-o", str(store),
                              "--spec", str(tiny_spec), "--workers", "2", "--no-progress"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(scan_videos(store, "zarr")[0]) < 3:
-        time.sleep(0.2)
+    while time.monotonic() < deadline and not (len(scan_videos(store, "zarr")[0]) == 3
+                                               and list((store / "videos" / "moving").glob(".right_b.tmp-*"))):
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = set(scan_videos(store, "zarr")[0])
-    assert 1 <= len(done_before) < 4
+    done_before, partial = scan_videos(store, "zarr")
+    assert len(done_before) == 3 and "moving/right_b" not in done_before
+    assert [p.name.split(".tmp-")[0] for p in partial] == [".right_b"]  # half written, under a temporary name
+    assert "moving/right_b" not in open_store(store).videos
+    assert all(p.startswith(("partial: ", "index.json is missing")) for p in verify_store(open_store(store)))
+    assert (store / ".extract.lock").exists()  # its holder is dead: the rerun takes it over
     extract(synthetic_dir, store, tiny_spec)
     statuses = {v["id"]: v["status"] for v in report_of(store)["videos"]}
-    assert {vid for vid, st in statuses.items() if st == "skipped"} == done_before
+    assert {vid for vid, st in statuses.items() if st == "skipped"} == set(done_before)
+    assert statuses["moving/right_b"] == "ok"
     motionssl("verify", store, check=0)
+    assert not scan_videos(store, "zarr")[1] and not (store / ".extract.lock").exists()
     clean = tmp_path / "clean.zarr"
     extract(synthetic_dir, clean, tiny_spec)
     a, b = open_store(store), open_store(clean)
@@ -191,8 +201,12 @@ def test_bad_inputs_fail_alone(tmp_path, fmt):
     assert "exceeds decode.max_pixels" in reasons["huge"]
     if fmt == "zarr":
         assert "crashed (signal SIGSEGV)" in reasons["crash"] and "hang" not in reasons
+        assert rec["crash"]["attempts"] == 2 and rec["crash"]["quarantined"]  # a fresh decoder, then quarantined
     else:
         assert "timed out: no progress for 8s" in reasons["hang"] and "crash" not in reasons
+        assert rec["hang"]["attempts"] == 1 and rec["hang"]["quarantined"]  # a hang is not retried
+        assert rec["hang"]["seconds"] < 16
+    assert all(not r.get("quarantined") for vid, r in rec.items() if vid not in ("crash", "hang"))
     assert all("\n" not in r for r in reasons.values())
     assert "failed: good" not in proc.stdout
     s = open_store(store)

@@ -115,15 +115,20 @@ def test_ddp_two_processes_on_gloo(moco_store, tmp_path):
 
 
 def test_pretrain_errors_are_one_line(moco_store, tmp_path):
+    results = []
     r = pretrain("--store", tmp_path / "nothing", "-o", tmp_path / "r", "--steps", "1")
     assert r.returncode == 2 and "is not a motionssl store" in r.stderr
+    results.append(r)
     r = pretrain("--store", moco_store, "-o", tmp_path / "r", "--steps", "1", "--method", "simclr")
     assert r.returncode == 2 and "unknown method 'simclr'; choose one of rgb-moco" in r.stderr
+    results.append(r)
     r = pretrain("--store", moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--batch-size", "64")
     assert r.returncode == 2 and "too few for batch size 64" in r.stderr
+    results.append(r)
     r = pretrain("--store", moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--option", "temperature=1")
     assert r.returncode == 2 and "unknown method_options temperature" in r.stderr
-    for r in (r,):
+    results.append(r)
+    for r in results:
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--resume" in motionssl("pretrain", "--help").stdout
 

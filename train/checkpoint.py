@@ -41,6 +41,8 @@ def set_rng_state(state: dict) -> None:
 def save(path: Path, payload: dict) -> None:
     """Write to a temporary name in the same directory, fsync, then rename over `path`."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a write that a kill cut short (one writer: rank 0)
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:

@@ -48,6 +48,10 @@ class PretrainConfig:
     save_every: int = 500               # steps between checkpoints (and one at the end)
     halt_after: int | None = None       # stop after this many steps in this invocation (preemptible jobs); resume later
     progress: bool = True
+    # faults (train/faults.py)
+    skip_broken: bool = False           # leave out videos the start-up check finds broken, instead of stopping
+    skip_nonfinite: bool = False        # skip a batch whose loss is NaN/inf (counted in the log), instead of stopping
+    data_timeout: float = 600.0         # seconds without a batch from the DataLoader workers before stopping; 0 = wait
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,13 +25,15 @@ from motionssl.train.curves import plot_run
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
+from motionssl.train.faults import NonFiniteGuard, TrackedDataset, batch_videos, next_batch, usable_store
 from motionssl.train.methods import METHODS
 from motionssl.train.methods.base import Method, parse_options
 from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
 from motionssl.train.run_log import RunLog
 
 # Config fields a resumed run may change; any other difference means a different experiment.
-RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after"}
+RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after",
+                     "skip_broken", "skip_nonfinite", "data_timeout"}
 
 
 class KeySampler(DistributedSampler):
@@ -102,7 +104,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     method_cls = method_cls or METHODS[cfg.method]
     # fail on typos before any work, and record every option (defaults included) in config.yaml
     cfg.method_options = dataclasses.asdict(parse_options(method_cls.Options, cfg.method_options, method=cfg.method))
-    store = open_store(cfg.store)
+    store, broken = usable_store(open_store(cfg.store), skip_broken=cfg.skip_broken, announce=main)
     dataset = method_cls.dataset(cfg, store)
     sampler = KeySampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed,
                          drop_last=True)
@@ -118,7 +120,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     precision = Precision.choose(cfg.precision, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.dtype == torch.float16)
 
-    start_step = 0
+    start_step = skipped_before = 0
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         check_resume_config(state["config"], cfg)
@@ -127,6 +129,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)])
         start_step = state["step"]
+        skipped_before = state.get("skipped_nonfinite", 0)
     if main:
         write_yaml(cfg, run_dir / "config.yaml")
 
@@ -134,9 +137,13 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     if dist.world_size > 1:
         model = DistributedDataParallel(method, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                         broadcast_buffers=False)  # queues are filled with gathered keys on every rank
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+    tracked = TrackedDataset(dataset, workers=cfg.workers)
+    data_timeout = cfg.data_timeout if cfg.workers > 0 else 0
+    loader = DataLoader(tracked, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
-                        pin_memory=dist.device.type == "cuda")
+                        pin_memory=dist.device.type == "cuda", timeout=data_timeout)
+    guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size, skipped=skipped_before,
+                           hint=f"lower --lr or set grad_clip (the last checkpoint is {run_dir / checkpoint.LAST})")
 
     def save(step: int) -> None:
         rng = [None] * dist.world_size
@@ -148,7 +155,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
             checkpoint.save(run_dir / checkpoint.LAST, {
                 "step": step, "epoch": step // steps_per_epoch, "config": cfg.to_dict(),
                 "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng, "backbone": method.export_backbone(), "world_size": dist.world_size})
+                "rng": rng, "backbone": method.export_backbone(), "world_size": dist.world_size,
+                "skipped_nonfinite": guard.skipped})
         barrier()
 
     log = RunLog(run_dir, resume_step=start_step, tensorboard=main) if main else None
@@ -167,27 +175,26 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                 sampler.set_epoch(epoch, start=(step % steps_per_epoch) * cfg.batch_size)
                 batches = iter(loader)
             t0 = time.perf_counter()
-            batch = to_device(next(batches), dist.device)
+            batch = to_device(next_batch(batches, tracked, timeout=data_timeout, store_path=store.path), dist.device)
             t_data = time.perf_counter() - t0
             lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps,
                        min_lr=cfg.lr * cfg.min_lr_ratio)
             set_lr(optimizer, lr)
+            guard.before_forward()
             with torch.autocast(dist.device.type, dtype=precision.dtype or torch.bfloat16,
                                 enabled=precision.dtype is not None):
                 out = model(batch, step=step)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or set grad_clip "
-                                         f"(the last checkpoint is {run_dir / checkpoint.LAST})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
             grad_norm = None
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip).item()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(step)
+            if guard.finite(loss, step=step, videos=batch_videos(batch, dataset)):  # else skipped; the step counts
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip).item()
+                scaler.step(optimizer)
+                scaler.update()
+                method.after_step(step)
             step += 1
             dt = time.perf_counter() - t0
             window.append(dt)
@@ -198,7 +205,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                 if step % cfg.log_every == 0 or step == stop_step:
                     values = {"epoch": epoch, "loss": loss.item(), "lr": lr,
                               "clips_per_s": clips_per_step * len(window) / sum(window), "data_s": t_data,
-                              **({"grad_norm": grad_norm} if grad_norm is not None else {}), **out["logs"]}
+                              **({"grad_norm": grad_norm} if grad_norm is not None else {}),
+                              "skipped_nonfinite": guard.skipped, **out["logs"]}
                     log.log(step, values)
                     window = []
             if step % cfg.save_every == 0 or step == stop_step:
@@ -210,7 +218,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     summary = {"method": cfg.method, "run_dir": str(run_dir), "steps": step, "total_steps": total_steps,
                "finished": step >= total_steps, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size,
                "device": str(dist.device), "seconds": time.perf_counter() - t_wall,
-               "final_loss": None if step == start_step else loss.item()}
+               "final_loss": None if step == start_step else loss.item(), "skipped_nonfinite": guard.skipped,
+               "skipped_videos": broken}
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_run(run_dir)

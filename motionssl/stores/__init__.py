@@ -11,6 +11,7 @@ forked process reopens its own handles instead of sharing the parent's (which co
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -103,19 +104,41 @@ class Store:
             reader = self._readers[video_id] = self._reader_cls(path)
         return reader
 
+    def _damaged(self, video_id: str, name: str, e: Exception) -> StoreError:
+        """A read that failed on the data itself (a truncated or corrupt chunk): one line naming video and array."""
+        detail = str(e).splitlines()[0] if str(e) else ""
+        return StoreError(f"cannot read {name} of video {video_id!r} in {self.path} ({type(e).__name__}: {detail}); "
+                          f"`motionssl verify {self.path}` lists the damage")
+
     def arrays(self, video_id: str) -> dict[str, tuple[tuple, np.dtype]]:
         """{array name: (shape, dtype)} for one video."""
         return self._open(video_id).arrays()
 
     def read(self, video_id: str, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """A time slice [start, stop) of one array (all of it by default), in data_specs units."""
-        reader = self._open(video_id)
-        return _decode(reader.read(name, slice(start, stop)), reader.attrs(name))
+        return self._read(video_id, name, slice(start, stop))
 
     def read_at(self, video_id: str, name: str, indices) -> np.ndarray:
         """Frames at arbitrary time indices (any order, repeats allowed), in data_specs units."""
+        return self._read(video_id, name, indices)
+
+    def _read(self, video_id: str, name: str, sel) -> np.ndarray:
         reader = self._open(video_id)
-        return _decode(reader.read(name, indices), reader.attrs(name))
+        try:
+            raw = reader.read(name, sel)
+        except (IndexError, KeyError):  # the caller's mistake, not damage
+            raise
+        except Exception as e:
+            raise self._damaged(video_id, name, e) from e
+        return _decode(raw, reader.attrs(name))
+
+    def without(self, video_ids) -> "Store":
+        """This store with `video_ids` left out of its listing (e.g. broken videos a run skips)."""
+        drop = set(video_ids)
+        other = copy.copy(self)
+        other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
+        other._readers = {}
+        return other
 
     def close(self) -> None:
         for r in self._readers.values():

@@ -68,7 +68,10 @@ class HDF5VideoWriter(VideoWriter):
 class HDF5VideoReader:
     def __init__(self, path: Path):
         self.path = path
-        self.file = h5py.File(path, "r")
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as e:
+            raise open_error(Path(path), e) from None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._attrs: dict[str, dict] = {}
         self._h264: dict[str, H264Frames | None] = {}
@@ -128,6 +131,24 @@ class HDF5VideoReader:
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+
+
+def open_error(path: Path, e: OSError):
+    """A StoreError that says why an HDF5 video file will not open, and what to do."""
+    from motionssl.stores import StoreError
+
+    text = str(e)
+    redo = "delete it and rerun `motionssl extract` with the same arguments to redo the video"
+    if "unable to lock file" in text:
+        why = f"it is open for writing in another process (HDF5 file lock); stop that process, or {redo}"
+    elif "already open for write" in text:
+        why = (f"it is marked open for writing (a writer crashed or was killed with it open); clear the mark with "
+               f"`h5clear --status {path}` (HDF5 tools), or {redo}")
+    elif "truncated file" in text:
+        why = f"it is truncated ({text.rsplit('(', 1)[-1].rstrip(')')}); {redo}"
+    else:
+        why = f"{text.splitlines()[0] if text else type(e).__name__}; {redo}"
+    return StoreError(f"cannot open {path}: {why}")
 
 
 class H264Frames:

@@ -3,6 +3,7 @@
 STORE/
   motionssl.json        format, format_version, spec, spec_digest, motionssl_version
   index.json            {"videos": {id: meta}}, rewritten by `extract` as videos complete
+  quarantine.json       (when any) videos whose decoder crashed or hung, not retried until their file changes
   zarr.json             (zarr only) root group, so plain zarr can open the store
   videos/<id>           (zarr) one group per video; (hdf5) videos/<id>.h5, one file per video
   videos/.../.<name>.tmp-<hex>   a video being written; renamed into place only when complete
@@ -17,6 +18,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 ROOT_META = "motionssl.json"
 INDEX = "index.json"
+QUARANTINE = "quarantine.json"
 VIDEOS = "videos"
 TMP_MARK = ".tmp-"
 SUFFIX = {"zarr": "", "hdf5": ".h5"}

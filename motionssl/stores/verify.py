@@ -1,14 +1,24 @@
-"""`motionssl verify`: is every video complete and consistent with the store's spec?"""
+"""`motionssl verify`, and the quick check `pretrain` runs before it trains.
+
+`verify_store` lists every problem of every video, one line each ("VIDEO: ARRAY: what is wrong"), reading every
+array through. `broken_videos` finds what shows without decoding anything (missing or empty files, wrong
+lengths, HDF5 files that will not open), cheap enough to run before each training run.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from motionssl.stores import Store
+from motionssl.stores import Store, StoreError
 from motionssl.stores.layout import INDEX, read_json, scan_videos, video_path
 
 PER_FRAME = ("rgb", "pts", "frame_type", "mv", "mv_valid")
+
+
+def _redo(store: Store, path: Path) -> str:
+    return f"delete {path.relative_to(store.path)} and rerun `motionssl extract` with the same arguments to redo it"
 
 
 def verify_store(store: Store) -> list[str]:
@@ -24,20 +34,37 @@ def verify_store(store: Store) -> list[str]:
     for vid in sorted(indexed - set(on_disk)):
         problems.append(f"{vid}: listed in {INDEX} but missing on disk")
     for vid in on_disk:
-        problems += [f"{vid}: {p}" for p in _check_video(store, vid)]
+        problems += [f"{vid}: {p}" for p in _check_video(store, vid, read_through=True)]
         if indexed and vid not in indexed:
             problems.append(f"{vid}: on disk but not in {INDEX}; rerun `motionssl extract` to index it")
     return problems
 
 
-def _check_video(store: Store, vid: str) -> list[str]:
+def broken_videos(store: Store) -> dict[str, str]:
+    """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data."""
+    out = {}
+    for vid in store.videos:
+        problems = _check_video(store, vid, read_through=False)
+        if problems:
+            out[vid] = "; ".join(problems)
+    return out
+
+
+def _check_video(store: Store, vid: str, *, read_through: bool) -> list[str]:
+    path = video_path(store.path, store.format, vid)
+    if not path.exists():
+        return [f"{path.relative_to(store.path)} is missing; rerun `motionssl extract` with the same arguments"]
+    if store.format == "zarr" and not read_through:
+        return _check_zarr_files(store, vid, path)
     from motionssl.stores import _backend
 
-    path = video_path(store.path, store.format, vid)
     try:
         reader = _backend(store.format)[0](path)
+    except StoreError as e:
+        return [str(e)]
     except Exception as e:
-        return [f"cannot open ({type(e).__name__}: {e})"]
+        return [f"cannot open {path.relative_to(store.path)} ({type(e).__name__}: {_first_line(e)}); "
+                f"{_redo(store, path)}"]
     try:
         try:
             meta = reader.meta()
@@ -45,41 +72,88 @@ def _check_video(store: Store, vid: str) -> list[str]:
             return ["no video metadata (incomplete write)"]
         if meta.get("spec_digest") != store.spec.digest:
             return [f"made with another spec ({meta.get('spec_digest')}, store has {store.spec.digest})"]
-        arrays = reader.arrays()
-        missing = [a for a in store.spec.arrays() if a not in arrays]
-        if missing:
-            return [f"missing arrays {missing}"]
-        out = []
-        n = meta["frames"]
-        for name in PER_FRAME:
-            if name in arrays and arrays[name][0][0] != n:
-                out.append(f"{name} has {arrays[name][0][0]} frames, expected {n}")
-        if "iframes" in arrays and arrays["iframes"][0][0] != arrays["iframe_index"][0][0]:
-            out.append("iframes and iframe_index differ in length")
-        for name in arrays:
-            out += _check_chunks(store, reader, name)
+        shapes = {name: shape for name, (shape, _) in reader.arrays().items()}
+        out = _check_lengths(store, path, meta, shapes)
+        for name in shapes:
+            if store.format == "zarr":
+                missing = _missing_chunk_files(path / name, _read_doc(path / name / "zarr.json"))
+                if missing:
+                    out.append(_missing_line(store, path, name, missing))
+                    continue
+            if read_through:
+                out += _read_through(reader, name)
         return out
     finally:
         reader.close()
 
 
-def _check_chunks(store: Store, reader, name: str) -> list[str]:
-    """Read every array through; for zarr also require every shard/chunk file, since a deleted
-    chunk would otherwise read back silently as zeros."""
-    arr = reader.array(name)
-    if store.format == "zarr" and arr.shape[0] > 0:
-        outer = arr.shards or arr.chunks
-        root = Path(reader.path) / name / "c"
-        n_outer = -(-arr.shape[0] // outer[0])
-        tail = "/".join("0" for _ in arr.shape[1:])  # frames are never split across chunks
-        for i in range(n_outer):
-            key = root / (f"{i}/{tail}" if tail else f"{i}")
-            if not key.is_file():
-                return [f"{name}: chunk file {key.relative_to(store.path)} is missing"]
+def _check_lengths(store: Store, path: Path, meta: dict, shapes: dict[str, tuple]) -> list[str]:
+    out = []
+    missing = [a for a in store.spec.arrays() if a not in shapes]
+    if missing:
+        out.append(f"missing arrays {missing}; {_redo(store, path)}")
+    n = meta["frames"]
+    for name in PER_FRAME:
+        if name in shapes and shapes[name][0] != n:
+            out.append(f"{name}: has {shapes[name][0]} frames, expected {n}")
+    if "iframes" in shapes and "iframe_index" in shapes and shapes["iframes"][0] != shapes["iframe_index"][0]:
+        out.append("iframes: iframes and iframe_index differ in length")
+    return out
+
+
+def _check_zarr_files(store: Store, vid: str, path: Path) -> list[str]:
+    """Zarr, without zarr: every array's metadata document and every shard file, present and not empty."""
     try:
-        step = max(1, (arr.chunks[0] if hasattr(arr, "chunks") and arr.chunks else 64) * 8)
+        meta = store.meta(vid)
+    except KeyError:
+        return ["not in the index"]
+    docs, out = {}, []
+    for name in store.spec.arrays():
+        try:
+            docs[name] = _read_doc(path / name / "zarr.json")
+        except (OSError, ValueError):
+            continue  # reported as a missing array
+    out += _check_lengths(store, path, meta, {name: tuple(doc["shape"]) for name, doc in docs.items()})
+    for name, doc in docs.items():
+        missing = _missing_chunk_files(path / name, doc)
+        if missing:
+            out.append(_missing_line(store, path, name, missing))
+    return out
+
+
+def _read_doc(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _missing_chunk_files(root: Path, doc: dict) -> list[Path]:
+    """The shard (or unsharded chunk) files of a zarr array that are absent or empty: a missing one would read
+    back silently as zeros. Frames are never split across chunks, so the keys are c/<i>/0/0..."""
+    shape = doc["shape"]
+    if not shape or shape[0] == 0:
+        return []
+    outer = doc["chunk_grid"]["configuration"]["chunk_shape"][0]
+    tail = "".join("/0" for _ in shape[1:])
+    keys = [root / "c" / f"{i}{tail}" for i in range(-(-shape[0] // outer))]
+    return [k for k in keys if not k.is_file() or k.stat().st_size == 0]
+
+
+def _missing_line(store: Store, path: Path, name: str, missing: list[Path]) -> str:
+    shown = ", ".join(str(p.relative_to(store.path)) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+    if len(missing) == 1:
+        return f"{name}: chunk file {shown} is missing or empty; {_redo(store, path)}"
+    return f"{name}: chunk files missing or empty ({len(missing)}): {shown}; {_redo(store, path)}"
+
+
+def _read_through(reader, name: str) -> list[str]:
+    arr = reader.array(name)
+    try:
+        step = max(1, (arr.chunks[0] if getattr(arr, "chunks", None) else 64) * 8)
         for s in range(0, arr.shape[0], step):
             np.asarray(arr[s:s + step])
     except Exception as e:
-        return [f"{name}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"]
+        return [f"{name}: unreadable ({type(e).__name__}: {_first_line(e)})"]
     return []
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""

@@ -44,7 +44,7 @@ class ZarrVideoReader:
             return frames.read(np.arange(*sel.indices(arr.shape[0])) if isinstance(sel, slice) else sel)
         if isinstance(sel, slice):
             return arr[sel]
-        return arr.get_orthogonal_selection((np.asarray(sel),))
+        return arr.get_orthogonal_selection((np.asarray(sel, np.int64),))  # an empty list is float64 otherwise
 
     def close(self) -> None:
         pass
