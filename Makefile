@@ -50,6 +50,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py --out bench_out
 	$(BIN)/python benchmarks/bench_flow.py --out bench_out
+	$(BIN)/python benchmarks/bench_tvl1_torch.py --out bench_out
 
 clean:
 	rm -rf demo_out bench_out
