@@ -38,7 +38,7 @@ Differences from OpenCV are float rounding: the update norm is summed in another
 weights and grid_sample's normalised coordinates round differently (1e-5 relative), theta p is
 stored instead of p, and the clamp differs from OpenCV's three-way branch by at most 1e-5 px where
 |grad I1w|^2 < FLT_EPSILON. They can move a warp's stop by a step and grow where TV-L1 itself is
-ill-posed; on real frames the flows agree to a median endpoint difference of about 0.01 px
+ill-posed; on real frames the flows agree to a median endpoint difference of 0.003 px
 (tests/test_tvl1_torch.py; benchmarks/README.md, "TV-L1 in PyTorch"). The median filter runs as
 cv2.medianBlur on CPU tensors and as a min/max network elsewhere; both select OpenCV's values.
 Warping samples at full float precision, as OpenCV 5's remap does (OpenCV 4 rounded to 1/32 px).
