@@ -26,7 +26,7 @@ ARRAYS = {
     "boundary": ("boundary",),
     "edges": ("edges",),
 }
-FLOW_METHOD_NAMES = ("tvl1", "dis", "raft")
+FLOW_METHOD_NAMES = ("tvl1", "dis", "raft", "tvl1-torch")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 ALWAYS_STORED = ("pts", "frame_type")
 
@@ -54,12 +54,12 @@ class MotionVectors:
 class Flow:
     """Optical flow and the maps derived from it (used when flow, boundary or edges is a modality)."""
 
-    method: str = "tvl1"            # tvl1 | dis | raft
+    method: str = "tvl1"            # tvl1 | dis | raft | tvl1-torch (TV-L1 as tvl1, batched in PyTorch)
     dis_preset: str = "medium"      # ultrafast | fast | medium
     raft_model: str = "large"       # large | small
     raft_weights: str | None = None  # local state-dict file; None: torch hub cache
     raft_iters: int = 12
-    batch: int = 8                  # pairs per call to the flow method (RAFT batch)
+    batch: int = 8                  # pairs per call to the flow method (RAFT, tvl1-torch batch)
     block_frames: int = 32          # frames buffered per flow block: bounds memory on long videos
     boundary_operator: str = "prewitt"  # prewitt | sobel | central
     edges_gap: int = 5              # edges come from the flow t -> t - edges_gap (MoDist)

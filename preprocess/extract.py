@@ -213,12 +213,17 @@ def _ensure_zarr_parents(store: Path, ids) -> None:
 
 
 def _uses_gpu(spec: Spec) -> bool:
+    """Flow that runs on a GPU when there is one: RAFT needs it, tvl1-torch falls back to the CPU."""
+    return spec.needs_flow and spec.flow.method in ("raft", "tvl1-torch")
+
+
+def _needs_gpu(spec: Spec) -> bool:
     return spec.needs_flow and spec.flow.method == "raft"
 
 
 def _check_flow_setup(spec: Spec) -> None:
     """RAFT weights must exist before any work starts: never run with random weights."""
-    if _uses_gpu(spec):
+    if _needs_gpu(spec):
         from motionssl.preprocess.flow import MissingWeights, find_raft_weights
 
         try:
@@ -241,8 +246,7 @@ def _start_client(opts: ExtractOptions, gpus: int):
             client = Client(opts.scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
             raise FatalError(f"cannot reach Dask scheduler {opts.scheduler} ({e}); check the address") from None
-        if _uses_gpu(opts.spec) and not any(w.get("resources", {}).get("GPU") for w in
-                                            client.scheduler_info()["workers"].values()):
+        if _needs_gpu(opts.spec) and not _gpu_workers(client):
             client.close()
             raise FatalError("spec needs GPU workers but no worker offers the GPU resource; "
                              "start them with `dask worker ADDRESS --resources GPU=1` (see README)")
@@ -258,6 +262,10 @@ def _start_client(opts: ExtractOptions, gpus: int):
             silence_logs=40, resources={"GPU": 1} if gpus else None,
         )
     return Client(cluster), cluster
+
+
+def _gpu_workers(client) -> bool:
+    return any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
 
 
 def local_workers(opts: ExtractOptions, gpus: int) -> int:
@@ -350,7 +358,8 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             print(f"failed: {vid}: {records[-1]['error']}")
         else:
             todo.append(vid)
-    if todo and not opts.scheduler and not _uses_gpu(spec):
+    gpus = _local_gpus() if todo and _uses_gpu(spec) and not opts.scheduler else 0
+    if todo and not opts.scheduler and not gpus:
         start_decoders(local_workers(opts, 0))
     if fmt == "zarr":
         _ensure_zarr_parents(store, todo)
@@ -360,20 +369,21 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
         from dask.distributed import as_completed
         from tqdm import tqdm
 
-        gpus = _local_gpus() if _uses_gpu(spec) and not opts.scheduler else 0
-        if _uses_gpu(spec) and not opts.scheduler and not gpus:
-            print("note: no CUDA device here: RAFT runs on the CPU, slowly")
         client, cluster = _start_client(opts, gpus)
         try:
+            needs_gpu = _uses_gpu(spec) and bool(gpus or (opts.scheduler and _gpu_workers(client)))
+            if _uses_gpu(spec) and not needs_gpu:  # tasks that hold no GPU resource stay off any GPU
+                where = "on this machine" if not opts.scheduler else "among the workers"
+                print(f"note: no CUDA device {where}: {spec.flow.method} runs on the CPU"
+                      + (", slowly" if _needs_gpu(spec) else ", one thread per worker"))
             link = getattr(client, "dashboard_link", None)
             print(f"dask: {len(client.scheduler_info()['workers'])} workers" + (f", dashboard {link}" if link else ""))
             jobs = [{
                 "path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
                 "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
                 "reencode": opts.reencode, "gpus": gpus,
-            } for vid in todo]
+            } | ({"device": "cpu"} if _uses_gpu(spec) and not needs_gpu else {}) for vid in todo]
             run = uuid.uuid4().hex[:8]
-            needs_gpu = _uses_gpu(spec) and (gpus or opts.scheduler)
             keys = [f"extract-{run}-{i}" for i in range(len(jobs))]
             video_of = dict(zip(keys, todo))
             futures = client.map(extract_task, jobs, timeout=opts.timeout, pure=False, key=keys,

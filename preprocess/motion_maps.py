@@ -30,7 +30,9 @@ _methods: dict = {}
 
 
 def flow_method(cfg: Flow, *, device: str | None = None):
-    """The flow method a spec asks for, built once per process (RAFT loads its weights once)."""
+    """The flow method a spec asks for, built once per process (RAFT loads its weights once).
+
+    device: None lets RAFT and tvl1-torch take CUDA when this process sees a GPU, else the CPU."""
     key = (cfg.method, cfg.dis_preset, cfg.raft_model, cfg.raft_weights, cfg.raft_iters, cfg.batch, device)
     if key not in _methods:
         if cfg.method == "raft":
@@ -41,6 +43,8 @@ def flow_method(cfg: Flow, *, device: str | None = None):
 
             preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{cfg.dis_preset.upper()}")
             _methods[key] = FLOW_METHODS["dis"](preset=preset)
+        elif cfg.method == "tvl1-torch":
+            _methods[key] = FLOW_METHODS["tvl1-torch"](batch=cfg.batch, device=device)
         else:
             _methods[key] = FLOW_METHODS["tvl1"]()
     return _methods[key]
@@ -68,9 +72,10 @@ class MotionMapStream:
     def _frame(self, t: int) -> np.ndarray:
         return self.frames[t - self.first]
 
-    def _pairs(self, ts, partner) -> np.ndarray:
-        src = np.stack([self._frame(t) for t in ts])
-        dst = np.stack([self._frame(partner(t)) for t in ts])
+    def _pairs(self, pairs: list[tuple[int, int]]) -> np.ndarray:
+        """Flow of every (source, target) frame pair, in one call so batched methods see full batches."""
+        src = np.stack([self._frame(a) for a, _ in pairs])
+        dst = np.stack([self._frame(b) for _, b in pairs])
         return self.method(src, dst)
 
     def _process(self, *, final: bool) -> list[MotionMaps]:
@@ -84,12 +89,17 @@ class MotionMapStream:
             self.notes.append("one frame only: flow, boundary and edges are zero")
             zero = np.zeros((h, w, 2), np.float32)
             fwd = {0: zero}
+            back = {0: zero} if self.want_edges else {}
         else:
             paired = [t for t in ts if t + 1 < total]
-            fwd = dict(zip(paired, self._pairs(paired, lambda t: t + 1))) if paired else {}
+            gap = self._edges_gap(total, final) if self.want_edges else 0
+            separate = [t for t in ts if t >= gap] if self.want_edges and self.cfg.edges_flow == "separate" else []
+            pairs = [(t, t + 1) for t in paired] + [(t, t - gap) for t in separate]
+            flows = self._pairs(pairs) if pairs else []
+            fwd = dict(zip(paired, flows[:len(paired)]))
             if final:
                 fwd[total - 1] = fwd.get(total - 2, self.fwd_history[-1] if self.fwd_history else None)
-        back = self._backward(ts, fwd, total, final) if self.want_edges else {}
+            back = self._backward(ts, fwd, gap, dict(zip(separate, flows[len(paired):]))) if self.want_edges else {}
 
         out = []
         for t in ts:
@@ -107,17 +117,17 @@ class MotionMapStream:
         self.first = keep_from
         return out
 
-    def _backward(self, ts, fwd, total, final) -> dict[int, np.ndarray]:
-        """Flow t -> t-gap for every t in ts; t < gap copies the first one computed."""
-        gap = self.cfg.edges_gap
-        if total == 1:
-            return {ts[0]: fwd[ts[0]]}
-        if final and self.emitted == 0 and total <= gap:  # video shorter than the gap
-            gap = total - 1
-            self.notes.append(f"video shorter than edges_gap+1: edges use a gap of {gap} frames")
+    def _edges_gap(self, total: int, final: bool) -> int:
+        if final and self.emitted == 0 and total <= self.cfg.edges_gap:  # video shorter than the gap
+            self.notes.append(f"video shorter than edges_gap+1: edges use a gap of {total - 1} frames")
+            return total - 1
+        return self.cfg.edges_gap
+
+    def _backward(self, ts, fwd, gap, separate) -> dict[int, np.ndarray]:
+        """Flow t -> t-gap for every t in ts (`separate`: the ones computed); t < gap copies the first one."""
         have = [t for t in ts if t >= gap]
         if self.cfg.edges_flow == "separate":
-            computed = dict(zip(have, self._pairs(have, lambda t: t - gap))) if have else {}
+            computed = separate
         else:  # derived: minus the sum of the forward flows between, without warping (approximate)
             history = list(self.fwd_history)
             chain = {self.emitted - len(history) + i: f for i, f in enumerate(history)} | fwd

@@ -1,10 +1,19 @@
 """Flow, motion map and flow edges inside extract: streaming equals whole-video computation."""
 import numpy as np
 import pytest
+import torch
 
 from conftest import write_spec
 from motionssl.data_specs import Flow, load_spec
-from motionssl.preprocess.flow import DISFlow, flow_edges, flow_pairs, motion_boundary
+from motionssl.preprocess.flow import (
+    DISFlow,
+    TVL1Flow,
+    dequantize_flow,
+    flow_edges,
+    flow_pairs,
+    motion_boundary,
+    quantize_flow,
+)
 from motionssl.preprocess.motion_maps import MotionMapStream
 from motionssl.preprocess.synthetic import encode, moving_square_frames, translating_frames
 from motionssl.stores import open_store
@@ -93,3 +102,53 @@ def test_raft_without_weights_is_fatal(tmp_path, synthetic_dir):
     err = extract(synthetic_dir, tmp_path / "s.zarr", spec, check=2).stderr
     assert "RAFT-large weights not found" in err and "missing.pth" in err
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_pan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pan") / "in"
+    d.mkdir()
+    encode(d / "v.mp4", translating_frames(12, size=(96, 64), velocity=(2, -2)), "x264-nob")
+    return d
+
+
+def tvl1_torch_spec(path):
+    return write_spec(path, modalities=["rgb", "flow", "edges"], resolution={"short_side": 32},
+                      flow={"method": "tvl1-torch", "batch": 4, "block_frames": 8})
+
+
+def test_tvl1_torch_spec_extracts_what_opencv_computes(tmp_path, tiny_pan):
+    """Without a GPU the local cluster runs tvl1-torch on the CPU workers, and says so."""
+    proc = extract(tiny_pan, tmp_path / "s.zarr", tvl1_torch_spec(tmp_path / "t.yaml"))
+    note = "note: no CUDA device on this machine: tvl1-torch runs on the CPU"
+    assert (note in proc.stdout) != torch.cuda.is_available(), proc.stdout
+    s = open_store(tmp_path / "s.zarr")
+    rgb, flow, edges = s.read("v", "rgb"), s.read("v", "flow"), s.read("v", "edges")
+    assert flow.shape == (12, 32, 48, 2) and edges.shape == (12, 32, 48)
+    # Stored pixels move by (1, -1) per frame at a third of the coded size: forward flow t -> t+1.
+    np.testing.assert_allclose(np.median(flow[:, 4:-4, 4:-4].reshape(12, -1, 2), axis=1), np.tile([1, -1], (12, 1)),
+                               atol=0.15)
+    # OpenCV's TV-L1 on the stored frames, through the store's 8-bit quantisation: the same values,
+    # but for a few pixels a quantisation step or two apart.
+    expected = dequantize_flow(quantize_flow(flow_pairs(rgb, TVL1Flow())))
+    assert (flow == expected).all(-1).mean() > 0.98 and np.percentile(np.abs(flow - expected), 99.5) <= 0.16
+
+
+def test_tvl1_torch_on_a_scheduler_without_gpu_workers(tmp_path, tiny_pan, capsys):
+    """tvl1-torch runs on CPU-only workers (no GPU resource asked); RAFT refuses to start."""
+    from dask.distributed import LocalCluster
+
+    from motionssl.preprocess.extract import ExtractOptions, FatalError, run_extract
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        spec = load_spec(str(tvl1_torch_spec(tmp_path / "t.yaml")))
+        opts = ExtractOptions(tiny_pan, tmp_path / "s.zarr", spec, scheduler=cluster.scheduler_address, progress=False)
+        assert run_extract(opts) == 0
+        assert "no CUDA device among the workers: tvl1-torch runs on the CPU" in capsys.readouterr().out
+        assert open_store(tmp_path / "s.zarr").read("v", "flow").shape == (12, 32, 48, 2)
+        weights = tmp_path / "raft.pth"
+        weights.write_bytes(b"present")  # the check before any work looks for the file only
+        raft = load_spec(str(write_spec(tmp_path / "r.yaml", modalities=["rgb", "flow"],
+                                        flow={"method": "raft", "raft_weights": str(weights)})))
+        with pytest.raises(FatalError, match="no worker offers the GPU resource"):
+            run_extract(ExtractOptions(tiny_pan, tmp_path / "r.zarr", raft, scheduler=cluster.scheduler_address))

@@ -9,6 +9,7 @@ from motionssl.preprocess.flow import (
     MissingWeights,
     RAFTFlow,
     TVL1Flow,
+    TVL1TorchFlow,
     dequantize_flow,
     flow_edges,
     flow_pairs,
@@ -44,8 +45,9 @@ def test_opencv_flow_recovers_translation(name, velocity, size):
 
 
 def test_flow_methods_table():
-    assert set(FLOW_METHODS) == {"tvl1", "dis", "raft"}
+    assert set(FLOW_METHODS) == {"tvl1", "dis", "raft", "tvl1-torch"}
     assert FLOW_METHODS["tvl1"] is TVL1Flow and FLOW_METHODS["dis"] is DISFlow and FLOW_METHODS["raft"] is RAFTFlow
+    assert FLOW_METHODS["tvl1-torch"] is TVL1TorchFlow
 
 
 def test_opencv_methods_reject_bad_input():

@@ -198,6 +198,9 @@ def test_specs():
     assert d.modalities == every and d.resolution.short_side == 128 and d.mv.cell == 4
     assert (d.flow.method, d.flow.edges_gap, d.flow.boundary_operator) == ("tvl1", 5, "prewitt")
     assert load_spec("fast").flow.method == "dis" and load_spec("raft").flow.method == "raft"
+    gpu = load_spec("default-gpu")
+    assert (gpu.modalities, gpu.flow.method, gpu.flow.batch) == (every, "tvl1-torch", 64)
+    assert gpu.flow.edges_gap == d.flow.edges_gap and gpu.storage == d.storage and gpu.digest != d.digest
     assert load_spec("compressed").modalities == ("rgb", "iframes", "mv")
     assert d.digest != load_spec("fast").digest
     with pytest.raises(SpecError, match="flow.method must be one of"):
