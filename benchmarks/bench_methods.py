@@ -30,6 +30,8 @@ from machine import machine_info
 # Options that only make the methods fit the benchmark's small store (queues no larger than its keys).
 BENCH_OPTIONS: dict[str, dict] = {
     "rgb-moco": {"queue_size": 256},
+    "mcl": {"queue_size": 256},
+    "modist": {"queue_size": 256},
 }
 
 

@@ -93,8 +93,8 @@ def tiny_stores(tmp_path_factory) -> dict[str, Path]:
 
 def late_square_frames(n: int, *, still: int, velocity: tuple[int, int], size=(64, 64), side: int = 20,
                        seed: int = 0, tint=(1.0, 1.0, 1.0)) -> list[np.ndarray]:
-    """A textured square over a static textured background, both tinted: still for the first `still` frames, then moving by
-    `velocity` px/frame. Motion maps are ~0 before and light up the square's outline after."""
+    """A textured square over a static textured background, both tinted: still for the first `still` frames, then
+    moving by `velocity` px/frame. Motion maps are ~0 before and light up the square's outline after."""
     w, h = size
     bg = (texture(h, w, seed) * np.array(tint)).astype(np.uint8)
     fg = ((texture(side, side, seed + 1) // 2 + 100) * np.array(tint)).astype(np.uint8)

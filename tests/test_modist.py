@@ -192,7 +192,7 @@ def test_ablation_switches(tiny_modist, motion_store, tmp_path):
 
 def test_pretrain_lowers_each_loss(motion_store, tmp_path):
     cfg = resolve(MoDist.defaults, {}, {"method": "modist", "store": str(motion_store), "out": str(tmp_path / "run"),
-                                        **TINY, "steps": 50, "optimizer": "adam", "lr": 0.003, "log_every": 1,
+                                        **TINY, "steps": 80, "optimizer": "adam", "lr": 0.001, "log_every": 1,
                                         "save_every": 1000, "progress": False, "method_options": TINY_OPTIONS})
     assert train(cfg)["finished"]
     rows = read_log(tmp_path / "run")

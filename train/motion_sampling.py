@@ -81,7 +81,8 @@ def motion_crop(s_motion: np.ndarray, rng: np.random.Generator, *, percentile: f
         if inside >= cover * total:
             return params
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    return SpatialParams(x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height, flip=bool(rng.random() < flip_p))
+    return SpatialParams(x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height,
+                         flip=bool(rng.random() < flip_p))
 
 
 def eligible_starts(frame_values: np.ndarray, clip_len: int, stride: int, threshold: float) -> np.ndarray:

@@ -70,7 +70,8 @@ def modist_losses(v_q: Tensor, v_k: Tensor, m_q: Tensor, m_k: Tensor, bank_v: Te
     of its query's modality, as eq. 2 writes them."""
     return {"v": info_nce(v_q, v_k, bank_v, tau, queue_mask=mask_v),
             "m": info_nce(m_q, m_k, bank_m, tau, queue_mask=mask_m),
-            "mv": info_nce(v_q, m_k, bank_v, tau, queue_mask=mask_v) + info_nce(m_q, v_k, bank_m, tau, queue_mask=mask_m)}
+            "mv": (info_nce(v_q, m_k, bank_v, tau, queue_mask=mask_v)
+                   + info_nce(m_q, v_k, bank_m, tau, queue_mask=mask_m))}
 
 
 class MoDistClips(ClipDataset):
@@ -162,7 +163,8 @@ class MoDist(RGBMoCo):
         m_k = momentum_keys(self.motion_backbone_k, self.motion_head_k, self.motion_input(motion_k["edges"]),
                             seed=seed)
         losses = modist_losses(v_q, v_k, m_q, m_k, self.queue.keys.clone(), self.motion_queue.keys.clone(), o.tau,
-                               mask_v=self.queue.negatives_mask(videos), mask_m=self.motion_queue.negatives_mask(videos))
+                               mask_v=self.queue.negatives_mask(videos),
+                               mask_m=self.motion_queue.negatives_mask(videos))
         loss = losses["v"] + losses["mv"] + (losses["m"] if o.motion_loss else 0)
         self.queue.enqueue(gather(v_k.float()), gather(videos))
         self.motion_queue.enqueue(gather(m_k.float()), gather(videos))
