@@ -11,7 +11,8 @@ paper's MCL input: 2 views of 16 frames at stride 2, 112 px), in ms:
   for its per-frame T-motion; `mcl warm`: later visits (T-motion cached in the dataset copy, i.e. per worker);
 - `naive`: scoring every candidate clip by reading its own boundary frames, per sample (what the cache avoids);
 - `modist cold` / `modist warm`: MoDistClips (2 RGB views of 8 frames at stride 8, 2 edge clips of 16 at stride 4).
-Also the whole-video boundary read per video and the cache's bytes per video. Writes OUT/bench_motion_sampling.json.
+The loaders take turns on each (video, epoch) key: epoch 0 is cold, --rounds more are warm. Also the whole-video
+boundary read per video and the cache's bytes per video. Writes OUT/bench_motion_sampling.json.
 """
 from __future__ import annotations
 
@@ -53,15 +54,6 @@ def build_store(dest: Path, *, videos: int, frames: int) -> Path:
     return store
 
 
-def per_sample_ms(dataset, keys) -> list[float]:
-    out = []
-    for key in keys:
-        t0 = time.perf_counter()
-        dataset[key]
-        out.append(1e3 * (time.perf_counter() - t0))
-    return out
-
-
 def naive_sample(ds, store, key) -> None:
     """MCL's temporal sampling cost when each candidate clip's boundary is read to score it (no per-video
     statistics), then the sample (SA only: its clip is drawn uniformly, which costs the same as any other)."""
@@ -85,7 +77,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--frames", type=int, default=120)
-    ap.add_argument("--naive-videos", type=int, default=2, help="videos sampled the naive way (slow)")
+    ap.add_argument("--rounds", type=int, default=4, help="warm visits of every video")
+    ap.add_argument("--naive-videos", type=int, default=3, help="videos sampled the naive way (slow)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,21 +86,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(build_store(Path(tmp), videos=args.videos, frames=args.frames))
         needs = Needs(modalities=("rgb", "boundary"), clip_len=16, stride=2, views=2)
-        n = len(store.videos)
-        cold, warm = [(i, 0) for i in range(n)], [(i, e) for e in (1, 2) for i in range(n)]
-        rows: dict[str, list[float]] = {}
-        rows["plain"] = per_sample_ms(ClipDataset(store, needs, size=112), cold + warm)
-        mcl = MotionFocusedClips(store, needs, size=112, seed=0)
-        rows["mcl cold"], rows["mcl warm"] = per_sample_ms(mcl, cold), per_sample_ms(mcl, warm)
+        loaders = {
+            "plain": ClipDataset(store, needs, size=112),
+            "mcl": MotionFocusedClips(store, needs, size=112, seed=0),
+            "modist": MoDistClips(store, Needs(modalities=("rgb",), clip_len=8, stride=8, views=2), size=112, seed=0,
+                                  motion_clip_len=16, motion_stride=4, gamma=0.02, sync=False),
+        }
+        rows: dict[str, list[float]] = {"plain": [], "mcl cold": [], "mcl warm": [], "modist cold": [],
+                                        "modist warm": []}
+        # Round 0 is each video's first visit (cold); the loaders take turns on every key, in reverse order every
+        # other key, so that drift in machine load hits them alike.
+        for epoch in range(args.rounds + 1):
+            for i in range(len(store.videos)):
+                names = list(loaders) if i % 2 == 0 else list(loaders)[::-1]
+                for name in names:
+                    t0 = time.perf_counter()
+                    loaders[name][(i, epoch)]
+                    ms = 1e3 * (time.perf_counter() - t0)
+                    rows[name if name == "plain" else f"{name} {'cold' if epoch == 0 else 'warm'}"].append(ms)
         naive = MotionFocusedClips(store, needs, size=112, seed=0, temporal=False)  # its TA done the naive way
         rows["naive"] = []
-        for key in cold[:args.naive_videos]:
+        for i in range(args.naive_videos):
             t0 = time.perf_counter()
-            naive_sample(naive, store, key)
+            naive_sample(naive, store, (i, 0))
             rows["naive"].append(1e3 * (time.perf_counter() - t0))
-        modist = MoDistClips(store, Needs(modalities=("rgb",), clip_len=8, stride=8, views=2), size=112, seed=0,
-                             motion_clip_len=16, motion_stride=4, gamma=0.02, sync=False)
-        rows["modist cold"], rows["modist warm"] = per_sample_ms(modist, cold), per_sample_ms(modist, warm)
+        mcl = loaders["mcl"]
         whole = []
         for vid in store.videos:
             t0 = time.perf_counter()
