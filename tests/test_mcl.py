@@ -5,18 +5,17 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from motionssl.stores import open_store
-from motionssl.train import checkpoint
 from motionssl.train.augment import crop_resize_frames, draw_color, draw_spatial
 from motionssl.train.config import resolve
 from motionssl.train.datasets import ClipDataset
 from motionssl.train.loop import train
-from motionssl.train.methods import METHODS
 from motionssl.train.methods.mcl import MCL, alignment_losses, alignment_map, motion_target
 from motionssl.train.motion_sampling import motion_crop, motion_focused_clip, per_frame_means
 from motionssl.train.run_log import read_log
+from resume_check import assert_resume_is_exact
 from test_extract import motionssl
 
 TINY = {"backbone": "r3d10", "backbone_width": 4, "clip_len": 4, "stride": 2, "size": 64, "batch_size": 8,
@@ -271,22 +270,11 @@ def test_pretrain_lowers_nce_and_mal(motion_store, tmp_path):
 
 
 def test_resume_continues_exactly(motion_store, tmp_path):
-    common = ["pretrain", "--method", "mcl", "--store", motion_store, "--backbone", "r3d10", "--backbone-width", "4",
+    common = ["--method", "mcl", "--store", motion_store, "--backbone", "r3d10", "--backbone-width", "4",
               "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "6", "--batch-size", "2",
               "--log-every", "1", "--save-every", "100", "--deterministic", "--no-progress", "--lr", "0.05",
               *[f"--option={k}={v}" for k, v in {**TINY_OPTIONS, "queue_size": 8}.items()]]
-    straight, halted = tmp_path / "straight", tmp_path / "halted"
-    assert motionssl(*common, "-o", straight, "--workers", "0").returncode == 0
-    r = motionssl(*common, "-o", halted, "--workers", "2", "--halt-after", "3")
-    assert r.returncode == 0, r.stderr
-    r = motionssl("pretrain", "-o", halted, "--resume", "auto", "--workers", "0", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    a, b = read_log(straight), read_log(halted)
-    assert [row["step"] for row in b] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "nce", "mal"):
-        assert [row[key] for row in a] == [row[key] for row in b]
-    sa, sb = (checkpoint.load(p / "checkpoint.pt")["method"] for p in (straight, halted))
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_resume_is_exact(common, tmp_path, ("nce", "mal"))
 
 
 def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):

@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from motionssl.stores import open_store
-from motionssl.train import checkpoint
 from motionssl.train.augment import center_params, crop_resize_frames, draw_color, draw_spatial
 from motionssl.train.config import resolve
+from motionssl.train.datasets import ClipDataset
 from motionssl.train.loop import train
 from motionssl.train.methods.modist import MoDist, modist_losses
 from motionssl.train.motion_sampling import clip_means, eligible_starts, per_frame_means
 from motionssl.train.run_log import read_log
 from motionssl.train.sampling import clip_at, random_clip
+from resume_check import assert_resume_is_exact
 from test_extract import motionssl
 
 TINY = {"backbone": "r3d10", "backbone_width": 8, "clip_len": 4, "stride": 2, "size": 32, "batch_size": 8,
@@ -86,7 +87,7 @@ def modist_config(store, tmp_path, **options):
 
 @pytest.mark.parametrize("sync", [False, True])
 def test_samples_follow_the_documented_draws(motion_store, tmp_path, sync):
-    """Visual views as ClipDataset's; motion views among the clips above gamma, jittered (independent times, centre
+    """Visual views as ClipDataset's (their starts among the motion clips' with sync); motion views among the clips above gamma, jittered (independent times, centre
     crop) or, with sync, at the other visual view's time and crop (m_q with v_k, m_k with v_q); edges in [0, 1]."""
     cfg = modist_config(motion_store, tmp_path, sync=sync)
     store = open_store(motion_store)
@@ -100,6 +101,9 @@ def test_samples_follow_the_documented_draws(motion_store, tmp_path, sync):
         assert len(starts) < len(edges) - 7  # the still start of every video is left out
         rng = np.random.default_rng([cfg.seed, epoch, index])
         drawn = []
+        if not sync:
+            plain = ClipDataset(store, MoDist.needs(cfg), size=32)[(index, epoch)]["views"]
+            assert all(torch.equal(a["rgb"], b["rgb"]) for a, b in zip(sample["views"], plain))
         for view in sample["views"]:
             idx = (clip_at(int(starts[rng.integers(len(starts))]), len(edges), 4, 2) if sync
                    else random_clip(len(edges), 4, 2, rng))
@@ -107,6 +111,7 @@ def test_samples_follow_the_documented_draws(motion_store, tmp_path, sync):
             draw_color(rng)
             assert view["frames"].tolist() == idx.tolist() and view["rgb"].shape == (3, 4, 32, 32)
             drawn.append((int(idx[0]), box))
+        rng = np.random.default_rng([cfg.seed, epoch, index, 1])  # the motion clips' own stream
         for v, motion in enumerate(sample["motion_views"]):
             start, box = drawn[1 - v] if sync else (int(starts[rng.integers(len(starts))]), center_params(1.0))
             idx = clip_at(start, len(edges), 8, 1)
@@ -202,22 +207,11 @@ def test_pretrain_lowers_each_loss(motion_store, tmp_path):
 
 
 def test_resume_continues_exactly(motion_store, tmp_path):
-    common = ["pretrain", "--method", "modist", "--store", motion_store, "--backbone", "r3d10", "--backbone-width",
+    common = ["--method", "modist", "--store", motion_store, "--backbone", "r3d10", "--backbone-width",
               "4", "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "6", "--batch-size", "2",
               "--log-every", "1", "--save-every", "100", "--deterministic", "--no-progress", "--lr", "0.05",
               *[f"--option={k}={v}" for k, v in {**TINY_OPTIONS, "queue_size": 8}.items()]]
-    straight, halted = tmp_path / "straight", tmp_path / "halted"
-    assert motionssl(*common, "-o", straight, "--workers", "0").returncode == 0
-    r = motionssl(*common, "-o", halted, "--workers", "2", "--halt-after", "3")
-    assert r.returncode == 0, r.stderr
-    r = motionssl("pretrain", "-o", halted, "--resume", "auto", "--workers", "0", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    a, b = read_log(straight), read_log(halted)
-    assert [row["step"] for row in b] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "loss_v", "loss_m", "loss_mv"):
-        assert [row[key] for row in a] == [row[key] for row in b]
-    sa, sb = (checkpoint.load(p / "checkpoint.pt")["method"] for p in (straight, halted))
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # both pathways, both momentum copies, both banks
+    assert_resume_is_exact(common, tmp_path, ("loss_v", "loss_m", "loss_mv"))  # and both pathways and banks
 
 
 def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):

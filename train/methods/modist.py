@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from motionssl.stores import Store
-from motionssl.train.augment import center_params, crop_resize_frames, draw_color, draw_spatial
+from motionssl.train.augment import SpatialParams, center_params, crop_resize_frames
 from motionssl.train.config import ConfigError, PretrainConfig
 from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_update, projection_head
 from motionssl.train.datasets import ClipDataset, Needs, check_store
@@ -37,7 +37,7 @@ from motionssl.train.distributed import gather
 from motionssl.train.methods.base import build_backbone, parse_options
 from motionssl.train.methods.rgb_moco import MoCoOptions, RGBMoCo, momentum_keys
 from motionssl.train.motion_sampling import FrameMeans, eligible_starts
-from motionssl.train.sampling import clip_at, random_clip
+from motionssl.train.sampling import clip_at
 
 MOTION_INPUTS = ("frames", "channels")
 
@@ -75,8 +75,9 @@ def modist_losses(v_q: Tensor, v_k: Tensor, m_q: Tensor, m_k: Tensor, bank_v: Te
 
 
 class MoDistClips(ClipDataset):
-    """Per sample: two visual views (`views`, as ClipDataset's, RGB) and two motion views (`motion_views`: m_q then
-    m_k, each {"edges": (1, L, S, S) in [0, 1], "frames": (L,)}); see the module docstring."""
+    """Per sample: two visual views (`views`, ClipDataset's RGB views) and two motion views (`motion_views`: m_q then
+    m_k, each {"edges": (1, L, S, S) in [0, 1], "frames": (L,)}); see the module docstring. The motion clips draw
+    from their own stream, `default_rng([seed, epoch, index, 1])`, so the visual views are those of ClipDataset."""
 
     def __init__(self, store: Store, needs: Needs, *, size: int, seed: int, motion_clip_len: int, motion_stride: int,
                  gamma: float, sync: bool):
@@ -86,36 +87,40 @@ class MoDistClips(ClipDataset):
         self.clamp = float(store.spec.flow.edges_clamp)
         self.threshold = gamma * self.clamp
         self.edge_means = FrameMeans(store, "edges")
+        self._visual: list[tuple[int, SpatialParams]] = []  # the sample being drawn: each visual view's start, crop
+
+    def motion_starts(self, vid: str) -> np.ndarray:
+        return eligible_starts(self.edge_means(vid), self.motion_clip_len, self.motion_stride, self.threshold)
+
+    def draw_clip(self, vid: str, frames_total: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.sync:
+            return super().draw_clip(vid, frames_total, length, rng)
+        starts = self.motion_starts(vid)
+        return clip_at(int(starts[rng.integers(len(starts))]), frames_total, length, self.needs.stride)
+
+    def draw_box(self, vid: str, idx: np.ndarray, aspect: float, rng: np.random.Generator) -> SpatialParams:
+        box = super().draw_box(vid, idx, aspect, rng)
+        self._visual.append((int(idx[0]), box))
+        return box
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        n, vid = self.needs, self.videos[index]
+        self._visual = []
+        sample = super().__getitem__(key)
+        epoch = int(key[1]) if isinstance(key, tuple) else 0
+        index, vid = sample["index"], self.videos[sample["index"]]
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
         meta = self.store.meta(vid)
-        frames_total, hw = meta["frames"], (meta["stored_height"], meta["stored_width"])
-        aspect = hw[1] / hw[0]
-        starts = eligible_starts(self.edge_means(vid), self.motion_clip_len, self.motion_stride, self.threshold)
-
-        def motion_start() -> int:
-            return int(starts[rng.integers(len(starts))])
-
-        views, drawn = [], []
-        for _ in range(2):
-            idx = (clip_at(motion_start(), frames_total, n.clip_len, n.stride) if self.sync
-                   else random_clip(frames_total, n.clip_len, n.stride, rng))
-            spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
-            views.append(self._view(vid, idx, spatial, draw_color(rng), hw)[0])
-            drawn.append((int(idx[0]), spatial))
-        motion_views = []
+        frames_total, aspect = meta["frames"], meta["stored_width"] / meta["stored_height"]
+        starts = self.motion_starts(vid)
+        sample["motion_views"] = []
         for v in range(2):  # m_q in sync with v_k, m_k with v_q: the pairs of eq. 2
-            start, spatial = drawn[1 - v] if self.sync else (motion_start(), center_params(aspect))
+            start, box = (self._visual[1 - v] if self.sync
+                          else (int(starts[rng.integers(len(starts))]), center_params(aspect)))
             idx = clip_at(start, frames_total, self.motion_clip_len, self.motion_stride)
-            edges = crop_resize_frames(self._read(vid, "edges", idx)[..., None], spatial, self.size)[..., 0]
-            motion_views.append({"edges": torch.from_numpy(edges / np.float32(self.clamp))[None],
-                                 "frames": torch.from_numpy(idx)})
-        return {"index": index, "video": self.positions[index],
-                "label": -1 if self.labels is None else self.labels[index],
-                "views": views, "motion_views": motion_views}
+            edges = crop_resize_frames(self._read(vid, "edges", idx)[..., None], box, self.size)[..., 0]
+            sample["motion_views"].append({"edges": torch.from_numpy(edges / np.float32(self.clamp))[None],
+                                           "frames": torch.from_numpy(idx)})
+        return sample
 
 
 class MoDist(RGBMoCo):
