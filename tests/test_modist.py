@@ -18,8 +18,10 @@ from motionssl.train.methods.modist import MoDist, modist_losses
 from motionssl.train.motion_sampling import clip_means, eligible_starts, per_frame_means
 from motionssl.train.run_log import read_log
 from motionssl.train.sampling import clip_at, random_clip
-from resume_check import assert_resume_is_exact
+from resume_check import ONE_THREAD, assert_resume_is_exact, one_thread  # noqa: F401 (a fixture)
 from test_extract import motionssl
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test: tiny nets on a shared 2-core machine
 
 TINY = {"backbone": "r3d10", "backbone_width": 8, "clip_len": 4, "stride": 2, "size": 32, "batch_size": 8,
         "workers": 0, "steps": 10}
@@ -216,7 +218,7 @@ def test_resume_continues_exactly(motion_store, tmp_path):
 
 def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):
     r = motionssl("pretrain", "--method", "modist", "--store", compressed_store, "-o", tmp_path / "run",
-                  "--steps", "1")
+                  "--steps", "1", env=ONE_THREAD)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "has no edges" in r.stderr and "--spec default" in r.stderr
