@@ -36,25 +36,30 @@ BENCH_OPTIONS: dict[str, dict] = {
 }
 
 
-def build_store(dest: Path, *, per_class: int, frames: int) -> Path:
-    from motionssl.data_specs import spec_from_dict
+def extract_in_process(videos: Path, store: Path, spec) -> Path:
+    """A Zarr store of every video under `videos`, extracted in this process (no Dask)."""
     from motionssl.preprocess.extract import scan_video_dir
-    from motionssl.preprocess.motion_classes import write_motion_classes
     from motionssl.preprocess.video_job import extract_video
     from motionssl.stores import init_store, write_index
 
-    videos = dest / "videos"
-    write_motion_classes(videos, per_class=per_class, test_per_class=1, frames=frames, size=(192, 128))
-    spec = spec_from_dict({"spec_version": 1, "name": "bench-all", "resolution": {"short_side": 128},
-                           "modalities": ["rgb", "iframes", "mv", "flow", "boundary", "edges"],
-                           "flow": {"method": "dis"}})
-    store = dest / "store.zarr"
     init_store(store, "zarr", spec)
     metas = {vid: extract_video({"path": str(p), "video_id": vid, "store": str(store), "format": "zarr",
                                  "spec": spec.to_dict()})
              for vid, p in scan_video_dir(videos).items()}
     write_index(store, metas)
     return store
+
+
+def build_store(dest: Path, *, per_class: int, frames: int) -> Path:
+    from motionssl.data_specs import spec_from_dict
+    from motionssl.preprocess.motion_classes import write_motion_classes
+
+    videos = dest / "videos"
+    write_motion_classes(videos, per_class=per_class, test_per_class=1, frames=frames, size=(192, 128))
+    spec = spec_from_dict({"spec_version": 1, "name": "bench-all", "resolution": {"short_side": 128},
+                           "modalities": ["rgb", "iframes", "mv", "flow", "boundary", "edges"],
+                           "flow": {"method": "dis"}})
+    return extract_in_process(videos, dest / "store.zarr", spec)
 
 
 class Runner:

@@ -26,16 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_methods import extract_in_process
 from machine import machine_info
 
 
 def build_store(dest: Path, *, videos: int, frames: int) -> Path:
     from motionssl.data_specs import load_spec
-    from motionssl.preprocess.extract import scan_video_dir
     from motionssl.preprocess.motion_classes import DIRECTIONS, motion_class_frames
     from motionssl.preprocess.synthetic import encode
-    from motionssl.preprocess.video_job import extract_video
-    from motionssl.stores import init_store, write_index
 
     src = dest / "videos"
     src.mkdir()
@@ -44,14 +42,7 @@ def build_store(dest: Path, *, videos: int, frames: int) -> Path:
         rng = np.random.default_rng(i)
         encode(src / f"v{i:03d}.mp4", motion_class_frames(directions[i % 4], rng, frames=frames, size=(192, 128),
                                                           speed=(0.2, 0.45)))
-    spec = load_spec("fast")
-    store = dest / "store.zarr"
-    init_store(store, "zarr", spec)
-    metas = {vid: extract_video({"path": str(p), "video_id": vid, "store": str(store), "format": "zarr",
-                                 "spec": spec.to_dict()})
-             for vid, p in scan_video_dir(src).items()}
-    write_index(store, metas)
-    return store
+    return extract_in_process(src, dest / "store.zarr", load_spec("fast"))
 
 
 def naive_sample(ds, store, key) -> None:
