@@ -10,7 +10,8 @@ only shrinks queues so that they fit the tiny store), the method built, its own 
 workers) drawing --batches batches once, before any timing. A timed step is exactly the loop's: forward under the
 loop's precision, backward, optimiser step, `after_step`. After --warmup untimed steps per method, --reps rounds; each
 round times one step of every method, in reverse order every other round, so that drift in machine load hits every
-method alike. Reported: median and min step ms, and the ratio of medians to rgb-moco. Data loading is not timed
+method alike. Reported: median and min step ms, the ratio of medians to rgb-moco, and the paired ratio (the median
+over rounds of each round's step time over rgb-moco's in that round: steadier on a loaded machine). Data loading is not timed
 (bench_train.py measures the loader). Writes OUT/bench_methods.json.
 """
 from __future__ import annotations
@@ -30,28 +31,35 @@ from machine import machine_info
 # Options that only make the methods fit the benchmark's small store (queues no larger than its keys).
 BENCH_OPTIONS: dict[str, dict] = {
     "rgb-moco": {"queue_size": 256},
+    "mcl": {"queue_size": 256},
+    "modist": {"queue_size": 256},
 }
 
 
-def build_store(dest: Path, *, per_class: int, frames: int) -> Path:
-    from motionssl.data_specs import spec_from_dict
+def extract_in_process(videos: Path, store: Path, spec) -> Path:
+    """A Zarr store of every video under `videos`, extracted in this process (no Dask)."""
     from motionssl.preprocess.extract import scan_video_dir
-    from motionssl.preprocess.motion_classes import write_motion_classes
     from motionssl.preprocess.video_job import extract_video
     from motionssl.stores import init_store, write_index
 
-    videos = dest / "videos"
-    write_motion_classes(videos, per_class=per_class, test_per_class=1, frames=frames, size=(192, 128))
-    spec = spec_from_dict({"spec_version": 1, "name": "bench-all", "resolution": {"short_side": 128},
-                           "modalities": ["rgb", "iframes", "mv", "flow", "boundary", "edges"],
-                           "flow": {"method": "dis"}})
-    store = dest / "store.zarr"
     init_store(store, "zarr", spec)
     metas = {vid: extract_video({"path": str(p), "video_id": vid, "store": str(store), "format": "zarr",
                                  "spec": spec.to_dict()})
              for vid, p in scan_video_dir(videos).items()}
     write_index(store, metas)
     return store
+
+
+def build_store(dest: Path, *, per_class: int, frames: int) -> Path:
+    from motionssl.data_specs import spec_from_dict
+    from motionssl.preprocess.motion_classes import write_motion_classes
+
+    videos = dest / "videos"
+    write_motion_classes(videos, per_class=per_class, test_per_class=1, frames=frames, size=(192, 128))
+    spec = spec_from_dict({"spec_version": 1, "name": "bench-all", "resolution": {"short_side": 128},
+                           "modalities": ["rgb", "iframes", "mv", "flow", "boundary", "edges"],
+                           "flow": {"method": "dis"}})
+    return extract_in_process(videos, dest / "store.zarr", spec)
 
 
 class Runner:
@@ -137,7 +145,7 @@ def main() -> None:
         result["machine"]["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        store = build_store(tmp, per_class=args.per_class, frames=32)
+        store = build_store(tmp, per_class=args.per_class, frames=32)  # 48 lets a fast square leave the frame
         runners = {name: Runner(name, store, tmp / "runs", args) for name in names}
         times: dict[str, list[float]] = {name: [] for name in names}
         for name, r in runners.items():
@@ -149,16 +157,18 @@ def main() -> None:
     base = statistics.median(times["rgb-moco"])
     for name in names:
         med = statistics.median(times[name])
+        paired = statistics.median(t / b for t, b in zip(times[name], times["rgb-moco"]))
         result["methods"][name] = {"step_ms_median": 1e3 * med, "step_ms_min": 1e3 * min(times[name]),
-                                   "ratio_to_rgb_moco": med / base, "trainable_params": runners[name].params,
+                                   "ratio_to_rgb_moco": med / base, "paired_ratio": paired,
+                                   "trainable_params": runners[name].params,
                                    "step_s": times[name]}
     (args.out / "bench_methods.json").write_text(json.dumps(result, indent=1))
     print(f"{args.backbone} width {args.width or 'full'}, {args.batch} x {args.clip_len} x {args.size}^2, "
           f"{args.device}, {args.threads} threads, median of {args.reps}")
-    print(f"{'method':12s} {'median ms':>10s} {'min ms':>8s} {'x rgb-moco':>10s} {'params':>11s}")
+    print(f"{'method':12s} {'median ms':>10s} {'min ms':>8s} {'x rgb-moco':>10s} {'paired':>7s} {'params':>11s}")
     for name, row in result["methods"].items():
         print(f"{name:12s} {row['step_ms_median']:10.1f} {row['step_ms_min']:8.1f} {row['ratio_to_rgb_moco']:10.2f} "
-              f"{row['trainable_params']:11,d}")
+              f"{row['paired_ratio']:7.2f} {row['trainable_params']:11,d}")
 
 
 if __name__ == "__main__":

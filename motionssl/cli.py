@@ -200,10 +200,11 @@ def show(
 
 @app.command()
 def pretrain(
-    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default). Paper settings are its defaults."),
+    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default), mcl or modist. Paper settings are "
+                                         "its defaults."),
     store: Optional[Path] = typer.Option(None, help="Store made by `motionssl extract`."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
-    backbone: Optional[str] = typer.Option(None, help="r3d18, r2plus1d18, r3d10, r2d10, s3d or c3d."),
+    backbone: Optional[str] = typer.Option(None, help="r3d18, r2plus1d18, r3d10, r2d10, r2d18, s3d or c3d."),
     backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels (64 = full size); tiny for tests."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (one clip pair per video per epoch)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),

@@ -7,7 +7,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from motionssl.preprocess.synthetic import encode, moving_square_frames, translating_frames  # noqa: E402
+import numpy as np  # noqa: E402
+
+from motionssl.preprocess.synthetic import encode, moving_square_frames, texture, translating_frames  # noqa: E402
 
 TINY_SPEC = {
     "spec_version": 1, "name": "tiny", "modalities": ["rgb", "iframes", "mv"],
@@ -87,3 +89,46 @@ def tiny_stores(tmp_path_factory) -> dict[str, Path]:
     encode(videos / "down.avi", translating_frames(30, size=(128, 64), velocity=(0, 4), seed=4), "mpeg4")
     encode(videos / "short.mp4", translating_frames(6, size=(128, 64), velocity=(4, 0), seed=5), "x264-nob")
     return {fmt: extract_in_process(videos, root / f"tiny.{fmt}", TINY_FLOW_SPEC, fmt) for fmt in ("zarr", "hdf5")}
+
+
+def late_square_frames(n: int, *, still: int, velocity: tuple[int, int], size=(64, 64), side: int = 20,
+                       seed: int = 0, tint=(1.0, 1.0, 1.0)) -> list[np.ndarray]:
+    """A textured square over a static textured background, both tinted: still for the first `still` frames, then
+    moving by `velocity` px/frame. Motion maps are ~0 before and light up the square's outline after."""
+    w, h = size
+    bg = (texture(h, w, seed) * np.array(tint)).astype(np.uint8)
+    fg = ((texture(side, side, seed + 1) // 2 + 100) * np.array(tint)).astype(np.uint8)
+    x, y = (w - side) // 2 - velocity[0] * (n - still) // 2, (h - side) // 2 - velocity[1] * (n - still) // 2
+    frames = []
+    for t in range(n):
+        dt = max(t - still, 0)
+        f = bg.copy()
+        f[y + velocity[1] * dt:y + velocity[1] * dt + side, x + velocity[0] * dt:x + velocity[0] * dt + side] = fg
+        frames.append(f)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def motion_store(tmp_path_factory) -> Path:
+    """A Zarr store of 8 videos (64x64, 24 frames, DIS flow, every modality), each a square of its own tint still for
+    8 frames and then moving its own way at 2 px/frame: the flow methods' end-to-end tests train on it."""
+    root = tmp_path_factory.mktemp("motion_store")
+    videos = root / "videos"
+    videos.mkdir()
+    tints = [(1, .3, .3), (.3, 1, .3), (.3, .3, 1), (1, 1, .3), (1, .3, 1), (.3, 1, 1), (1, 1, 1), (.6, .4, .2)]
+    velocities = [(2, 0), (0, 2), (-2, 0), (0, -2), (1, 1), (-1, 1), (2, 1), (1, 2)]
+    for i, (tint, velocity) in enumerate(zip(tints, velocities)):
+        frames = late_square_frames(24, still=8, velocity=velocity, seed=20 + 2 * i, tint=tint)
+        encode(videos / f"square_{i}.mp4", frames, "x264-nob")
+    spec = {**TINY_FLOW_SPEC, "name": "tiny-flow-64", "flow": {"method": "dis", "maps_store_as": "uint8"}}
+    return extract_in_process(videos, root / "motion.zarr", spec, "zarr")
+
+
+@pytest.fixture(scope="session")
+def compressed_store(tmp_path_factory) -> Path:
+    """A `compressed`-spec store (rgb, iframes, mv; no flow) of one short video: what flow methods must refuse."""
+    root = tmp_path_factory.mktemp("compressed_store")
+    videos = root / "videos"
+    videos.mkdir()
+    encode(videos / "right.mp4", translating_frames(12, size=(64, 64), velocity=(2, 0), seed=6), "x264-nob")
+    return extract_in_process(videos, root / "compressed.zarr", {**TINY_SPEC, "name": "compressed"}, "zarr")

@@ -7,18 +7,18 @@ from torchvision.models import video as tv_video
 from motionssl.train.backbones import BACKBONES, r2d_10, r2plus1d_18, r3d_10, r3d_18, s3d
 
 TINY = {"r3d18": {"width": 4}, "r2plus1d18": {"width": 4}, "r3d10": {"width": 4}, "r2d10": {"width": 4},
-        "s3d": {"width_mult": 4 / 64}, "c3d": {"width": 4}}
+        "r2d18": {"width": 4}, "s3d": {"width_mult": 4 / 64}, "c3d": {"width": 4}}
 
 
 def expected_map(name: str, t: int, h: int) -> tuple[int, int]:
     """(T', H') of the last feature map: every stride-2 stage rounds up, so k of them give ceil(size / 2**k)."""
     spatial = 16 if name.startswith("r") else 32
-    temporal = {"r2d10": 1, "s3d": 8, "c3d": 16}.get(name, 8)
+    temporal = {"r2d10": 1, "r2d18": 1, "s3d": 8, "c3d": 16}.get(name, 8)
     return math.ceil(t / temporal), math.ceil(h / spatial)
 
 
 GRID = [(name, c, t, h) for name in BACKBONES for c in (1, 2, 3)
-        for t in ((1, 4, 8, 16) if name == "r2d10" else (4, 8, 16)) for h in (32, 56, 112)
+        for t in ((1, 4, 8, 16) if name.startswith("r2d") else (4, 8, 16)) for h in (32, 56, 112)
         if t * h <= 8 * 112]  # the larger clips only where cheap
 
 
@@ -38,7 +38,7 @@ def test_shapes_and_pooling(name, in_channels, t, h):
 def test_out_dims_at_tiny_width():
     dims = {name: BACKBONES[name](**TINY[name]).out_dim for name in BACKBONES}
     # 8 x width for the ResNets and C3D; S3D's last block: 384 + 384 + 128 + 128 at 1/16 width.
-    assert dims == {"r3d18": 32, "r2plus1d18": 32, "r3d10": 32, "r2d10": 32, "s3d": 24 + 24 + 8 + 8, "c3d": 32}
+    assert dims == {"r3d18": 32, "r2plus1d18": 32, "r3d10": 32, "r2d10": 32, "r2d18": 32, "s3d": 24 + 24 + 8 + 8, "c3d": 32}
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -95,3 +95,21 @@ def test_backward_reaches_the_stem():
         net(torch.randn(2, 3, 4, 32, 32)).square().sum().backward()
         first = next(net.parameters())
         assert first.grad is not None and first.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_last_convs_make_the_last_feature_map(name):
+    """The outputs of `last_convs`, concatenated, have the last feature map's channels (and its shape, but for C3D's
+    pool5 after them), and the feature map depends on each of them."""
+    torch.manual_seed(0)
+    net = BACKBONES[name](**TINY[name]).train()
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in net.last_convs()]
+    fmap = net.forward_features(torch.randn(2, 3, 8, 32, 32))
+    for h in hooks:
+        h.remove()
+    stacked = torch.cat(outputs, dim=1)
+    assert stacked.shape[1] == fmap.shape[1] == net.out_dim
+    assert stacked.shape == fmap.shape or name == "c3d"
+    grads = torch.autograd.grad(fmap.square().sum(), outputs)
+    assert all(g.abs().sum() > 0 for g in grads)

@@ -16,11 +16,19 @@ from torchvision.ops.misc import Conv3dNormActivation
 
 
 class Backbone(nn.Module):
-    """`forward_features` gives the last feature map (B, out_dim, T', H', W'); `forward` its global average."""
+    """`forward_features` gives the last feature map (B, out_dim, T', H', W'); `forward` its global average.
+
+    `last_convs` are the convolutions whose outputs, concatenated along channels, form the last convolutional
+    feature map before its BatchNorm, residual sum and ReLU (MCL's gradient maps are taken there: the gradient
+    with respect to the final, globally averaged map is the same at every position).
+    """
 
     out_dim: int
 
     def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def last_convs(self) -> list[nn.Module]:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
@@ -161,6 +169,9 @@ class VideoResNet(Backbone):
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def last_convs(self) -> list[nn.Module]:
+        return [self.layer4[-1].conv2[0]]  # R(2+1)D: the (2+1)D pair, whose output is its temporal conv's
+
 
 def r3d_18(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
     return VideoResNet(conv=Conv3DSimple, stem=r3d_stem(in_channels, width), layers=(2, 2, 2, 2), width=width)
@@ -177,6 +188,11 @@ def r2plus1d_18(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
 def r2d_10(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
     """ResNet-10 applied to each frame (no temporal kernel or stride): works for T = 1, e.g. CMD's I-frame network."""
     return VideoResNet(conv=Conv2D, stem=r2d_stem(in_channels, width), layers=(1, 1, 1, 1), width=width)
+
+
+def r2d_18(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
+    """ResNet-18 applied to each frame, e.g. MoDist's motion pathway (at 1/8 of the visual pathway's width)."""
+    return VideoResNet(conv=Conv2D, stem=r2d_stem(in_channels, width), layers=(2, 2, 2, 2), width=width)
 
 
 # --- S3D ---------------------------------------------------------------------------------------------------------
@@ -231,6 +247,10 @@ class S3D(Backbone):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
 
+    def last_convs(self) -> list[nn.Module]:
+        block = self.features[-1]  # branches in the order they are concatenated, each ending in conv, BN, ReLU
+        return [block.branch0[0], block.branch1[1][1][0], block.branch2[1][1][0], block.branch3[1][0]]
+
 
 def s3d(*, in_channels: int = 3, width_mult: float = 1.0) -> S3D:
     return S3D(in_channels=in_channels, width_mult=width_mult)
@@ -269,9 +289,13 @@ class C3D(Backbone):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
 
+    def last_convs(self) -> list[nn.Module]:
+        return [self.features[-2][0]]  # the last conv, BN, ReLU before pool5
+
 
 def c3d(*, in_channels: int = 3, width: int = 64) -> C3D:
     return C3D(in_channels=in_channels, width=width)
 
 
-BACKBONES = {"r3d18": r3d_18, "r2plus1d18": r2plus1d_18, "r3d10": r3d_10, "r2d10": r2d_10, "s3d": s3d, "c3d": c3d}
+BACKBONES = {"r3d18": r3d_18, "r2plus1d18": r2plus1d_18, "r3d10": r3d_10, "r2d10": r2d_10, "r2d18": r2d_18, "s3d": s3d,
+             "c3d": c3d}

@@ -151,8 +151,8 @@ class ClipDataset(Dataset):
         for v in range(n.views):
             length = n.clip_len + (n.future_mv if v == 0 else 0)  # view 0 reads its future frames too
             if self.train:
-                idx = random_clip(frames_total, length, n.stride, rng)
-                spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
+                idx = self.draw_clip(vid, frames_total, length, rng)
+                spatial = self.draw_box(vid, idx, aspect, rng)
                 color = draw_color(rng) if self.color_jitter else None
             else:
                 idx = evenly_spaced_clips(frames_total, length, n.stride, n.views)[v]
@@ -178,6 +178,14 @@ class ClipDataset(Dataset):
         if n.motion_stats:
             sample["motion"] = torch.tensor(motion, dtype=torch.float32)
         return sample
+
+    def draw_clip(self, vid: str, frames_total: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """A training view's frame indices; a method with its own temporal sampling overrides this (MCL)."""
+        return random_clip(frames_total, length, self.needs.stride, rng)
+
+    def draw_box(self, vid: str, idx: np.ndarray, aspect: float, rng: np.random.Generator) -> SpatialParams:
+        """A training view's crop and flip, given its frames; a method with its own cropping overrides this (MCL)."""
+        return draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
 
     @property
     def _grid(self) -> tuple[int, int]:

@@ -1,8 +1,12 @@
 """One module per self-supervised method; `METHODS` maps the `--method` name to its class."""
 from motionssl.train.methods.cgm import CGM
+from motionssl.train.methods.mcl import MCL
+from motionssl.train.methods.modist import MoDist
 from motionssl.train.methods.rgb_moco import RGBMoCo
 
 METHODS = {
     "rgb-moco": RGBMoCo,
     "cgm": CGM,
+    "mcl": MCL,
+    "modist": MoDist,
 }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_at, momentum_update, projection_head
 from motionssl.train.distributed import gather, shuffle_batch, unshuffle_batch
@@ -30,6 +31,14 @@ class MoCoOptions:
     tau: float = 0.07
     momentum: float = 0.999     # key encoder EMA coefficient at step 0
     momentum_cosine: bool = False  # raise m to 1 along a cosine over training (BYOL), instead of constant
+
+
+@torch.no_grad()
+def momentum_keys(backbone: nn.Module, head: nn.Module, clips: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """L2-normalised keys of a momentum encoder, computed in MoCo's shuffled-BN order across ranks (the order drawn
+    from `seed`)."""
+    shuffled, order = shuffle_batch(clips, seed=seed)
+    return unshuffle_batch(F.normalize(head(backbone(shuffled)), dim=1), order)
 
 
 class RGBMoCo(Method):
@@ -55,9 +64,7 @@ class RGBMoCo(Method):
         view_q, view_k = batch["views"]
         videos = batch["video"]
         q = F.normalize(self.head(self.backbone(view_q["rgb"])), dim=1)
-        with torch.no_grad():
-            shuffled, order = shuffle_batch(view_k["rgb"], seed=self.cfg.seed * 1_000_003 + step)
-            k = unshuffle_batch(F.normalize(self.head_k(self.backbone_k(shuffled)), dim=1), order)
+        k = self.encode_keys(view_k["rgb"], step=step)
         queue_mask = self.queue.negatives_mask(videos)
         loss = info_nce(q, k, self.queue.keys.clone(), self.opts.tau, queue_mask=queue_mask)
         with torch.no_grad():
@@ -65,8 +72,15 @@ class RGBMoCo(Method):
         self.queue.enqueue(gather(k.float()), gather(videos))
         return {"loss": loss, "logs": {"pos_sim": positive.item(), "masked": queue_mask.float().sum(1).mean().item()}}
 
+    def encode_keys(self, clips: torch.Tensor, *, step: int) -> torch.Tensor:
+        return momentum_keys(self.backbone_k, self.head_k, clips, seed=self.cfg.seed * 1_000_003 + step)
+
+    def momentum_at(self, step: int) -> float:
+        o = self.opts
+        return momentum_at(step, self.total_steps, base=o.momentum) if o.momentum_cosine else o.momentum
+
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        m = momentum_at(step, self.total_steps, base=self.opts.momentum) if self.opts.momentum_cosine else self.opts.momentum
+        m = self.momentum_at(step)
         momentum_update(self.backbone, self.backbone_k, m)
         momentum_update(self.head, self.head_k, m)
