@@ -134,9 +134,11 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     if dist.world_size > 1:
         model = DistributedDataParallel(method, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                         broadcast_buffers=False)  # queues are filled with gathered keys on every rank
+    # Its own generator: starting an iterator draws a seed, which must not come from the global RNG, or a run
+    # resumed mid-epoch would shift the random stream of every later step (dropout) by one draw.
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
-                        pin_memory=dist.device.type == "cuda")
+                        pin_memory=dist.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
 
     def save(step: int) -> None:
         rng = [None] * dist.world_size
