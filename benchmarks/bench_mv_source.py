@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_methods import extract_in_process
 from machine import machine_info
 
 CLIPS = ("bikes", "bigbuckbunny", "carphone_pristine")
@@ -36,9 +37,6 @@ def build_store(dest: Path) -> Path:
     import shutil
 
     from motionssl.data_specs import load_spec
-    from motionssl.preprocess.extract import scan_video_dir
-    from motionssl.preprocess.video_job import extract_video
-    from motionssl.stores import init_store, write_index
 
     found = real_clips()
     missing = [c for c in CLIPS if c not in found]
@@ -48,14 +46,7 @@ def build_store(dest: Path) -> Path:
     videos.mkdir()
     for name in CLIPS:
         shutil.copy(found[name], videos / f"{name}.mp4")
-    spec = load_spec("compressed")
-    store = dest / "store.zarr"
-    init_store(store, "zarr", spec)
-    metas = {vid: extract_video({"path": str(p), "video_id": vid, "store": str(store), "format": "zarr",
-                                 "spec": spec.to_dict()})
-             for vid, p in scan_video_dir(videos).items()}
-    write_index(store, metas)
-    return store
+    return extract_in_process(videos, dest / "store.zarr", load_spec("compressed"))
 
 
 def directory_bytes(path: Path) -> int:
@@ -108,7 +99,8 @@ def main() -> None:
               f"{r['samples_per_s']:6.2f} samples/s")
     print(f"decode / store (mean): {result['ratio_decode_to_store_mean']:.2f}x")
     for vid, v in result["videos"].items():
-        print(f"{vid:18s} {v['width']}x{v['height']} x {v['frames']} frames: mv + mv_valid {v['mv_bytes'] / 1e3:.0f} KB")
+        print(f"{vid:18s} {v['width']}x{v['height']} x {v['frames']} frames: "
+              f"mv + mv_valid {v['mv_bytes'] / 1e3:.0f} KB")
 
 
 if __name__ == "__main__":

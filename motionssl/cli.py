@@ -415,7 +415,8 @@ def evaluate_classify(
 def plot(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with a log.csv), overlaid."),
     output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="PNG to write."),
-    keys: str = typer.Option("loss,lr,clips_per_s,acc,context_top1,motion_top1,cross_top1", help="Comma-separated log.csv columns, one panel each "
+    keys: str = typer.Option("loss,lr,clips_per_s,acc,context_top1,motion_top1,cross_top1",
+                             help="Comma-separated log.csv columns, one panel each "
                              "(columns no run logged are left out)."),
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""

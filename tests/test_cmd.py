@@ -22,6 +22,7 @@ from motionssl.train.methods.cmd import CMD, CMDOptions, clip_map_shape, motion_
 from motionssl.train.motion_prediction import MotionPrediction, motion_nce, scale_motion
 from motionssl.train.run_log import read_log
 from test_contrastive import dot, unit
+from test_datasets import one_thread  # noqa: F401 (fixture)
 from test_extract import motionssl
 from test_pretrain import moco_store  # noqa: F401 (fixture)
 
@@ -29,14 +30,6 @@ TINY_OPTIONS = {"hidden": 16, "heads": 2, "dim": 8, "head_hidden": 16, "future_f
                 "decoder_layers": 1}
 TINY_CLI = ["--backbone", "r3d10", "--backbone-width", "4", "--clip-len", "4", "--stride", "2", "--size", "32",
             "--no-progress"] + [a for k, v in TINY_OPTIONS.items() for a in ("--option", f"{k}={v}")]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cmd(**options) -> CMD:

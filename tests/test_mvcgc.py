@@ -17,7 +17,8 @@ from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.decoded_motion import DecodedMotionStore
 from motionssl.train.methods.mvcgc import MVCGC, cross_guidance_nce, topk_intersection
 from motionssl.train.run_log import read_log
-from test_cmd import one_thread, rgb_only_store  # noqa: F401 (fixtures)
+from test_cmd import rgb_only_store  # noqa: F401 (fixture)
+from test_datasets import one_thread  # noqa: F401 (fixture)
 from test_contrastive import dot, unit
 from test_datasets import assert_samples_equal
 from test_extract import motionssl
@@ -240,7 +241,8 @@ def test_decode_mode_trains_from_a_store_without_motion_vectors(moco_store, rgb_
     assert r.returncode == 0, r.stderr
     r = pretrain("--store", rgb_only_store, "-o", tmp_path / "decode", *common, "--mv-source", "decode")
     assert r.returncode == 0, r.stderr
-    assert [row["loss"] for row in read_log(tmp_path / "store")] == [row["loss"] for row in read_log(tmp_path / "decode")]
+    losses = {source: [row["loss"] for row in read_log(tmp_path / source)] for source in ("store", "decode")}
+    assert losses["store"] == losses["decode"]
 
 
 def test_errors_are_one_line(rgb_only_store, tmp_path):
