@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_storage.py --out bench_out
 	$(BIN)/python benchmarks/bench_train.py --out bench_out
 	$(BIN)/python benchmarks/bench_methods.py --out bench_out
+	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 
 clean:
 	rm -rf demo_out bench_out

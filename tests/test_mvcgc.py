@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -211,6 +212,7 @@ def test_pretrain_lowers_the_loss_of_both_stages(moco_store, tmp_path):
     assert mean("loss", log[34:40]) < mean("loss", log[20:26]) - 0.5
     assert mean("cross_top1", log[34:40]) > mean("cross_top1", log[20:26])
     assert all(1 <= row["positives"] <= 5 for row in log[20:])  # own pair excluded; k = 5
+    assert cv2.imread(str(run / "curves.png")).shape[1] == 4 * 480  # loss, lr, clips/s, cross_top1
 
 
 def test_resume_continues_exactly_in_either_stage(moco_store, tmp_path):
