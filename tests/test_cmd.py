@@ -259,23 +259,24 @@ def pretrain(*args):
 
 
 def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store, tmp_path):
-    config = tmp_path / "adam.yaml"  # Adam at a constant lr learns the tiny task in 50 steps; SGD needs hundreds
+    config = tmp_path / "adam.yaml"  # Adam at a constant lr learns the tiny task in 80 steps; SGD needs hundreds
     config.write_text(yaml.safe_dump({"optimizer": "adam", "weight_decay": 0.0, "min_lr_ratio": 1.0}))
     run = tmp_path / "run"
     r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
                  "--option", "dim=16", "--option", "head_hidden=32", "--option", "tau=0.2", "--option",
-                 "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "50", "--batch-size", "8",
+                 "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "80", "--batch-size", "8",
                  "--workers", "0", "--lr", "0.003", "--log-every", "1", "--config", config)
     assert r.returncode == 0, r.stderr
     log = read_log(run)
-    assert len(log) == 50
+    assert len(log) == 80
 
     def mean(key, rows):
         return float(np.mean([row[key] for row in rows]))
 
     # 8 videos: chance is log 8 for context matching; 8 videos x 4 positions x (1 + 3 clips) keys for motion
-    assert mean("context_loss", log[-10:]) < min(mean("context_loss", log[:10]) - 0.4, math.log(8) - 0.1)
-    assert mean("motion_loss", log[-10:]) < min(mean("motion_loss", log[:10]) - 1.0, math.log(8 * 4 * 4) - 0.6)
+    # (seeds 0-3 end at 1.32-1.45 and 3.13-3.34)
+    assert mean("context_loss", log[-10:]) < min(mean("context_loss", log[:10]) - 0.6, math.log(8) - 0.3)
+    assert mean("motion_loss", log[-10:]) < min(mean("motion_loss", log[:10]) - 1.2, math.log(8 * 4 * 4) - 0.8)
     assert mean("context_top1", log[-10:]) > mean("context_top1", log[:10])
     curves = cv2.imread(str(run / "curves.png"))
     assert curves.shape[1] == 5 * 480  # loss, lr, clips/s, context_top1, motion_top1

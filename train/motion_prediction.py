@@ -38,9 +38,8 @@ def scale_motion(mv: Tensor, clamp: float = 10.0) -> Tensor:
 
 
 def bn_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """The CMD authors' two-layer MLP head (their 1x1 Conv1d over positions is this Linear over rows), without the
-    first layer's bias, which the BatchNorm after it cancels."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+    """The CMD authors' two-layer MLP head (their 1x1 Conv1d over positions is this Linear over rows)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim))
 
 
