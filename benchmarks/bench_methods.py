@@ -31,13 +31,15 @@ from machine import machine_info
 # Options that only make the methods fit the benchmark's small store (queues no larger than its keys).
 BENCH_OPTIONS: dict[str, dict] = {
     "rgb-moco": {"queue_size": 256},
+    "cmd": {},                                      # no queue; the paper's networks and its 8 future frames
+    "mvcgc": {"queue_size": 256, "init_steps": 0},  # stage 2 (cross guidance); stage 1 is two MoCo streams
     "mcl": {"queue_size": 256},
     "modist": {"queue_size": 256},
 }
 
 
 def extract_in_process(videos: Path, store: Path, spec) -> Path:
-    """A Zarr store of every video under `videos`, extracted in this process (no Dask)."""
+    """Every video under `videos` extracted into a new Zarr store by the per-video driver, in this process."""
     from motionssl.preprocess.extract import scan_video_dir
     from motionssl.preprocess.video_job import extract_video
     from motionssl.stores import init_store, write_index

@@ -7,6 +7,12 @@ on those cached features.
 
 A linear probe freezes the backbone entirely: no gradients, and BatchNorm in eval mode so its running statistics
 stay those of pretraining.
+
+`aux_motion` W > 0 (`--aux-motion W`) adds CMD's motion prediction (paper 000, Table 6: W = 0.2) to the cross
+entropy: loss = CE + W * J_M, J_M predicted from the classifier backbone's last feature map by a fresh M-network,
+Transformer and heads at CMD's paper settings (`train/motion_prediction.py`); the data then carry CMD's future
+motion vectors and hard negatives, so the store needs `mv`. Logged: ce, motion_loss, motion_top1. The regulariser's
+networks are saved in the checkpoint (so a resume continues exactly) but are not part of the classifier.
 """
 from __future__ import annotations
 
@@ -26,10 +32,14 @@ from motionssl.train.checkpoint import CheckpointError
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.methods.base import Method, build_backbone
+from motionssl.train.methods.cmd import CMDOptions, build_motion_prediction, motion_needs
 from motionssl.train.optim import lr_at
 from motionssl.train.run_log import RunLog
 from motionssl.eval.features import backbone_entry, clip_dataset, clip_outputs, load_mapped
 from motionssl.eval.splits import Split, load_split
+
+
+AUX_MOTION = "aux_motion."  # state_dict prefix of the --aux-motion networks
 
 
 class VideoClassifier(nn.Module):
@@ -53,6 +63,7 @@ class FinetuneOptions:
     linear_probe: bool = False      # frozen backbone (BN statistics included), train the linear head only
     from_scratch: bool = False      # the checkpoint's (or --backbone's) architecture, random initialisation
     dropout: float = 0.3            # before the classifier, full fine-tuning only (CMD)
+    aux_motion: float = 0.0         # weight of CMD's motion prediction as a regulariser (paper 000 Table 6: 0.2)
 
 
 def read_split(cfg: PretrainConfig, store: Store) -> Split:
@@ -99,10 +110,16 @@ class Finetune(Method):
         self.model = VideoClassifier(backbone, num_classes=num_classes, dropout=dropout)
         if self.opts.linear_probe:
             self.model.backbone.requires_grad_(False)
+        self.aux_motion = None
+        if self.opts.aux_motion:
+            if self.opts.aux_motion < 0 or self.opts.linear_probe:
+                raise ConfigError("--aux-motion takes a weight >= 0 and trains the backbone: not with --linear-probe")
+            self.aux_motion = build_motion_prediction(backbone, cfg, CMDOptions())  # the paper's settings
 
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
-        return Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride, views=1)
+        needs = Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride, views=1)
+        return motion_needs(needs, CMDOptions()) if cfg.method_options.get("aux_motion") else needs
 
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> ClipDataset:
@@ -124,10 +141,20 @@ class Finetune(Method):
             with torch.no_grad():
                 features = self.model.backbone(x)
             logits = self.model.head(features)
+        elif self.aux_motion is not None:
+            clip_map = self.model.backbone.forward_features(x)
+            logits = self.model.head(self.model.dropout(clip_map.mean(dim=(2, 3, 4))))
         else:
             logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        return {"loss": loss, "logs": {"acc": (logits.argmax(1) == y).float().mean().item()}}
+        logs = {"acc": (logits.argmax(1) == y).float().mean().item()}
+        if self.aux_motion is not None:
+            motion, motion_top1 = self.aux_motion(clip_map, batch["future_mv"], batch["future_mv_valid"],
+                                                  batch.get("negative_mv"))
+            logs.update(ce=loss.item(), motion_loss=motion.item(), motion_top1=motion_top1.item())
+            loss = loss + self.opts.aux_motion * motion
+        return {"loss": loss, "logs": logs}
+
 
 
 def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size: int = 8,
@@ -186,7 +213,8 @@ def load_classifier(path: Path) -> tuple[VideoClassifier, dict]:
     """A `finetune` checkpoint's classifier (backbone and head), loaded strictly through {"model.": ""}."""
     payload = checkpoint.load(path)
     entry = backbone_entry(payload, source=str(path))
-    state = payload.get("method", {})
+    # the --aux-motion regulariser's networks are not part of the classifier
+    state = {k: v for k, v in payload.get("method", {}).items() if not k.startswith(AUX_MOTION)}
     if payload.get("config", {}).get("method") != "finetune" or "model.head.weight" not in state:
         raise CheckpointError(f"{path} is not a finetune checkpoint (no classifier head); "
                               f"`motionssl evaluate retrieve` takes pretrain checkpoints")

@@ -200,8 +200,8 @@ def show(
 
 @app.command()
 def pretrain(
-    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default), mcl or modist. Paper settings are "
-                                         "its defaults."),
+    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default), cmd, mvcgc, mcl, modist or cgm. "
+                                         "Paper settings are its defaults."),
     store: Optional[Path] = typer.Option(None, help="Store made by `motionssl extract`."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
     backbone: Optional[str] = typer.Option(None, help="r3d18, r2plus1d18, r3d10, r2d10, r2d18, s3d or c3d."),
@@ -220,6 +220,8 @@ def pretrain(
                                                  help="Deterministic algorithms (exact resume on CPU)."),
     option: list[str] = typer.Option([], "--option", help="A method option as KEY=VALUE (YAML value), repeatable, "
                                      "e.g. --option tau=0.1 --option queue_size=16384."),
+    mv_source: Optional[str] = typer.Option(None, "--mv-source", help="mvcgc: store (default) reads motion vectors "
+                                            "from the store; decode decodes them from the original videos (PyAV)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto (continue RUN_DIR if it has a checkpoint) or a checkpoint path."),
     halt_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps in this invocation "
@@ -254,6 +256,8 @@ def pretrain(
             if not sep or not key:
                 raise ConfigError(f"--option {item!r}: write KEY=VALUE")
             options[key] = yaml.safe_load(value)
+        if mv_source is not None:
+            options["mv_source"] = mv_source
         name = method or yaml_values.get("method") or "rgb-moco"
         if name not in METHODS:
             raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -293,8 +297,8 @@ def finetune(
                                       "architecture, or --backbone): the papers' baseline."),
     dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Dropout before the classifier (full "
                                             "fine-tuning; default 0.3, CMD's)."),
-    aux_motion: Optional[float] = typer.Option(None, help="[not built yet: CMD method issue] weight of CMD's "
-                                               "motion-prediction loss as a regulariser (paper: 0.2)."),
+    aux_motion: Optional[float] = typer.Option(None, min=0.0, help="Weight of CMD's motion-prediction loss as a "
+                                               "regulariser (paper: 0.2); the store needs motion vectors."),
     backbone: Optional[str] = typer.Option(None, help="Architecture for --from-scratch without --checkpoint."),
     backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels for --backbone."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs over the training videos (default 120, CMD's)."),
@@ -327,10 +331,9 @@ def finetune(
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.config import ConfigError, load_yaml, resolve
     from motionssl.train.faults import TrainingFault
+    from motionssl.train.datasets import MissingModality
     from motionssl.train.loop import train
 
-    if aux_motion is not None:
-        fail("--aux-motion is not built yet: CMD's motion-prediction regulariser comes with the CMD method issue", 1)
     if cached_features and not linear_probe:
         fail("--cached-features needs --linear-probe (a fine-tuned backbone changes its features)")
     try:
@@ -343,7 +346,7 @@ def finetune(
             defaults.update({k: trained[k] for k in ("clip_len", "stride", "size") if trained.get(k)})
         options = {"checkpoint": str(checkpoint) if checkpoint else None, "labels": [str(p) for p in labels] or None,
                    "split": split, "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
-                   "dropout": dropout}
+                   "dropout": dropout, "aux_motion": aux_motion}
         cli_values = {"method": "finetune", "store": str(store) if store else None, "out": str(output),
                       "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
                       "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
@@ -355,7 +358,7 @@ def finetune(
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
         else:
             summary = train(cfg, resume=resume, method_cls=Finetune)
-    except (ConfigError, StoreError, SplitError, CheckpointError) as e:
+    except (ConfigError, StoreError, SplitError, CheckpointError, MissingModality) as e:
         fail(str(e))
     except TrainingFault as e:
         fail(str(e), 1)
@@ -484,7 +487,8 @@ def evaluate_motion(
 def plot(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with a log.csv), overlaid."),
     output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="PNG to write."),
-    keys: str = typer.Option("loss,lr,clips_per_s,acc", help="Comma-separated log.csv columns, one panel each "
+    keys: str = typer.Option("loss,lr,clips_per_s,acc,context_top1,motion_top1,cross_top1",
+                             help="Comma-separated log.csv columns, one panel each "
                              "(columns no run logged are left out)."),
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""

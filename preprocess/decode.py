@@ -36,7 +36,7 @@ class Frame:
     index: int
     pts: float
     frame_type: str
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     mv: np.ndarray | None
     mv_valid: np.ndarray | None
     rotation: int = 0
@@ -77,8 +77,10 @@ def decode_frames(
     *,
     size: tuple[int, int],
     mv_cell: int | None,
+    rgb: bool = True,
 ) -> Iterator[Frame]:
-    """Yield frames in presentation order, RGB at `size` = (w, h); motion vectors when mv_cell is set."""
+    """Yield frames in presentation order, RGB at `size` = (w, h) (None when `rgb` is False); motion vectors
+    when mv_cell is set."""
     stream = container.streams.video[0]
     stream.thread_count = 1  # one worker process = one core; parallelism comes from Dask
     want_mv = mv_cell is not None and probe.has_mv_export
@@ -89,21 +91,21 @@ def decode_frames(
     gaps = ReferenceGaps(frame_ticks)
     # One reformatter for the whole video keeps its swscale context: `frame.to_ndarray(width=...)`
     # builds a new one per frame, which cost 0.2 ms/frame (same pixels either way).
-    rgb = VideoReformatter()
+    reformatter = VideoReformatter() if rgb else None
     index = 0
     try:
         for packet in container.demux(stream):
             gaps.demuxed(packet.pts)
             for frame in packet.decode():
-                yield _convert(frame, index, probe, size, mv_cell if want_mv else None, gaps, tb, rgb)
+                yield _convert(frame, index, probe, size, mv_cell if want_mv else None, gaps, tb, reformatter)
                 index += 1
     except av.error.FFmpegError as e:
         raise BadVideo(f"truncated or corrupt: decoding failed after {index} frames ({e.strerror or type(e).__name__})") from None
 
 
 def _convert(frame, index, probe, size, mv_cell, gaps, tb, reformatter) -> Frame:
-    rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation="AREA",
-                               threads=1).to_ndarray()
+    rgb = None if reformatter is None else reformatter.reformat(
+        frame, width=size[0], height=size[1], format="rgb24", interpolation="AREA", threads=1).to_ndarray()
     ftype = PICT_TYPES.get(int(frame.pict_type), "?")
     mv = valid = None
     if mv_cell is not None:

@@ -110,9 +110,9 @@ class BasicBlock(nn.Module):
         return self.relu(self.conv2(self.conv1(x)) + residual)
 
 
-def r3d_stem(in_channels: int, width: int) -> nn.Sequential:
+def r3d_stem(in_channels: int, width: int, *, stride: int = 2) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(in_channels, width, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+        nn.Conv3d(in_channels, width, kernel_size=(3, 7, 7), stride=(1, stride, stride), padding=(1, 3, 3), bias=False),
         nn.BatchNorm3d(width),
         nn.ReLU(inplace=True),
     )
@@ -177,8 +177,10 @@ def r3d_18(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
     return VideoResNet(conv=Conv3DSimple, stem=r3d_stem(in_channels, width), layers=(2, 2, 2, 2), width=width)
 
 
-def r3d_10(*, in_channels: int = 3, width: int = 64) -> VideoResNet:
-    return VideoResNet(conv=Conv3DSimple, stem=r3d_stem(in_channels, width), layers=(1, 1, 1, 1), width=width)
+def r3d_10(*, in_channels: int = 3, width: int = 64, stem_stride: int = 2) -> VideoResNet:
+    """`stem_stride=1` halves the output stride (8 in space): CMD's M-network on coarse motion-vector maps."""
+    stem = r3d_stem(in_channels, width, stride=stem_stride)
+    return VideoResNet(conv=Conv3DSimple, stem=stem, layers=(1, 1, 1, 1), width=width)
 
 
 def r2plus1d_18(*, in_channels: int = 3, width: int = 64) -> VideoResNet:

@@ -60,7 +60,8 @@ def draw_series(steps: np.ndarray, values: np.ndarray, *, title: str, smoothed: 
     return img
 
 
-def plot_run(run_dir: Path, *, keys=("loss", "lr", "clips_per_s")) -> Path | None:
+def plot_run(run_dir: Path, *, keys=("loss", "lr", "clips_per_s", "context_top1", "motion_top1",
+                                     "cross_top1")) -> Path | None:
     """RUN_DIR/curves.png: one panel per logged key, side by side. None when nothing is logged yet."""
     run_dir = Path(run_dir)
     if not (run_dir / "log.csv").exists():

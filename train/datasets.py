@@ -21,10 +21,10 @@ from torch.utils.data import Dataset
 
 from motionssl.stores import Store
 from motionssl.train.augment import (
-    ColorParams, SpatialParams, apply_color, crop_resize_frames, crop_resize_motion, draw_color,
+    ColorParams, SpatialParams, apply_color, center_params, crop_resize_frames, crop_resize_motion, draw_color,
     draw_spatial, eval_crops, normalize, to_clip_tensor,
 )
-from motionssl.train.sampling import evenly_spaced_clips, random_clip
+from motionssl.train.sampling import clip_at, clip_span, evenly_spaced_starts, random_start
 
 CLIP_MODALITIES = ("rgb", "mv", "flow", "boundary", "edges")
 # The extract spec that provides each store modality, for the error message.
@@ -51,6 +51,13 @@ class Needs:
     future_mv: frames of mv after view 0's last frame, on its stride, with its spatial draw (CMD's target).
     iframe: the I-frame at or before view 0's first frame, with view 0's spatial and colour draw.
     motion_stats: each view's mean motion magnitude over its frames (whole frame, before augmentation).
+    future_stride: the stride of the future_mv frames; 0 = the clip stride.
+    future_offset: the first future_mv frame minus view 0's last frame; None = future_stride (the next one).
+        Zero or negative puts the window inside the clip (CMD's "current motion" ablation).
+    mv_negatives: more windows of mv from the same video, shaped like future_mv, not overlapping it where the video
+        is long enough, each with its own crop and flip (CMD's hard negatives).
+    iframe_window: the I-frame is a random one within [first - w, last + w] of view 0's frames (the last one at
+        or before the first frame when there is none), with its own crop, flip and colour (CMD's code).
     """
 
     modalities: tuple[str, ...] = ("rgb",)
@@ -60,6 +67,10 @@ class Needs:
     future_mv: int = 0
     iframe: bool = False
     motion_stats: bool = False
+    future_stride: int = 0
+    future_offset: int | None = None
+    mv_negatives: int = 0
+    iframe_window: int | None = None
 
     def __post_init__(self):
         unknown = [m for m in self.modalities if m not in CLIP_MODALITIES]
@@ -67,12 +78,29 @@ class Needs:
             raise ValueError(f"unknown clip modalities {unknown}; known: {list(CLIP_MODALITIES)}")
         if self.clip_len < 1 or self.stride < 1 or self.views < 1 or self.future_mv < 0:
             raise ValueError(f"need clip_len, stride, views >= 1 and future_mv >= 0: {self}")
+        if self.future_stride < 0 or self.mv_negatives < 0 or (self.iframe_window or 0) < 0:
+            raise ValueError(f"need future_stride, mv_negatives, iframe_window >= 0: {self}")
+        if self.mv_negatives and not self.future_mv:
+            raise ValueError("mv_negatives are shaped like future_mv: set future_mv > 0")
+        if self.future_mv and self.future_window()[0] < 0:
+            raise ValueError(f"the future_mv window starts before view 0's first frame: {self}")
+
+    def future_window(self) -> np.ndarray:
+        """(future_mv,) offsets of the future_mv frames from view 0's first frame."""
+        step = self.future_stride or self.stride
+        offset = step if self.future_offset is None else self.future_offset
+        return self.stride * (self.clip_len - 1) + offset + step * np.arange(self.future_mv, dtype=np.int64)
+
+    def view0_span(self) -> int:
+        """Frames from view 0's first frame to its last frame read, future_mv included."""
+        last = self.stride * (self.clip_len - 1)
+        return max(last, int(self.future_window().max(initial=last))) + 1
 
 
 def _required(store: Store, needs: Needs) -> list[str]:
     """Store modalities (spec names) that `needs` reads, in a stable order."""
     want = list(needs.modalities)
-    want += ["mv"] * (needs.future_mv > 0) + ["iframes"] * needs.iframe
+    want += ["mv"] * (needs.future_mv > 0) + ["iframes"] * (needs.iframe or needs.iframe_window is not None)
     if needs.motion_stats:
         want.append("boundary" if "boundary" in store.spec.modalities else "mv")
     return list(dict.fromkeys(want))
@@ -149,27 +177,28 @@ class ClipDataset(Dataset):
                         "label": -1 if self.labels is None else self.labels[index]}
         views, motion = [], []
         for v in range(n.views):
-            length = n.clip_len + (n.future_mv if v == 0 else 0)  # view 0 reads its future frames too
+            span = n.view0_span() if v == 0 else clip_span(n.clip_len, n.stride)  # view 0 reads its future too
             if self.train:
-                idx = self.draw_clip(vid, frames_total, length, rng)
+                start = self.draw_start(vid, frames_total, span, rng)
+                idx = clip_at(start, frames_total, n.clip_len, n.stride)
                 spatial = self.draw_box(vid, idx, aspect, rng)
                 color = draw_color(rng) if self.color_jitter else None
             else:
-                idx = evenly_spaced_clips(frames_total, length, n.stride, n.views)[v]
+                start = int(evenly_spaced_starts(frames_total, span, n.views)[v])
+                idx = clip_at(start, frames_total, n.clip_len, n.stride)
                 spatial, *others = eval_crops(self.crops, aspect)
                 color = None
+            if v == 0 and n.future_mv:
+                future = start + n.future_window()
+                idx = np.concatenate([idx, np.minimum(future, frames_total - 1)])
             view, raw = self._view(vid, idx, spatial, color, hw)
             views.append(view)
             if not self.train:
                 for crop in others:  # the other test crops of the same frames
                     views.append(self._view(vid, idx, crop, None, hw, raw=raw)[0])
             if v == 0 and n.future_mv:
-                unclamped = idx[0] + n.stride * np.arange(length)
-                mv, valid = crop_resize_motion(raw["mv"][n.clip_len:], spatial, self._grid, frame_hw=hw,
-                                               cell=self.cell, valid=raw["mv_valid"][n.clip_len:])
-                valid &= (unclamped[n.clip_len:] < frames_total)[:, None, None]  # past the end: no target
-                sample["future_mv"] = _channels_first(mv)
-                sample["future_mv_valid"] = torch.from_numpy(valid[None]).float()
+                sample["future_mv"], sample["future_mv_valid"] = self._motion_window(
+                    raw["mv"][n.clip_len:], raw["mv_valid"][n.clip_len:], future < frames_total, spatial, hw)
             if v == 0 and n.iframe:
                 sample["iframe"] = self._iframe(vid, int(idx[0]), spatial, color)
             if n.motion_stats:
@@ -177,11 +206,18 @@ class ClipDataset(Dataset):
         sample["views"] = views
         if n.motion_stats:
             sample["motion"] = torch.tensor(motion, dtype=torch.float32)
+        first, last = int(views[0]["frames"][0]), int(views[0]["frames"][-1])
+        if n.mv_negatives:
+            sample["negative_mv"], sample["negative_mv_valid"], sample["negative_frames"] = self._negatives(
+                vid, first + n.future_window(), frames_total, hw, aspect, rng)
+        if n.iframe_window is not None:
+            sample["iframe"], sample["iframe_frame"] = self._iframe_near(vid, first, last, hw, aspect, rng)
         return sample
 
-    def draw_clip(self, vid: str, frames_total: int, length: int, rng: np.random.Generator) -> np.ndarray:
-        """A training view's frame indices; a method with its own temporal sampling overrides this (MCL)."""
-        return random_clip(frames_total, length, self.needs.stride, rng)
+    def draw_start(self, vid: str, frames_total: int, span: int, rng: np.random.Generator) -> int:
+        """A training view's first frame, for `span` frames from it; a method with its own temporal sampling
+        overrides this (MCL, MoDist)."""
+        return random_start(frames_total, span, rng)
 
     def draw_box(self, vid: str, idx: np.ndarray, aspect: float, rng: np.random.Generator) -> SpatialParams:
         """A training view's crop and flip, given its frames; a method with its own cropping overrides this (MCL)."""
@@ -230,12 +266,61 @@ class ClipDataset(Dataset):
         x = to_clip_tensor(crop_resize_frames(frames, spatial, self.size))
         return normalize(apply_color(x, color) if color is not None else x)
 
-    def _iframe(self, vid: str, first: int, spatial: SpatialParams, color: ColorParams | None) -> torch.Tensor:
+    def _iframes_of(self, vid: str) -> np.ndarray:
         if vid not in self._iframe_index:
             self._iframe_index[vid] = self.store.read(vid, "iframe_index")
-        iframe_index = self._iframe_index[vid]
-        k = max(int(np.searchsorted(iframe_index, first, side="right")) - 1, 0)
+        return self._iframe_index[vid]
+
+    def _iframe(self, vid: str, first: int, spatial: SpatialParams, color: ColorParams | None) -> torch.Tensor:
+        k = max(int(np.searchsorted(self._iframes_of(vid), first, side="right")) - 1, 0)
         return self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)[:, 0]
+
+    def _iframe_near(self, vid: str, first: int, last: int, hw: tuple[int, int], aspect: float,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """A random I-frame within [first - w, last + w] (train; eval: the middle one), its own crop and colour;
+        and its frame index."""
+        iframe_index, w = self._iframes_of(vid), self.needs.iframe_window
+        near = np.flatnonzero((iframe_index >= first - w) & (iframe_index <= last + w))
+        if not len(near):
+            near = [max(int(np.searchsorted(iframe_index, first, side="right")) - 1, 0)]
+        if self.train:
+            k = int(near[rng.integers(len(near))])
+            spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
+            color = draw_color(rng)
+        else:
+            k, spatial, color = int(near[len(near) // 2]), center_params(aspect), None
+        return self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)[:, 0], int(iframe_index[k])
+
+    def _motion_window(self, mv: np.ndarray, valid: np.ndarray, inside: np.ndarray, spatial: SpatialParams,
+                       hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2, F, g, g) mv and (1, F, g, g) validity of raw (F, Gh, Gw, .) frames; frames not `inside` the video
+        (read clamped to its last frame) are invalid."""
+        mv, valid = crop_resize_motion(mv, spatial, self._grid, frame_hw=hw, cell=self.cell, valid=valid)
+        valid &= inside[:, None, None]
+        return _channels_first(mv), torch.from_numpy(valid[None]).float()
+
+    def _negatives(self, vid: str, target: np.ndarray, frames_total: int, hw: tuple[int, int], aspect: float,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mv_negatives windows shaped like `target` (its frame indices, unclamped), each starting uniformly among
+        the starts whose window fits and does not overlap the target's; any start that fits when none does.
+        Returns mv (N, 2, F, g, g), mv_valid (N, 1, F, g, g) and the frames (N, F), unclamped."""
+        offsets = target - target[0]
+        span = int(offsets[-1]) + 1
+        starts = np.arange(max(frames_total - span, 0) + 1)
+        apart = starts[(starts + span <= target[0]) | (starts > target[-1])]
+        starts = apart if len(apart) else starts
+        mvs, valids, windows = [], [], []
+        for _ in range(self.needs.mv_negatives):
+            frames = int(starts[rng.integers(len(starts))]) + offsets
+            windows.append(frames)
+            spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p) if self.train \
+                else center_params(aspect)
+            read = np.minimum(frames, frames_total - 1)
+            mv, valid = self._motion_window(self._read(vid, "mv", read), self._read(vid, "mv_valid", read),
+                                            frames < frames_total, spatial, hw)
+            mvs.append(mv)
+            valids.append(valid)
+        return torch.stack(mvs), torch.stack(valids), torch.from_numpy(np.stack(windows))
 
     def _motion(self, raw: dict[str, np.ndarray]) -> float:
         if self.stats_from == "boundary":

@@ -137,11 +137,14 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     if dist.world_size > 1:
         model = DistributedDataParallel(method, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                         broadcast_buffers=False)  # queues are filled with gathered keys on every rank
+    # Its own generator: starting an iterator draws a seed, which must not come from the global RNG, or a run
+    # resumed mid-epoch would shift the random stream of every later step (dropout) by one draw.
     tracked = TrackedDataset(dataset, workers=cfg.workers)
     data_timeout = cfg.data_timeout if cfg.workers > 0 else 0
     loader = DataLoader(tracked, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
-                        pin_memory=dist.device.type == "cuda", timeout=data_timeout)
+                        pin_memory=dist.device.type == "cuda", timeout=data_timeout,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size, skipped=skipped_before,
                            hint=f"lower --lr or set grad_clip (the last checkpoint is {run_dir / checkpoint.LAST})")
 

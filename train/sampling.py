@@ -24,22 +24,35 @@ def clip_at(start: int, num_frames: int, clip_len: int, stride: int) -> np.ndarr
 
 def last_start(num_frames: int, clip_len: int, stride: int) -> int:
     """The largest start whose clip fits in the video; 0 when none fits."""
+    return _last(num_frames, clip_span(clip_len, stride))
+
+
+def _last(num_frames: int, span: int) -> int:
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
-    return max(num_frames - clip_span(clip_len, stride), 0)
+    return max(num_frames - span, 0)
+
+
+def random_start(num_frames: int, span: int, rng: np.random.Generator) -> int:
+    """A start uniform over every start whose `span` frames fit; 0 when none fits."""
+    return int(rng.integers(0, _last(num_frames, span) + 1))
 
 
 def random_clip(num_frames: int, clip_len: int, stride: int, rng: np.random.Generator) -> np.ndarray:
     """(clip_len,) int64 indices; the start is uniform over every start whose clip fits."""
-    start = int(rng.integers(0, last_start(num_frames, clip_len, stride) + 1))
-    return clip_at(start, num_frames, clip_len, stride)
+    return clip_at(random_start(num_frames, clip_span(clip_len, stride), rng), num_frames, clip_len, stride)
+
+
+def evenly_spaced_starts(num_frames: int, span: int, n: int) -> np.ndarray:
+    """(n,) int64 starts of `span` frames, spread evenly from 0 to the last start that fits; n = 1: the centre."""
+    last = _last(num_frames, span)
+    return np.full(n, last // 2, dtype=np.int64) if n == 1 else np.linspace(0, last, n).round().astype(np.int64)
 
 
 def evenly_spaced_clips(num_frames: int, clip_len: int, stride: int, n: int) -> np.ndarray:
     """(n, clip_len) int64: n clips whose starts spread evenly from the first to the last valid start
     (multi-clip testing). n = 1 gives the centre clip."""
-    last = last_start(num_frames, clip_len, stride)
-    starts = np.full(n, last // 2) if n == 1 else np.linspace(0, last, n).round().astype(np.int64)
+    starts = evenly_spaced_starts(num_frames, clip_span(clip_len, stride), n)
     return np.stack([clip_at(int(s), num_frames, clip_len, stride) for s in starts])
 
 

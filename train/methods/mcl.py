@@ -130,10 +130,10 @@ class MotionFocusedClips(ClipDataset):
         self.frame_motion = FrameMeans(store, "boundary")
         self._last_maps: tuple[str, np.ndarray, np.ndarray] | None = None
 
-    def draw_clip(self, vid: str, frames_total: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    def draw_start(self, vid: str, frames_total: int, span: int, rng: np.random.Generator) -> int:
         if not self.temporal:
-            return super().draw_clip(vid, frames_total, length, rng)
-        return motion_focused_clip(self.frame_motion(vid), length, self.needs.stride, rng)
+            return super().draw_start(vid, frames_total, span, rng)
+        return int(motion_focused_clip(self.frame_motion(vid), self.needs.clip_len, self.needs.stride, rng)[0])
 
     def draw_box(self, vid: str, idx: np.ndarray, aspect: float, rng: np.random.Generator) -> SpatialParams:
         if not self.spatial:

@@ -92,11 +92,11 @@ class MoDistClips(ClipDataset):
     def motion_starts(self, vid: str) -> np.ndarray:
         return eligible_starts(self.edge_means(vid), self.motion_clip_len, self.motion_stride, self.threshold)
 
-    def draw_clip(self, vid: str, frames_total: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    def draw_start(self, vid: str, frames_total: int, span: int, rng: np.random.Generator) -> int:
         if not self.sync:
-            return super().draw_clip(vid, frames_total, length, rng)
+            return super().draw_start(vid, frames_total, span, rng)
         starts = self.motion_starts(vid)
-        return clip_at(int(starts[rng.integers(len(starts))]), frames_total, length, self.needs.stride)
+        return int(starts[rng.integers(len(starts))])
 
     def draw_box(self, vid: str, idx: np.ndarray, aspect: float, rng: np.random.Generator) -> SpatialParams:
         box = super().draw_box(vid, idx, aspect, rng)

@@ -1,0 +1,342 @@
+"""CMD: eq. 2 against a naive loop and closed forms, the networks' grids, gradients to every part, the data it reads
+(future window, hard negatives, I-frame window), a short pretrain whose losses go down, exact resume, the
+`finetune --aux-motion` regulariser, and one-line errors."""
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from conftest import TINY_SPEC, extract_in_process
+from motionssl.stores import open_store
+from motionssl.train import checkpoint
+from motionssl.train.augment import center_params, crop_resize_motion
+from motionssl.train.backbones import r3d_18, s3d
+from motionssl.train.config import resolve
+from motionssl.train.datasets import ClipDataset, Needs
+from motionssl.train.methods.cmd import CMD, CMDOptions, clip_map_shape, motion_needs
+from motionssl.train.motion_prediction import MotionPrediction, motion_nce, scale_motion
+from motionssl.train.run_log import read_log
+from test_contrastive import dot, unit
+from test_datasets import one_thread  # noqa: F401 (fixture)
+from test_extract import motionssl
+from test_pretrain import moco_store  # noqa: F401 (fixture)
+
+TINY_OPTIONS = {"hidden": 16, "heads": 2, "dim": 8, "head_hidden": 16, "future_frames": 4, "encoder_layers": 1,
+                "decoder_layers": 1}
+TINY_CLI = ["--backbone", "r3d10", "--backbone-width", "4", "--clip-len", "4", "--stride", "2", "--size", "32",
+            "--no-progress"] + [a for k, v in TINY_OPTIONS.items() for a in ("--option", f"{k}={v}")]
+
+
+def tiny_cmd(**options) -> CMD:
+    cfg = resolve(CMD.defaults, {}, {"method": "cmd", "store": "unused", "out": "unused", "backbone": "r3d10",
+                                     "backbone_width": 4, "clip_len": 4, "stride": 2, "size": 32, "steps": 1,
+                                     "method_options": {**TINY_OPTIONS, **options}})
+    torch.manual_seed(0)
+    return CMD(cfg, total_steps=1)
+
+
+def random_batch(b: int = 4, *, negatives: int = 3, t: int = 4, size: int = 32, frames: int = 4, cell: int = 4):
+    g = torch.Generator().manual_seed(1)
+    grid = size // cell
+    return {"views": [{"rgb": torch.randn(b, 3, t, size, size, generator=g)}],
+            "iframe": torch.randn(b, 3, size, size, generator=g),
+            "future_mv": 4 * torch.randn(b, 2, frames, grid, grid, generator=g),
+            "future_mv_valid": torch.ones(b, 1, frames, grid, grid),
+            "negative_mv": 4 * torch.randn(b, negatives, 2, frames, grid, grid, generator=g)}
+
+
+# --- eq. 2 ----------------------------------------------------------------------------------------------------------
+
+def naive_motion_nce(pred, target, negatives, tau, mask=None) -> float:
+    keys = target.double().tolist() + ([] if negatives is None else negatives.double().tolist())
+    losses = []
+    for m, p in enumerate(pred.double().tolist()):
+        if mask is not None and not mask[m]:
+            continue
+        e = [math.exp(dot(p, k) / tau) for k in keys]
+        losses.append(-math.log(e[m] / sum(e)))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("M,K,tau", [(6, 0, 0.1), (12, 20, 0.1), (5, 3, 0.5)])
+def test_motion_nce_matches_a_naive_loop(M, K, tau):
+    pred, target = unit(M, 8, seed=1), unit(M, 8, seed=2)
+    negatives = unit(K, 8, seed=3) if K else None
+    loss, correct = motion_nce(pred, target, negatives, tau)
+    assert loss.item() == pytest.approx(naive_motion_nce(pred, target, negatives, tau), rel=1e-5)
+    keys = target if negatives is None else torch.cat([target, negatives])
+    assert correct.tolist() == [int(np.argmax([dot(p, k) for k in keys.tolist()])) == m
+                                for m, p in enumerate(pred.tolist())]
+    mask = torch.arange(M) % 2 == 0
+    got, _ = motion_nce(pred, target, negatives, tau, query_mask=mask)
+    assert got.item() == pytest.approx(naive_motion_nce(pred, target, negatives, tau, mask), rel=1e-5)
+    none, _ = motion_nce(pred.requires_grad_(), target, negatives, tau, query_mask=torch.zeros(M, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0 and pred.grad.abs().sum() == 0
+
+
+def test_motion_nce_closed_forms():
+    M, K, tau = 5, 3, 0.1
+    same = unit(1, 8, seed=4).expand(M, 8)  # identical embeddings: every key is as likely as the positive
+    loss, _ = motion_nce(same, same, same[:K], tau)
+    assert loss.item() == pytest.approx(math.log(M + K), rel=1e-6)
+    eye = torch.eye(M + K, 16)  # orthogonal: only the positive scores 1 / tau, every other key 0
+    loss, correct = motion_nce(eye[:M], eye[:M], eye[M:], 0.5)
+    assert loss.item() == pytest.approx(math.log(math.exp(2) + M + K - 1) - 2, rel=1e-6)
+    assert correct.all()
+
+
+def test_prediction_rows_pair_each_video_and_position_with_its_own_target():
+    """forward equals eq. 2 computed from the module's own parts, rows in (video, t, y, x) order."""
+    torch.manual_seed(0)
+    mp = MotionPrediction((8, 1, 2, 2), future_frames=4, crop=32, hidden=16, heads=2, encoder_layers=1,
+                          decoder_layers=1, head_hidden=16, dim=8, m_width=4, tau=0.2).eval()
+    g = torch.Generator().manual_seed(5)
+    clip_map, mv, neg = torch.randn(3, 8, 1, 2, 2, generator=g), torch.randn(3, 2, 4, 8, 8, generator=g), \
+        torch.randn(3, 2, 2, 4, 8, 8, generator=g)
+    assert mp.target_shape == (1, 2, 2)
+    target = mp.motion_features(mv)
+    n = 4
+    for b in range(3):  # eval mode: each video's rows are its own features, in order
+        torch.testing.assert_close(target[b * n:(b + 1) * n], mp.motion_features(mv[b:b + 1]))
+    pred = F.normalize(mp.pred_head(mp.predictor(clip_map).flatten(0, 1)), dim=1)
+    negatives = mp.motion_features(neg.flatten(0, 1))
+    loss, top1 = mp(clip_map, mv, None, neg)
+    assert loss.item() == pytest.approx(naive_motion_nce(pred, target, negatives, 0.2), rel=1e-5)
+    valid = torch.ones(3, 1, 4, 8, 8)
+    valid[1] = 0  # no motion in video 1's target: its rows are not queries
+    loss, _ = mp(clip_map, mv, valid, neg)
+    mask = torch.tensor([True] * 4 + [False] * 4 + [True] * 4)
+    assert loss.item() == pytest.approx(naive_motion_nce(pred, target, negatives, 0.2, mask), rel=1e-5)
+
+
+def test_motion_vectors_are_clamped_to_10_px_and_divided_by_10():
+    mv = torch.tensor([-25.0, -10.0, -3.0, 0.0, 4.5, 10.0, 12.0])
+    torch.testing.assert_close(scale_motion(mv), torch.tensor([-1.0, -1.0, -0.3, 0.0, 0.45, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("backbone,size,clip_len,future,clip_grid", [
+    (r3d_18, 112, 16, 8, (2, 7, 7)),   # the paper's input: the ResNet map and the motion map align, 7 x 7
+    (r3d_18, 64, 8, 4, (1, 4, 4)),
+    (s3d, 112, 16, 8, (2, 4, 4)),      # output stride 32: half as fine as the motion map
+])
+def test_motion_map_grid_is_a_sixteenth_of_the_crop(backbone, size, clip_len, future, clip_grid):
+    net = backbone(width=4) if backbone is r3d_18 else backbone(width_mult=4 / 64)
+    shape = clip_map_shape(net, clip_len=clip_len, size=size)
+    assert shape[1:] == clip_grid
+    mp = MotionPrediction(shape, future_frames=future, crop=size, hidden=16, heads=2, encoder_layers=1,
+                          decoder_layers=1, head_hidden=16, dim=8, m_width=4)
+    assert mp.target_shape == (math.ceil(future / 8), size // 16, size // 16)
+
+
+# --- the method ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("predictor", ["transformer", "convgru"])
+def test_one_step_changes_every_part(predictor):
+    method = tiny_cmd(predictor=predictor).train()
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
+    out = method(random_batch(), step=0)
+    assert set(out["logs"]) == {"context_loss", "motion_loss", "context_top1", "motion_top1"}
+    assert out["loss"].item() == pytest.approx(0.5 * out["logs"]["context_loss"] + 0.5 * out["logs"]["motion_loss"],
+                                               rel=1e-5)
+    out["loss"].backward()
+    optimizer.step()
+    unchanged = [n for n, p in method.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged, unchanged
+    parts = {n.split(".")[0] if not n.startswith("motion.") else ".".join(n.split(".")[:2]) for n in before}
+    assert parts == {"backbone", "i_network", "clip_head", "iframe_head", "motion.m_network", "motion.predictor",
+                     "motion.target_head", "motion.pred_head"}
+
+
+def test_context_matching_is_eq_1_clip_against_the_batchs_iframes():
+    method = tiny_cmd().eval()
+    batch = random_batch()
+    with torch.no_grad():
+        out = method(batch, step=0)
+        x = F.normalize(method.clip_head(method.backbone(batch["views"][0]["rgb"])), dim=1)
+        z = F.normalize(method.iframe_head(method.i_network(batch["iframe"][:, :, None])), dim=1)
+    tau = method.opts.tau
+    naive = -sum(math.log(math.exp(dot(z[i].tolist(), x[i].tolist()) / tau)
+                          / sum(math.exp(dot(z[k].tolist(), x[i].tolist()) / tau) for k in range(4)))
+                 for i in range(4)) / 4
+    assert out["logs"]["context_loss"] == pytest.approx(naive, rel=1e-5)
+
+
+def test_options_are_checked():
+    with pytest.raises(Exception, match="predictor must be one of transformer, convgru"):
+        tiny_cmd(predictor="lstm")
+    cfg = tiny_cmd().cfg
+    cfg.method_options = {"period": "past"}
+    with pytest.raises(Exception, match="period must be one of future, current"):
+        CMD.needs(cfg)
+
+
+# --- the data ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stores(tiny_stores):
+    return {fmt: open_store(path) for fmt, path in tiny_stores.items()}
+
+
+def expected_motion(store, vid, frames, size=32):
+    meta = store.meta(vid)
+    hw, cell = (meta["stored_height"], meta["stored_width"]), store.spec.mv.cell
+    mv, valid = crop_resize_motion(store.read_at(vid, "mv", frames), center_params(hw[1] / hw[0]),
+                                   (size // cell, size // cell), frame_hw=hw, cell=cell,
+                                   valid=store.read_at(vid, "mv_valid", frames))
+    return torch.from_numpy(np.ascontiguousarray(mv.transpose(3, 0, 1, 2))), torch.from_numpy(valid[None]).float()
+
+
+def test_future_target_is_8_consecutive_frames_2_after_the_clip(stores):
+    store = stores["zarr"]
+    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=4), CMDOptions(negatives=0))
+    ds = ClipDataset(store, needs, size=32, train=False)
+    s = ds[ds.videos.index("right")]  # 48 frames moving right at 4 stored px/frame
+    last = int(s["views"][0]["frames"][-1])
+    frames = last + 3 + np.arange(8)
+    mv, valid = expected_motion(store, "right", frames)
+    torch.testing.assert_close(s["future_mv"], mv, rtol=0, atol=0)
+    torch.testing.assert_close(s["future_mv_valid"], valid, rtol=0, atol=0)
+    measured = s["future_mv"][0][s["future_mv_valid"][0] > 0]
+    assert len(measured) > 100 and abs(measured.median().item() - 2.0) < 0.25  # 4 px x 32 / 64 px crop
+
+
+def test_current_period_takes_as_many_frames_centred_in_the_clip(stores):
+    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=4), CMDOptions(period="current", negatives=0))
+    np.testing.assert_array_equal(needs.future_window(), [2, 3, 4, 5, 6, 7, 8, 9])  # span 13, 8 frames centred
+    ds = ClipDataset(stores["hdf5"], needs, size=32, train=False)
+    s = ds[ds.videos.index("down")]
+    first = int(s["views"][0]["frames"][0])
+    mv, _ = expected_motion(stores["hdf5"], "down", first + needs.future_window())
+    torch.testing.assert_close(s["future_mv"], mv, rtol=0, atol=0)
+
+
+def test_hard_negatives_are_other_times_of_the_same_video(stores):
+    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=2), CMDOptions(future_frames=4))
+    ds = ClipDataset(stores["zarr"], needs, size=32)
+    right, short = ds.videos.index("right"), ds.videos.index("short")
+    signs = set()
+    for epoch in range(6):
+        s = ds[(right, epoch)]
+        first = int(s["views"][0]["frames"][0])
+        target = first + needs.future_window()
+        assert s["negative_mv"].shape == (3, 2, 4, 8, 8) and s["negative_mv_valid"].shape == (3, 1, 4, 8, 8)
+        for frames, mv, valid in zip(s["negative_frames"].numpy(), s["negative_mv"], s["negative_mv_valid"]):
+            np.testing.assert_array_equal(np.diff(frames), 1)
+            assert frames[-1] < target[0] or frames[0] > target[-1]  # never overlaps the target
+            assert 0 <= frames[0] and frames[-1] < 48
+            signs.add(int(np.sign(mv[0][valid[0] > 0].median().item())))  # each its own flip
+    assert signs == {-1, 1}
+    s = ds[(short, 0)]  # 6 frames: no window apart from the target, any window that fits
+    assert (s["negative_frames"][:, 0] <= 2).all()
+
+
+def test_iframe_window_picks_an_iframe_near_the_clip(stores):
+    store = stores["zarr"]
+    iframes = store.read("down", "iframe_index")  # 0, 12, 24 of 30 frames
+    ds = ClipDataset(store, Needs(modalities=("rgb",), clip_len=2, stride=1, iframe_window=5), size=32)
+    index, seen = ds.videos.index("down"), set()
+    for epoch in range(40):
+        s = ds[(index, epoch)]
+        first, last = (int(f) for f in s["views"][0]["frames"][[0, -1]])
+        near = [int(i) for i in iframes if first - 5 <= i <= last + 5]
+        assert s["iframe_frame"] in (near or [int(iframes[iframes <= first][-1])])
+        seen.add(s["iframe_frame"])
+    assert seen == {0, 12, 24}
+    assert ds[(index, 0)]["iframe"].shape == (3, 32, 32)
+
+
+# --- end to end ----------------------------------------------------------------------------------------------------
+
+def pretrain(*args):
+    return motionssl("pretrain", "--method", "cmd", *[str(a) for a in args])
+
+
+def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store, tmp_path):
+    config = tmp_path / "adam.yaml"  # Adam at a constant lr learns the tiny task in 80 steps; SGD needs hundreds
+    config.write_text(yaml.safe_dump({"optimizer": "adam", "weight_decay": 0.0, "min_lr_ratio": 1.0}))
+    run = tmp_path / "run"
+    r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
+                 "--option", "dim=16", "--option", "head_hidden=32", "--option", "tau=0.2", "--option",
+                 "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "80", "--batch-size", "8",
+                 "--workers", "0", "--lr", "0.003", "--log-every", "1", "--config", config)
+    assert r.returncode == 0, r.stderr
+    log = read_log(run)
+    assert len(log) == 80
+
+    def mean(key, rows):
+        return float(np.mean([row[key] for row in rows]))
+
+    # 8 videos: chance is log 8 for context matching; 8 videos x 4 positions x (1 + 3 clips) keys for motion
+    # (seeds 0-3 end at 1.32-1.45 and 3.13-3.34)
+    assert mean("context_loss", log[-10:]) < min(mean("context_loss", log[:10]) - 0.6, math.log(8) - 0.3)
+    assert mean("motion_loss", log[-10:]) < min(mean("motion_loss", log[:10]) - 1.2, math.log(8 * 4 * 4) - 0.8)
+    assert mean("context_top1", log[-10:]) > mean("context_top1", log[:10])
+    curves = cv2.imread(str(run / "curves.png"))
+    assert curves.shape[1] == 5 * 480  # loss, lr, clips/s, context_top1, motion_top1
+    png = tmp_path / "plot.png"
+    assert motionssl("plot", run, "-o", png).returncode == 0
+    assert cv2.imread(str(png)).shape[1] == 5 * 480
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method_options"]["negatives"] == 3 and config["method_options"]["future_gap"] == 2
+
+
+def test_resume_continues_exactly(moco_store, tmp_path):
+    common = ["--store", moco_store, *TINY_CLI, "--steps", "6", "--batch-size", "2", "--log-every", "1",
+              "--save-every", "100", "--deterministic", "--lr", "0.05"]
+    straight, halted = tmp_path / "straight", tmp_path / "halted"
+    assert pretrain("-o", straight, *common, "--workers", "0").returncode == 0
+    r = pretrain("-o", halted, *common, "--workers", "2", "--halt-after", "3")
+    assert r.returncode == 0 and "halted at step 3 of 6" in r.stdout, r.stderr
+    r = pretrain("-o", halted, "--resume", "auto", "--workers", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    a, b = read_log(straight), read_log(halted)
+    assert [row["step"] for row in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "context_loss", "motion_loss"):
+        assert [row[key] for row in a] == [row[key] for row in b]
+    sa, sb = (checkpoint.load(p / "checkpoint.pt")["method"] for p in (straight, halted))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def rgb_only_store(moco_store, tmp_path_factory):
+    spec = {**TINY_SPEC, "name": "rgb-only", "modalities": ["rgb", "iframes"]}
+    return extract_in_process(moco_store.parent / "videos", tmp_path_factory.mktemp("rgb") / "rgb.zarr", spec, "zarr")
+
+
+def test_a_store_without_motion_vectors_fails_in_one_line(rgb_only_store, tmp_path):
+    r = pretrain("--store", rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", "--batch-size", "2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "has no mv;" in r.stderr and "--spec compressed" in r.stderr
+
+
+def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label,split\n" + "".join(
+        f"tint_{i},{'ab'[i % 2]},{'train' if i < 6 else 'test'}\n" for i in range(8)))
+    run = tmp_path / "aux"
+    common = ["--store", moco_store, "--labels", labels, "-o", run, "--from-scratch", "--backbone", "r3d10",
+              "--backbone-width", "4", "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "3",
+              "--batch-size", "2", "--workers", "0", "--log-every", "1", "--no-progress"]
+    r = motionssl("finetune", *[str(a) for a in common], "--aux-motion", "0.2")
+    assert r.returncode == 0, r.stderr
+    for row in read_log(run):
+        assert row["loss"] == pytest.approx(row["ce"] + 0.2 * row["motion_loss"], rel=1e-5)
+        assert 0 <= row["motion_top1"] <= 1
+    state = checkpoint.load(run / "checkpoint.pt")
+    assert state["config"]["method_options"]["aux_motion"] == 0.2
+    assert any(k.startswith("aux_motion.motion") or k.startswith("aux_motion.m_network") for k in state["method"])
+    out = tmp_path / "classify"
+    r = motionssl("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", moco_store, "--labels",
+                  labels, "-o", out, "--views", "1")
+    assert r.returncode == 0, r.stderr  # the classifier loads strictly, without the regulariser's networks
+    assert json.loads((out / "classification.json").read_text())["accuracy"]["top1"] >= 0
+    common[common.index(run)] = tmp_path / "probe"
+    r = motionssl("finetune", *[str(a) for a in common], "--aux-motion", "0.2", "--linear-probe")
+    assert r.returncode == 2 and "not with --linear-probe" in r.stderr
