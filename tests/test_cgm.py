@@ -15,7 +15,7 @@ from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
 from motionssl.train.config import PretrainConfig
-from motionssl.train.datasets import ClipDataset
+from motionssl.train.datasets import ClipDataset, finish_batch
 from motionssl.train.methods.cgm import (
     CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, filter_displacement, periodic_shuffle,
     pixel_adaptive_warp, to_signed_unit,
@@ -180,7 +180,7 @@ def cgm_store(tmp_path_factory) -> Path:
 def fixed_batch_loss(method: CGM, store: Path, cfg: PretrainConfig) -> float:
     """Loss on the same centre clips of every video (train-mode BN, no update of the weights)."""
     ds = ClipDataset(open_store(store), CGM.needs(cfg), size=cfg.size, train=False)
-    rgb = torch.stack([ds[i]["views"][0]["rgb"] for i in range(len(ds))])
+    rgb = torch.stack([finish_batch(ds[i])["views"][0]["rgb"] for i in range(len(ds))])
     with torch.no_grad():
         return method.train()({"views": [{"rgb": rgb}]}, step=0)["logs"]["loss_hr"]
 
@@ -252,6 +252,6 @@ def test_training_clips_are_the_stored_pixels_cropped_and_flipped_only(cgm_store
     ds = CGM.dataset(cfg, open_store(cgm_store))
     assert ds.needs.clip_len == 5 and ds.scale == (0.4, 1.0)  # the clip and the frame after it
     for i in range(3):
-        rgb = ds[(i, 0)]["views"][0]["rgb"]
+        rgb = finish_batch(ds[(i, 0)])["views"][0]["rgb"]
         levels = (to_signed_unit(rgb[None]) + 1) * 127.5
         assert (levels - levels.round()).abs().max() < 1e-3

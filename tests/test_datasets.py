@@ -11,8 +11,8 @@ from conftest import TINY_SPEC, extract_in_process
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
 from motionssl.train.augment import center_params, crop_resize_frames, crop_resize_motion, draw_spatial, \
-    eval_crops, normalize, to_clip_tensor
-from motionssl.train.datasets import ClipDataset, MissingModality, Needs, check_store, seed_worker
+    COLOR_VECTOR, eval_crops, normalize, to_clip_tensor
+from motionssl.train.datasets import ClipDataset, MissingModality, Needs, check_store, finish_batch, seed_worker
 from motionssl.train.sampling import random_clip
 
 ALL = ("rgb", "mv", "flow", "boundary", "edges")
@@ -67,7 +67,13 @@ def test_sample_shapes(stores, fmt, clip_len, stride, size, views):
     ds = ClipDataset(stores[fmt], needs, size=size)
     assert len(ds) == 3
     s, g = ds[(1, 0)], size // 4
-    assert set(s) == {"index", "video", "label", "views", "future_mv", "future_mv_valid", "iframe", "motion"}
+    assert set(s) == {"index", "video", "label", "views", "future_mv", "future_mv_valid", "iframe", "iframe_color",
+                      "motion"}
+    assert s["views"][0]["rgb"].dtype == s["iframe"].dtype == torch.uint8  # finished on the device
+    assert s["views"][0]["rgb_color"].shape == s["iframe_color"].shape == (COLOR_VECTOR,)
+    batch = default_collate([s, ds[(2, 0)]])
+    s = finish_batch(s)
+    assert "iframe_color" not in s and "rgb_color" not in s["views"][0]
     assert (s["index"], s["video"], s["label"]) == (1, 1, -1)
     assert len(s["views"]) == views
     expected = {"frames": (clip_len,), "rgb": (3, clip_len, size, size), "mv": (2, clip_len, g, g),
@@ -80,8 +86,9 @@ def test_sample_shapes(stores, fmt, clip_len, stride, size, views):
         np.testing.assert_array_equal(np.diff(view["frames"].numpy()), stride)
     assert s["future_mv"].shape == (2, 2, g, g) and s["future_mv_valid"].shape == (1, 2, g, g)
     assert s["iframe"].shape == (3, size, size) and s["motion"].shape == (views,)
-    batch = default_collate([s, ds[(2, 0)]])
+    finish_batch(batch)
     assert batch["views"][0]["rgb"].shape == (2, 3, clip_len, size, size)
+    assert batch["views"][0]["rgb"].dtype == torch.float32
     assert batch["future_mv"].shape == (2, 2, 2, g, g) and batch["video"].tolist() == [1, 2]
 
 
@@ -108,8 +115,8 @@ def test_flip_mirrors_every_modality_and_negates_dx(stores):
     """flip_p 0 and 1 draw the same crops and colours: the flipped sample is the mirror of the other, with dx
     negated for mv and flow; on the video moving right, mean dx changes sign."""
     needs = Needs(modalities=ALL, clip_len=6, stride=2, future_mv=2, iframe=True)
-    plain = ClipDataset(stores["zarr"], needs, size=32, flip_p=0.0)[(1, 2)]
-    flip = ClipDataset(stores["zarr"], needs, size=32, flip_p=1.0)[(1, 2)]
+    plain = finish_batch(ClipDataset(stores["zarr"], needs, size=32, flip_p=0.0)[(1, 2)])
+    flip = finish_batch(ClipDataset(stores["zarr"], needs, size=32, flip_p=1.0)[(1, 2)])
     p, f = plain["views"][0], flip["views"][0]
     torch.testing.assert_close(f["rgb"], mirrored(p["rgb"]), rtol=0, atol=1e-5)
     for name in ("boundary", "edges", "mv_valid"):
@@ -147,7 +154,7 @@ def test_test_crops_cut_each_clip_the_same_frames(stores, crops):
     many = ClipDataset(store, needs, size=32, train=False, crops=crops)
     one = ClipDataset(store, needs, size=32, train=False)
     index = many.videos.index("right")
-    s, c = many[index], one[index]
+    s, c = finish_batch(many[index]), finish_batch(one[index])
     assert len(s["views"]) == 2 * crops
     frames = store.read("right", "rgb")
     for clip in range(2):
@@ -226,7 +233,7 @@ def test_future_mv_past_the_end_is_invalid(stores):
 def test_iframe_is_the_last_i_frame_at_or_before_the_clip(stores):
     store = stores["hdf5"]
     ds = ClipDataset(store, Needs(modalities=("rgb",), clip_len=2, stride=1, iframe=True), size=32, train=False)
-    s = ds[ds.videos.index("down")]  # I-frames 0, 12, 24; the centre clip starts at 14
+    s = finish_batch(ds[ds.videos.index("down")])  # I-frames 0, 12, 24; the centre clip starts at 14
     first = int(s["views"][0]["frames"][0])
     iframe_index = store.read("down", "iframe_index")
     k = int(np.flatnonzero(iframe_index <= first)[-1])
@@ -242,7 +249,7 @@ def test_iframe_has_view_0_crop_and_colour(stores):
     index = ds.videos.index("down")
     found = 0
     for epoch in range(120):
-        s = ds[(index, epoch)]
+        s = finish_batch(ds[(index, epoch)])
         if int(s["views"][0]["frames"][0]) in (0, 12, 24):
             torch.testing.assert_close(s["iframe"], s["views"][0]["rgb"][:, 0], rtol=0, atol=1e-6)
             found += 1

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from motionssl.cli import app
 from motionssl.eval.features import clip_dataset, clip_outputs, load_backbone
 from motionssl.eval.metrics import retrieval
-from motionssl.eval.splits import load_split
+from motionssl.train.labels import load_split
 from motionssl.preprocess.motion_classes import DIRECTIONS, write_motion_classes
 from motionssl.stores import open_store
 from motionssl.train import checkpoint

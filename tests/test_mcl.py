@@ -10,7 +10,7 @@ from torch.utils.data import default_collate
 from motionssl.stores import open_store
 from motionssl.train.augment import crop_resize_frames, draw_color, draw_spatial
 from motionssl.train.config import resolve
-from motionssl.train.datasets import ClipDataset
+from motionssl.train.datasets import ClipDataset, finish_batch
 from motionssl.train.loop import train
 from motionssl.train.methods.mcl import MCL, alignment_losses, alignment_map, motion_target
 from motionssl.train.motion_sampling import motion_crop, motion_focused_clip, per_frame_means
@@ -192,7 +192,7 @@ def tiny_mcl(motion_store, tmp_path_factory):
     """A tiny MCL and one batch of the motion store."""
     torch.manual_seed(0)
     cfg = mcl_config(motion_store, tmp_path_factory.mktemp("mcl"))
-    batch = default_collate([MCL.dataset(cfg, open_store(motion_store))[i] for i in range(8)])
+    batch = finish_batch(default_collate([MCL.dataset(cfg, open_store(motion_store))[i] for i in range(8)]))
     return MCL(cfg, total_steps=10), batch
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 from motionssl.stores import open_store
 from motionssl.train.augment import center_params, crop_resize_frames, draw_color, draw_spatial
 from motionssl.train.config import resolve
-from motionssl.train.datasets import ClipDataset
+from motionssl.train.datasets import ClipDataset, finish_batch
 from motionssl.train.loop import train
 from motionssl.train.methods.modist import MoDist, modist_losses
 from motionssl.train.motion_sampling import clip_means, eligible_starts, per_frame_means
@@ -130,7 +130,7 @@ def test_samples_follow_the_documented_draws(motion_store, tmp_path, sync):
 def tiny_modist(motion_store, tmp_path_factory):
     torch.manual_seed(0)
     cfg = modist_config(motion_store, tmp_path_factory.mktemp("modist"))
-    batch = default_collate([MoDist.dataset(cfg, open_store(motion_store))[i] for i in range(8)])
+    batch = finish_batch(default_collate([MoDist.dataset(cfg, open_store(motion_store))[i] for i in range(8)]))
     return MoDist(cfg, total_steps=10), batch, cfg
 
 
@@ -165,7 +165,7 @@ def test_same_video_bank_entries_are_never_negatives(tiny_modist, motion_store):
     each loss is 0 (log 1), whatever the embeddings."""
     method, _, cfg = copy.deepcopy(tiny_modist[0]), tiny_modist[1], tiny_modist[2]
     ds = MoDist.dataset(cfg, open_store(motion_store))
-    batch = default_collate([ds[(3, epoch)] for epoch in range(4)])
+    batch = finish_batch(default_collate([ds[(3, epoch)] for epoch in range(4)]))
     for queue in (method.queue, method.motion_queue):
         queue.video_ids.fill_(int(batch["video"][0]))
     logs = method(batch, step=0)["logs"]

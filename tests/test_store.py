@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
@@ -16,9 +17,9 @@ from motionssl.stores.layout import ROOT_META, scan_videos
 from motionssl.stores.verify import verify_store
 
 
-def build_store(path, fmt, n_frames=40, ids=("a", "nested/b")):
+def build_store(path, fmt, n_frames=40, ids=("a", "nested/b"), **storage):
     """A store written through the real writer, with frame t filled with value t."""
-    spec = spec_from_dict({**TINY_SPEC, "modalities": ["rgb"]})
+    spec = spec_from_dict({**TINY_SPEC, "modalities": ["rgb"], "storage": {**TINY_SPEC["storage"], **storage}})
     init_store(path, fmt, spec)
     metas = {}
     for vid in ids:
@@ -52,6 +53,20 @@ def test_reader_slices_and_gathers(tmp_path, fmt):
     # Pickles without open handles (DataLoader workers, Dask tasks) and reads again after.
     s2 = pickle.loads(pickle.dumps(s))
     np.testing.assert_array_equal(s2.read("a", "rgb", 0, 3), s.read("a", "rgb", 0, 3))
+
+
+def test_hdf5_chunk_frames_chunks_per_frame_arrays_only(tmp_path):
+    """storage.hdf5_chunk_frames: 1 chunks rgb by single frames (a strided clip decodes only its frames), leaves
+    arrays with their own chunking (pts) alone, and reads back the same values."""
+    one = build_store(tmp_path / "one", "hdf5", hdf5_chunk_frames=1)
+    four = build_store(tmp_path / "four", "hdf5")
+    with h5py.File(tmp_path / "one" / "videos" / "a.h5", "r") as f:
+        assert f["rgb"].chunks == (1, 8, 12, 3) and f["pts"].chunks == (4096,)
+    with h5py.File(tmp_path / "four" / "videos" / "a.h5", "r") as f:
+        assert f["rgb"].chunks == (4, 8, 12, 3)  # chunk_frames
+    idx = [0, 4, 8, 12, 39, 3]
+    np.testing.assert_array_equal(one.read_at("a", "rgb", idx), four.read_at("a", "rgb", idx))
+    assert one.spec.digest != four.spec.digest
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])

@@ -8,7 +8,10 @@ centres (OpenCV's convention); fields with a validity mask resample with nearest
 blended with the zero of an unmeasured cell.
 
 Colour parameters are drawn once per clip and applied to all its frames (temporally consistent, as CVRL and
-MoCo video do), on the (3, T, H, W) float tensor in [0, 1].
+MoCo video do), on the (3, T, H, W) float tensor in [0, 1]. The dataset draws them and hands the clip over as uint8
+with its parameters as a vector (`color_vector`); `finish_rgb` applies them and the ImageNet normalisation where the
+batch is consumed (the training device): a quarter of the bytes cross from the DataLoader workers, and the float work
+leaves them.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from motionssl.data_specs import hflip_motion
 
@@ -182,7 +186,7 @@ def draw_color(rng: np.random.Generator, *, brightness: float = 0.4, contrast: f
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """(3, ...) -> (1, ...) luma."""
-    return torch.tensordot(torch.tensor(GRAY_WEIGHTS, dtype=x.dtype), x, dims=1).unsqueeze(0)
+    return torch.tensordot(torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device), x, dims=1).unsqueeze(0)
 
 
 def _hue_matrix(hue: float) -> np.ndarray:
@@ -215,11 +219,23 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """(C, T, H, W) float32 blurred in place per frame by a Gaussian of `sigma` px truncated at radius
     ceil(3 sigma), borders reflected without repeating the edge (torch's "reflect"). OpenCV's separable
     filter: several times faster than a one-channel conv2d on the CPU."""
-    k = 2 * blur_radius(sigma) + 1
+    r = blur_radius(sigma)
+    if x.device.type != "cpu":
+        return x.copy_(blur_by_convolution(x, sigma))
     x = x.contiguous()
     for plane in x.numpy().reshape(-1, *x.shape[-2:]):  # in place: see _mix_channels
-        cv2.GaussianBlur(plane, (k, k), sigma, dst=plane, borderType=cv2.BORDER_REFLECT_101)
+        cv2.GaussianBlur(plane, (2 * r + 1, 2 * r + 1), sigma, dst=plane, borderType=cv2.BORDER_REFLECT_101)
     return x
+
+
+def blur_by_convolution(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """`gaussian_blur`'s filter as two separable torch convolutions, for tensors on a GPU; a new tensor."""
+    r = blur_radius(sigma)
+    taps = torch.from_numpy(cv2.getGaussianKernel(2 * r + 1, sigma, cv2.CV_32F).ravel()).to(x.device, x.dtype)
+    planes = x.reshape(-1, 1, *x.shape[-2:])
+    planes = F.conv2d(F.pad(planes, (r, r, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
+    planes = F.conv2d(F.pad(planes, (0, 0, r, r), mode="reflect"), taps.view(1, 1, -1, 1))
+    return planes.reshape(x.shape)
 
 
 def apply_color(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
@@ -245,12 +261,49 @@ def apply_color(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """(3, ...) in [0, 1] -> ImageNet-normalised, in place."""
     shape = (3,) + (1,) * (x.dim() - 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(shape)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(shape)
     return x.sub_(mean).div_(std)
+
+
+COLOR_VECTOR = 10  # brightness, contrast, saturation, hue, order (4), grayscale, blur sigma
+IDENTITY_COLOR = ColorParams()
+
+
+def color_vector(params: ColorParams | None) -> torch.Tensor:
+    """(COLOR_VECTOR,) float64 (exact) of `params` (None: no colour change), what a sample carries beside its rgb."""
+    p = params or IDENTITY_COLOR
+    return torch.tensor([p.brightness, p.contrast, p.saturation, p.hue, *p.order, float(p.grayscale), p.blur_sigma],
+                        dtype=torch.float64)
+
+
+def color_params(vector: torch.Tensor) -> ColorParams:
+    """The inverse of `color_vector`."""
+    v = [float(x) for x in vector.tolist()]
+    return ColorParams(v[0], v[1], v[2], v[3], order=tuple(int(i) for i in v[4:8]), grayscale=v[8] > 0.5,
+                       blur_sigma=v[9])
+
+
+def finish_rgb(rgb: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, ...) clips or (B, 3, ...) batches, with their `color_vector`s (COLOR_VECTOR,) or (B, COLOR_VECTOR),
+    -> float32 in [0, 1], colour-augmented, ImageNet-normalised, on rgb's device: what the dataset used to do per
+    sample, done where the batch is consumed."""
+    batched = colors.dim() == 2
+    x = rgb.float().div_(255)
+    for clip, vector in zip(x if batched else [x], colors.cpu() if batched else [colors.cpu()]):
+        params = color_params(vector)
+        if params != IDENTITY_COLOR:
+            apply_color(clip, params)  # in place: each clip is a contiguous slice of x
+    normalize(x.transpose(0, 1) if batched else x)  # in place, channels first
+    return x
 
 
 def to_clip_tensor(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> contiguous (3, T, H, W) float32 in [0, 1]."""
     t, h, w, c = frames.shape
     return torch.empty((c, t, h, w)).copy_(torch.from_numpy(frames).permute(3, 0, 1, 2)).div_(255)
+
+
+def to_clip_uint8(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> contiguous (3, T, H, W) uint8."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))

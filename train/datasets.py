@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from motionssl.stores import Store
 from motionssl.train.augment import (
-    ColorParams, SpatialParams, apply_color, center_params, crop_resize_frames, crop_resize_motion, draw_color,
-    draw_spatial, eval_crops, normalize, to_clip_tensor,
+    ColorParams, SpatialParams, center_params, color_vector, crop_resize_frames, crop_resize_motion, draw_color,
+    draw_spatial, eval_crops, finish_rgb, to_clip_uint8,
 )
 from motionssl.train.sampling import clip_at, clip_span, evenly_spaced_starts, random_start
 
@@ -116,6 +116,22 @@ def check_store(store: Store, needs: Needs) -> None:
                 f"with `motionssl extract VIDEOS -o STORE` and {PROVIDED_BY[m]}")
 
 
+def finish_batch(batch):
+    """Finish the RGB of a sample or collated batch, in place, on whatever device it now is: each uint8 tensor `X`
+    that has a `X_color` beside it (views' `rgb`, `iframe`) becomes the float32 colour-augmented, ImageNet-normalised
+    clip (`augment.finish_rgb`), and `X_color` goes. The trainer and the evaluation call it after moving a batch to
+    the device, so DataLoader workers ship uint8 (a quarter of the bytes) and leave the float work to the device."""
+    if isinstance(batch, dict):
+        for key in [k for k in batch if f"{k}_color" in batch]:
+            batch[key] = finish_rgb(batch[key], batch.pop(f"{key}_color"))
+        for value in batch.values():
+            finish_batch(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            finish_batch(value)
+    return batch
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: numpy and random seeded from the worker's torch seed.
 
@@ -200,7 +216,7 @@ class ClipDataset(Dataset):
                 sample["future_mv"], sample["future_mv_valid"] = self._motion_window(
                     raw["mv"][n.clip_len:], raw["mv_valid"][n.clip_len:], future < frames_total, spatial, hw)
             if v == 0 and n.iframe:
-                sample["iframe"] = self._iframe(vid, int(idx[0]), spatial, color)
+                sample["iframe"], sample["iframe_color"] = self._iframe(vid, int(idx[0]), spatial, color)
             if n.motion_stats:
                 motion.append(self._motion(raw))
         sample["views"] = views
@@ -211,7 +227,8 @@ class ClipDataset(Dataset):
             sample["negative_mv"], sample["negative_mv_valid"], sample["negative_frames"] = self._negatives(
                 vid, first + n.future_window(), frames_total, hw, aspect, rng)
         if n.iframe_window is not None:
-            sample["iframe"], sample["iframe_frame"] = self._iframe_near(vid, first, last, hw, aspect, rng)
+            sample["iframe"], sample["iframe_color"], sample["iframe_frame"] = self._iframe_near(
+                vid, first, last, hw, aspect, rng)
         return sample
 
     def draw_start(self, vid: str, frames_total: int, span: int, rng: np.random.Generator) -> int:
@@ -247,7 +264,7 @@ class ClipDataset(Dataset):
                    for name in sorted(names)}
         view: dict = {"frames": torch.from_numpy(frames)}
         if "rgb" in mods:
-            view["rgb"] = self._rgb(raw["rgb"], spatial, color)
+            view["rgb"], view["rgb_color"] = self._rgb(raw["rgb"], spatial, color)
         if "mv" in mods:
             t = len(frames)
             mv, valid = crop_resize_motion(raw["mv"][:t], spatial, self._grid, frame_hw=hw, cell=self.cell,
@@ -262,21 +279,24 @@ class ClipDataset(Dataset):
                 view[name] = _channels_first(crop_resize_frames(raw[name][..., None], spatial, self.size))
         return view, raw
 
-    def _rgb(self, frames: np.ndarray, spatial: SpatialParams, color: ColorParams | None) -> torch.Tensor:
-        x = to_clip_tensor(crop_resize_frames(frames, spatial, self.size))
-        return normalize(apply_color(x, color) if color is not None else x)
+    def _rgb(self, frames: np.ndarray, spatial: SpatialParams,
+             color: ColorParams | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, T, S, S) uint8 and its colour vector: `finish_batch` turns them into the normalised clip."""
+        return to_clip_uint8(crop_resize_frames(frames, spatial, self.size)), color_vector(color)
 
     def _iframes_of(self, vid: str) -> np.ndarray:
         if vid not in self._iframe_index:
             self._iframe_index[vid] = self.store.read(vid, "iframe_index")
         return self._iframe_index[vid]
 
-    def _iframe(self, vid: str, first: int, spatial: SpatialParams, color: ColorParams | None) -> torch.Tensor:
+    def _iframe(self, vid: str, first: int, spatial: SpatialParams,
+                color: ColorParams | None) -> tuple[torch.Tensor, torch.Tensor]:
         k = max(int(np.searchsorted(self._iframes_of(vid), first, side="right")) - 1, 0)
-        return self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)[:, 0]
+        rgb, vector = self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)
+        return rgb[:, 0], vector
 
     def _iframe_near(self, vid: str, first: int, last: int, hw: tuple[int, int], aspect: float,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         """A random I-frame within [first - w, last + w] (train; eval: the middle one), its own crop and colour;
         and its frame index."""
         iframe_index, w = self._iframes_of(vid), self.needs.iframe_window
@@ -289,7 +309,8 @@ class ClipDataset(Dataset):
             color = draw_color(rng)
         else:
             k, spatial, color = int(near[len(near) // 2]), center_params(aspect), None
-        return self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)[:, 0], int(iframe_index[k])
+        rgb, vector = self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)
+        return rgb[:, 0], vector, int(iframe_index[k])
 
     def _motion_window(self, mv: np.ndarray, valid: np.ndarray, inside: np.ndarray, spatial: SpatialParams,
                        hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

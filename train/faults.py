@@ -139,8 +139,8 @@ class TrackedDataset(Dataset):
         if "inf-sample" in faults:
             fault_injection.record("inf-sample", self.video(index))
             for view in sample["views"]:
-                if "rgb" in view:
-                    view["rgb"].fill_(float("inf"))
+                if "rgb_color" in view:  # uint8 cannot hold inf: a NaN brightness makes the finished clip NaN
+                    view["rgb_color"][0] = float("nan")
         self.working[slot] = -1
         return sample
 

@@ -23,7 +23,7 @@ from motionssl.stores import open_store
 from motionssl.train import checkpoint
 from motionssl.train.curves import plot_run
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
-from motionssl.train.datasets import seed_worker
+from motionssl.train.datasets import finish_batch, seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
 from motionssl.train.faults import NonFiniteGuard, TrackedDataset, batch_videos, next_batch, usable_store
 from motionssl.train.methods import METHODS
@@ -178,7 +178,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                 sampler.set_epoch(epoch, start=(step % steps_per_epoch) * cfg.batch_size)
                 batches = iter(loader)
             t0 = time.perf_counter()
-            batch = to_device(next_batch(batches, tracked, timeout=data_timeout, store_path=store.path), dist.device)
+            batch = finish_batch(to_device(next_batch(batches, tracked, timeout=data_timeout, store_path=store.path),
+                                           dist.device))
             t_data = time.perf_counter() - t0
             lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps,
                        min_lr=cfg.lr * cfg.min_lr_ratio)

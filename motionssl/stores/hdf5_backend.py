@@ -34,6 +34,9 @@ class HDF5VideoWriter(VideoWriter):
                    "codec": coder.to_dict()}
             self.h264[name] = (coder, chunk, doc)
             return
+        st = self.spec.storage
+        if chunk == st.chunk_frames and st.hdf5_chunk_frames:  # per-frame arrays: reads decode no unread frames
+            chunk = st.hdf5_chunk_frames
         self.file.create_dataset(
             name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
             chunks=(chunk, *frame_shape), compression=self.compression, shuffle=self.compression is not None,

@@ -239,7 +239,7 @@ class CGMOptions:
 
 
 def _split(store: Store, opts: CGMOptions):
-    from motionssl.eval.splits import load_split  # the label formats live with the evaluation protocols
+    from motionssl.train.labels import load_split
 
     return load_split([Path(p) for p in opts.labels], store.videos, split=opts.split)
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from motionssl.eval.splits import SplitError, detect, load_split
+from motionssl.train.labels import SplitError, detect, load_split
 
 UCF_IDS = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01",
            "HandstandPushups/v_HandStandPushups_g09_c01", "HandstandPushups/v_HandStandPushups_g01_c02",
