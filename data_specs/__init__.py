@@ -71,13 +71,16 @@ class Flow:
     boundary_bound: float = 5.0     # uint8 boundary saturates here (0.05 % of values beyond it, benchmarks/README.md)
 
 
+BLOSC_CODECS = ("blosclz", "lz4", "lz4hc", "zlib", "zstd")  # Blosc's compressors (zarr and the HDF5 filter)
+
+
 @dataclass(frozen=True)
 class Storage:
     chunk_frames: int = 8
     shard_frames: int = 64
     zarr_codec: str = "zstd"
     zarr_level: int = 1
-    hdf5_compression: str = "lzf"
+    hdf5_compression: str = "lzf"   # blosc: HDF5 filter 32001 (hdf5plugin) with zarr_codec, zarr_level
     rgb_codec: str = "blosc"        # blosc | h264: each rgb/iframes chunk one H.264 GOP (yuv444p, lossy)
     rgb_crf: int = 12               # h264: libx264 constant rate factor
     flow_codec: str = "blosc"       # blosc | h264: uint8 flow/boundary/edges chunks as lossless H.264
@@ -191,8 +194,12 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: storage.shard_frames must be a positive multiple of chunk_frames")
     if st.hdf5_chunk_frames < 0:
         raise SpecError(f"{source}: storage.hdf5_chunk_frames must be >= 0 (0: chunk_frames)")
-    if st.hdf5_compression not in ("lzf", "gzip", "none"):
-        raise SpecError(f"{source}: storage.hdf5_compression must be lzf, gzip or none")
+    if st.zarr_codec not in BLOSC_CODECS:
+        raise SpecError(f"{source}: storage.zarr_codec must be one of {list(BLOSC_CODECS)}, got {st.zarr_codec!r}")
+    if isinstance(st.zarr_level, bool) or not isinstance(st.zarr_level, int) or not 0 <= st.zarr_level <= 9:
+        raise SpecError(f"{source}: storage.zarr_level must be an integer in [0, 9], got {st.zarr_level!r}")
+    if st.hdf5_compression not in ("blosc", "lzf", "gzip", "none"):
+        raise SpecError(f"{source}: storage.hdf5_compression must be blosc, lzf, gzip or none")
     for key in ("rgb_codec", "flow_codec"):
         if getattr(st, key) not in ("blosc", "h264"):
             raise SpecError(f"{source}: storage.{key} must be blosc or h264, got {getattr(st, key)!r}")

@@ -33,14 +33,14 @@ def stored_arrays(draw):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=stored_arrays(), fmt=st.sampled_from(["zarr", "hdf5"]), compression=st.sampled_from(["a", "b"]),
+@given(case=stored_arrays(), fmt=st.sampled_from(["zarr", "hdf5"]), compression=st.sampled_from(["a", "b", "c"]),
        picks=st.lists(st.integers(0, 10**6), max_size=12), bounds=st.tuples(st.integers(0, 40), st.integers(0, 40)))
 def test_store_round_trip_is_bit_exact(case, fmt, compression, picks, bounds):
     """Whatever is written through a video writer reads back bit for bit, sliced and gathered, on both backends."""
     data, chunk, shard = case
     storage = {"chunk_frames": chunk, "shard_frames": shard,
-               **({"zarr_codec": {"a": "zstd", "b": "lz4"}[compression]} if fmt == "zarr"
-                  else {"hdf5_compression": {"a": "lzf", "b": "gzip"}[compression]})}
+               **({"zarr_codec": {"a": "zstd", "b": "lz4", "c": "blosclz"}[compression]} if fmt == "zarr"
+                  else {"hdf5_compression": {"a": "lzf", "b": "gzip", "c": "blosc"}[compression]})}
     spec = spec_from_dict({**TINY_SPEC, "modalities": ["rgb"], "storage": storage})
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "s"

@@ -69,6 +69,21 @@ def test_hdf5_chunk_frames_chunks_per_frame_arrays_only(tmp_path):
     assert one.spec.digest != four.spec.digest
 
 
+def test_hdf5_blosc_is_the_standard_filter(tmp_path):
+    """hdf5_compression: blosc writes HDF5 filter 32001 with the spec's Blosc compressor and level, which any
+    h5py with hdf5plugin imported reads; the values match an lzf store."""
+    blosc = build_store(tmp_path / "blosc", "hdf5", hdf5_compression="blosc", zarr_codec="lz4", zarr_level=5)
+    lzf = build_store(tmp_path / "lzf", "hdf5")
+    code = (f"import h5py, hdf5plugin; f = h5py.File({str(tmp_path / 'blosc' / 'videos' / 'a.h5')!r}, 'r'); "
+            "print(dict(f['rgb']._filters), int(f['rgb'][:].sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    filters, total = out.rsplit(" ", 1)
+    lz4 = 1  # Blosc's compressor code for lz4
+    assert filters.startswith("{'32001': (2, 2, 1, ") and filters.endswith(f"5, 1, {lz4})}}")
+    assert int(total) == sum(t * 8 * 12 * 3 for t in range(40))
+    np.testing.assert_array_equal(blosc.read("nested/b", "rgb"), lzf.read("nested/b", "rgb"))
+
+
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_quantized_arrays_read_back_in_pixels(tmp_path, fmt):
     """uint8 flow over [-20, 20] (the denseflow layout) reads back as float32 pixels, both backends."""
@@ -226,6 +241,11 @@ def test_specs():
         spec_from_dict({**TINY_SPEC, "mv": {"cel": 4}})
     with pytest.raises(SpecError, match="modalities"):
         spec_from_dict({**TINY_SPEC, "modalities": ["rgb", "sound"]})
+    for storage, message in [({"zarr_codec": "brotli"}, "zarr_codec must be one of"),
+                             ({"zarr_level": 12}, "zarr_level must be an integer"),
+                             ({"hdf5_compression": "szip"}, "hdf5_compression must be blosc, lzf")]:
+        with pytest.raises(SpecError, match=message):
+            spec_from_dict({**TINY_SPEC, "storage": storage})
     assert stored_size(320, 240, 128) == (170, 128)
     assert stored_size(240, 320, 128) == (128, 170)
     assert stored_size(1280, 720, 128) == (228, 128)

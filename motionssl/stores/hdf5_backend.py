@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # registers the Blosc filter (32001), to write and to read
 import numpy as np
 
 from motionssl.stores.h264 import ChunkCoder, h264_coder
@@ -18,12 +19,21 @@ from motionssl.stores.writer import VideoWriter
 H264_ATTR = "motionssl_h264"
 
 
+def hdf5_filter(storage) -> dict:
+    """create_dataset's keywords for storage.hdf5_compression; Blosc shuffles inside the filter."""
+    if storage.hdf5_compression == "blosc":
+        return dict(hdf5plugin.Blosc(cname=storage.zarr_codec, clevel=storage.zarr_level,
+                                     shuffle=hdf5plugin.Blosc.SHUFFLE))
+    if storage.hdf5_compression == "none":
+        return {}
+    return {"compression": storage.hdf5_compression, "shuffle": True}
+
+
 class HDF5VideoWriter(VideoWriter):
     def __init__(self, final: Path, spec):
         super().__init__(final, spec)
         self.file = h5py.File(self.tmp, "w", libver="latest")
-        comp = spec.storage.hdf5_compression
-        self.compression = None if comp == "none" else comp
+        self.filter = hdf5_filter(spec.storage)
         self.h264: dict[str, tuple[ChunkCoder, int, dict]] = {}
 
     def _create(self, name, frame_shape, dtype, chunk, shard):
@@ -39,7 +49,7 @@ class HDF5VideoWriter(VideoWriter):
             chunk = st.hdf5_chunk_frames
         self.file.create_dataset(
             name, shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=dtype,
-            chunks=(chunk, *frame_shape), compression=self.compression, shuffle=self.compression is not None,
+            chunks=(chunk, *frame_shape), **self.filter,
         )
 
     def _write(self, name, start, block):
