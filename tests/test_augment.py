@@ -135,6 +135,10 @@ def test_flip_mirrors_frames():
     p = SpatialParams(0.1, 0.2, 0.7, 0.5)
     flipped = crop_resize_frames(frames, SpatialParams(p.x0, p.y0, p.w, p.h, flip=True), 16)
     np.testing.assert_array_equal(flipped, crop_resize_frames(frames, p, 16)[:, :, ::-1])
+    maps = rng.random((3, 32, 48, 1), dtype=np.float32)  # boundary, edges: one channel, float
+    flipped = crop_resize_frames(maps, SpatialParams(p.x0, p.y0, p.w, p.h, flip=True), 16)
+    assert flipped.shape == (3, 16, 16, 1)
+    np.testing.assert_array_equal(flipped, crop_resize_frames(maps, p, 16)[:, :, ::-1])
 
 
 def test_motion_values_are_rescaled_to_output_pixels():

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from numcodecs import Blosc
+from numcodecs import blosc
 
 from motionssl.stores.h264 import CODEC_NAME, ChunkCoder
 
@@ -29,7 +29,6 @@ class ShardedFrames:
         self.per_shard = shard_t // chunk_t
         self.chunk_shape = (chunk_t, *shape[1:])
         self._index: dict[int, np.ndarray] = {}
-        self._blosc = Blosc()
         self._h264 = h264
 
     @classmethod
@@ -72,7 +71,7 @@ class ShardedFrames:
         data = os.pread(fd, int(nbytes), int(offset))
         if self._h264 is not None:  # P-frames depend on earlier ones only: stop at the last frame asked for
             return self._h264.decode(data, self.chunk_shape, frames)
-        return np.frombuffer(self._blosc.decode(data), self.dtype).reshape(self.chunk_shape)
+        return np.frombuffer(blosc.decompress(data), self.dtype).reshape(self.chunk_shape)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed); each shard file is opened and each chunk decoded
@@ -83,15 +82,20 @@ class ShardedFrames:
             raise IndexError(f"frame index out of range for {n} frames: {indices.min()}..{indices.max()}")
         indices = indices % max(n, 1)
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
-        chunks = indices // self.chunk_t
-        for shard in np.unique(chunks // self.per_shard):
-            fd = os.open(self._shard_file(int(shard)), os.O_RDONLY)
-            try:
-                for chunk in np.unique(chunks[chunks // self.per_shard == shard]):
-                    rows = np.flatnonzero(chunks == chunk)
-                    offsets = indices[rows] - chunk * self.chunk_t
-                    frames = self._chunk(fd, int(shard), int(chunk - shard * self.per_shard), int(offsets.max()) + 1)
-                    out[rows] = frames[offsets]
-            finally:
+        chunks, within = np.divmod(indices, self.chunk_t)
+        needed, inverse = np.unique(chunks, return_inverse=True)
+        fd, fd_shard = -1, -1
+        try:
+            for j, chunk in enumerate(needed.tolist()):
+                shard, k = divmod(chunk, self.per_shard)
+                if shard != fd_shard:
+                    if fd >= 0:
+                        os.close(fd)
+                    fd, fd_shard = os.open(self._shard_file(shard), os.O_RDONLY), shard
+                rows = np.flatnonzero(inverse == j)
+                frames = self._chunk(fd, shard, k, int(within[rows].max()) + 1)
+                out[rows] = frames[within[rows]]
+        finally:
+            if fd >= 0:
                 os.close(fd)
         return out
