@@ -211,7 +211,8 @@ def test_pretrain_lowers_the_loss_of_both_stages(moco_store, tmp_path):
     assert mean("loss", log[14:20]) < min(mean("loss", log[2:8]) - 0.5, 2 * math.log(15) - 1.0)
     assert mean("loss", log[34:40]) < mean("loss", log[20:26]) - 0.4  # seeds 0-2: 0.57-1.08 lower
     assert mean("cross_top1", log[34:40]) > mean("cross_top1", log[20:26])
-    assert all(1 <= row["positives"] <= 5 for row in log[20:])  # own pair excluded; k = 5
+    # mean |top-k(RGB) & top-k(MV)| over the batch, own pair excluded: in [0, k], and some queries have one
+    assert all(0 <= row["positives"] <= 5 for row in log[20:]) and mean("positives", log[20:]) > 0.5
     assert cv2.imread(str(run / "curves.png")).shape[1] == 4 * 480  # loss, lr, clips/s, cross_top1
 
 
