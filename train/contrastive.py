@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from motionssl.train.distributed import shuffle_batch, unshuffle_batch
+
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """MoCo v2's 2-layer MLP: Linear, ReLU, Linear (no normalisation; the method normalises its output)."""
@@ -149,3 +151,11 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
         p_target.mul_(m).add_(p_online.detach(), alpha=1.0 - m)
     for b_online, b_target in zip(online.buffers(), target.buffers(), strict=True):
         b_target.copy_(b_online)
+
+
+@torch.no_grad()
+def momentum_keys(backbone: nn.Module, head: nn.Module, clips: Tensor, *, seed: int) -> Tensor:
+    """L2-normalised keys of a momentum encoder, computed in MoCo's shuffled-BN order across ranks (the order drawn
+    from `seed`)."""
+    shuffled, order = shuffle_batch(clips, seed=seed)
+    return unshuffle_batch(F.normalize(head(backbone(shuffled)), dim=1), order)

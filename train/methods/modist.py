@@ -31,11 +31,11 @@ from torch import Tensor
 from motionssl.stores import Store
 from motionssl.train.augment import SpatialParams, center_params, crop_resize_frames
 from motionssl.train.config import ConfigError, PretrainConfig
-from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_update, projection_head
+from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_keys, momentum_update, projection_head
 from motionssl.train.datasets import ClipDataset, Needs, check_store
 from motionssl.train.distributed import gather
 from motionssl.train.methods.base import build_backbone, parse_options
-from motionssl.train.methods.rgb_moco import MoCoOptions, RGBMoCo, momentum_keys
+from motionssl.train.methods.rgb_moco import MoCoOptions, RGBMoCo
 from motionssl.train.motion_sampling import FrameMeans, eligible_starts
 from motionssl.train.sampling import clip_at
 

@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from motionssl.stores import Store
 from motionssl.train.config import ConfigError, PretrainConfig
-from motionssl.train.contrastive import (MoCoQueue, info_nce, momentum_update, projection_head, similarities)
+from motionssl.train.contrastive import (MoCoQueue, info_nce, momentum_keys, momentum_update, projection_head,
+                                         similarities)
 from motionssl.train.datasets import ClipDataset, Needs
-from motionssl.train.distributed import gather, shuffle_batch, unshuffle_batch
+from motionssl.train.distributed import gather
 from motionssl.train.methods.base import Method, build_backbone, parse_options
 from motionssl.train.motion_prediction import scale_motion
 
@@ -112,8 +113,7 @@ class Stream(nn.Module):
 
     @torch.no_grad()
     def key(self, x: Tensor, *, seed: int) -> Tensor:
-        shuffled, order = shuffle_batch(x, seed=seed)  # MoCo's shuffling BN under DDP
-        return unshuffle_batch(F.normalize(self.head_k(self.backbone_k(shuffled)), dim=1), order)
+        return momentum_keys(self.backbone_k, self.head_k, x, seed=seed)
 
     @torch.no_grad()
     def update(self, m: float) -> None:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_at, momentum_update, projection_head
-from motionssl.train.distributed import gather, shuffle_batch, unshuffle_batch
+from motionssl.train.contrastive import (MoCoQueue, info_nce, momentum_at, momentum_keys, momentum_update,
+                                         projection_head)
+from motionssl.train.distributed import gather
 from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import Needs
 from motionssl.train.methods.base import Method, build_backbone
@@ -31,14 +32,6 @@ class MoCoOptions:
     tau: float = 0.07
     momentum: float = 0.999     # key encoder EMA coefficient at step 0
     momentum_cosine: bool = False  # raise m to 1 along a cosine over training (BYOL), instead of constant
-
-
-@torch.no_grad()
-def momentum_keys(backbone: nn.Module, head: nn.Module, clips: torch.Tensor, *, seed: int) -> torch.Tensor:
-    """L2-normalised keys of a momentum encoder, computed in MoCo's shuffled-BN order across ranks (the order drawn
-    from `seed`)."""
-    shuffled, order = shuffle_batch(clips, seed=seed)
-    return unshuffle_batch(F.normalize(head(backbone(shuffled)), dim=1), order)
 
 
 class RGBMoCo(Method):
