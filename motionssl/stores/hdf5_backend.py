@@ -17,6 +17,7 @@ from motionssl.stores.h264 import ChunkCoder, h264_coder
 from motionssl.stores.writer import VideoWriter
 
 H264_ATTR = "motionssl_h264"
+SLICE_COST_BYTES = 64 * 1024  # one h5py slice read costs about as much as decoding this much more
 
 
 def hdf5_filter(storage) -> dict:
@@ -131,9 +132,12 @@ class HDF5VideoReader:
         idx = idx % n
         uniq, inverse = np.unique(idx, return_inverse=True)
         # h5py's point and strided selections decode a chunk once per frame (40x slower at stride 4): read
-        # runs of consecutive chunks as whole slices instead, and pick the frames from them.
+        # runs of chunks as whole slices instead, and pick the frames from them. A slice costs about as much
+        # as decoding 64 KiB, so gaps smaller than that (small per-frame arrays: mv, mv_valid) join the run.
         chunk = ds.chunks[0] if ds.chunks else n
-        runs = np.split(uniq, np.flatnonzero(np.diff(uniq // chunk) > 1) + 1)
+        gap_frames = max(1, SLICE_COST_BYTES // max(ds.dtype.itemsize * int(np.prod(ds.shape[1:])), 1))
+        gaps = (np.diff(uniq // chunk) - 1) * chunk
+        runs = np.split(uniq, np.flatnonzero(gaps >= gap_frames) + 1)
         blocks = []
         for run in runs:
             block = ds[run[0]:run[-1] + 1]
