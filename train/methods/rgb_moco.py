@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from motionssl.train.contrastive import (MoCoQueue, info_nce, momentum_at, momentum_keys, momentum_update,
                                          projection_head)
