@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from motionssl.stores import open_store
+
 MOTIONSSL = str(Path(sys.executable).with_name("motionssl"))
 TINY = ["--backbone", "r3d10", "--backbone-width", "8", "--clip-len", "8", "--stride", "2", "--size", "48",
         "--batch-size", "8", "--workers", "2", "--log-every", "10", "--no-progress"]
@@ -68,8 +70,7 @@ def main() -> None:
     if "cgm" in methods:
         ckpt = a.out / "cgm" / "checkpoint.pt"
         motionssl("evaluate", "motion", a.store, "--checkpoint", ckpt, "-o", a.out / "cgm-motion")
-        video = json.loads((a.store / "index.json").read_text())["videos"]
-        first = sorted(video)[0]
+        first = open_store(a.store).videos[0]
         motionssl("show", a.store, first, "-o", a.out / "cgm-motion" / "panel.png", "--checkpoint", ckpt)
     motionssl("plot", *(a.out / m for m in methods), "-o", a.out / "curves.png")
     keys = ["top1", "R@1", "R@5", "R@10"]
