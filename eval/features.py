@@ -19,6 +19,7 @@ from motionssl.stores import Store
 from motionssl.train import checkpoint
 from motionssl.train.backbones import BACKBONES
 from motionssl.train.checkpoint import CheckpointError
+from motionssl.train.collate import collate
 from motionssl.train.datasets import ClipDataset, Needs, finish_batch, seed_worker
 from motionssl.train.loop import to_device
 
@@ -99,7 +100,7 @@ def clip_outputs(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8,
     """(videos, views, D) float32: `model` (in eval mode) on every clip of every video, in dataset order."""
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        worker_init_fn=seed_worker)
+                        worker_init_fn=seed_worker, collate_fn=collate)
     out = []
     for batch in loader:
         batch = finish_batch(to_device(batch, torch.device(device)))

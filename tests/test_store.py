@@ -38,15 +38,18 @@ def build_store(path, fmt, n_frames=40, ids=("a", "nested/b"), **storage):
     return open_store(path)
 
 
+@pytest.mark.parametrize("chunk_frames", [4, 1])  # 1: zarr's one-frame chunks decode straight into the output
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
-def test_reader_slices_and_gathers(tmp_path, fmt):
-    s = build_store(tmp_path / "s", fmt)
+def test_reader_slices_and_gathers(tmp_path, fmt, chunk_frames):
+    s = build_store(tmp_path / "s", fmt, chunk_frames=chunk_frames)
     assert s.videos == ["a", "nested/b"] and len(s) == 2 and "nested/b" in s
     clip = s.read("nested/b", "rgb", 10, 26)
     assert clip.shape == (16, 8, 12, 3)
     np.testing.assert_array_equal(clip[:, 0, 0, 0], np.arange(10, 26))
     got = s.read_at("a", "rgb", [33, 2, 2, 39])  # unsorted, repeated, across shards
     np.testing.assert_array_equal(got[:, 0, 0, 0], [33, 2, 2, 39])
+    got = s.read_at("a", "rgb", [33, 2, 17, 39, 0])  # unsorted, distinct, across shards
+    np.testing.assert_array_equal(got, np.broadcast_to(np.uint8([33, 2, 17, 39, 0])[:, None, None, None], got.shape))
     np.testing.assert_allclose(s.read("a", "pts")[-1], 39 / 25)
     with pytest.raises(KeyError, match="not in store"):
         s.read("zzz", "rgb")
@@ -106,6 +109,26 @@ def test_quantized_arrays_read_back_in_pixels(tmp_path, fmt):
     assert np.abs(got - truth)[inside].max() <= 20 / 255 + 1e-5  # half a step
     np.testing.assert_allclose(got[~inside], np.sign(truth[~inside]) * 20, atol=1e-5)  # saturates
     np.testing.assert_array_equal(s.read_at("v", "flow", [3, 1]), got[[3, 1]])
+
+
+def test_one_frame_chunk_with_a_wrong_size_is_damage(tmp_path):
+    """A one-frame Blosc chunk that decodes to fewer bytes than a frame would leave part of the output unset
+    where it is decoded in place: the read fails and points at verify instead."""
+    from numcodecs import blosc
+
+    s = build_store(tmp_path / "s", "zarr", chunk_frames=1)
+    shard = tmp_path / "s" / "videos" / "a" / "rgb" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(raw[-(16 * 16 + 4):-4]), "<u8").reshape(-1, 2).copy()
+    short = blosc.compress(bytes(8 * 12 * 3 - 1), b"lz4", 5, blosc.SHUFFLE)  # a valid chunk, one byte short
+    assert len(short) <= index[5, 1]
+    raw[int(index[5, 0]):int(index[5, 0]) + len(short)] = short
+    index[5, 1] = len(short)
+    raw[-(16 * 16 + 4):-4] = index.astype("<u8").tobytes()  # the reader does not check the index's crc32c
+    shard.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(s.read_at("a", "rgb", [4, 6])[:, 0, 0, 0], [4, 6])
+    with pytest.raises(StoreError, match="verify"):
+        s.read_at("a", "rgb", [4, 5, 6])
 
 
 def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):

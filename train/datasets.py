@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from motionssl.stores import Store
 from motionssl.train.augment import (
-    ColorParams, SpatialParams, center_params, color_vector, crop_resize_frames, crop_resize_motion, draw_color,
-    draw_spatial, eval_crops, finish_rgb, to_clip_uint8,
+    ColorParams, SpatialParams, center_params, color_vector, crop_resize_clip, crop_resize_motion, draw_color,
+    draw_spatial, eval_crops, finish_rgb,
 )
 from motionssl.train.sampling import clip_at, clip_span, evenly_spaced_starts, random_start
 
@@ -276,13 +276,13 @@ class ClipDataset(Dataset):
             view["flow"] = _channels_first(flow)
         for name in ("boundary", "edges"):
             if name in mods:
-                view[name] = _channels_first(crop_resize_frames(raw[name][..., None], spatial, self.size))
+                view[name] = torch.from_numpy(crop_resize_clip(raw[name][..., None], spatial, self.size))
         return view, raw
 
     def _rgb(self, frames: np.ndarray, spatial: SpatialParams,
              color: ColorParams | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, T, S, S) uint8 and its colour vector: `finish_batch` turns them into the normalised clip."""
-        return to_clip_uint8(crop_resize_frames(frames, spatial, self.size)), color_vector(color)
+        return torch.from_numpy(crop_resize_clip(frames, spatial, self.size)), color_vector(color)
 
     def _iframes_of(self, vid: str) -> np.ndarray:
         if vid not in self._iframe_index:

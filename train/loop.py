@@ -22,6 +22,7 @@ from tqdm import tqdm
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
 from motionssl.train.curves import plot_run
+from motionssl.train.collate import collate
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import finish_batch, seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
@@ -144,7 +145,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     loader = DataLoader(tracked, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
                         pin_memory=dist.device.type == "cuda", timeout=data_timeout,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate)
     guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size, skipped=skipped_before,
                            hint=f"lower --lr or set grad_clip (the last checkpoint is {run_dir / checkpoint.LAST})")
 

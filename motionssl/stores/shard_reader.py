@@ -19,6 +19,7 @@ from numcodecs import blosc
 from motionssl.stores.h264 import CODEC_NAME, ChunkCoder
 
 MISSING = np.iinfo(np.uint64).max  # index entry of a chunk never written
+BLOSC_HEADER = 16  # bytes: version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 
 
 class ShardedFrames:
@@ -58,8 +59,9 @@ class ShardedFrames:
     def _shard_file(self, shard: int) -> Path:
         return self.path / "c" / "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
 
-    def _chunk(self, fd: int, shard: int, k: int, frames: int) -> np.ndarray:
-        """Chunk k of the shard open as `fd`, decoded: at least its first `frames` frames."""
+    def _chunk(self, fd: int, shard: int, k: int, frames: int, dest: np.ndarray | None = None) -> np.ndarray:
+        """Chunk k of the shard open as `fd`, decoded: at least its first `frames` frames; into `dest` (a
+        C-contiguous chunk-shaped array) when given, for Blosc chunks."""
         index = self._index.get(shard)
         if index is None:
             size = 16 * self.per_shard + 4
@@ -71,6 +73,13 @@ class ShardedFrames:
         data = os.pread(fd, int(nbytes), int(offset))
         if self._h264 is not None:  # P-frames depend on earlier ones only: stop at the last frame asked for
             return self._h264.decode(data, self.chunk_shape, frames)
+        if dest is not None:
+            # Blosc's header holds the decoded size at bytes 4-8; one claiming fewer would leave part of dest unset.
+            if len(data) < BLOSC_HEADER or int.from_bytes(data[4:8], "little") != dest.nbytes:
+                raise OSError(f"{self.path}: chunk {shard * self.per_shard + k} does not decode to one frame; "
+                              "run `motionssl verify`")
+            blosc.decompress(data, dest)
+            return dest
         return np.frombuffer(blosc.decompress(data), self.dtype).reshape(self.chunk_shape)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -84,6 +93,9 @@ class ShardedFrames:
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         chunks, within = np.divmod(indices, self.chunk_t)
         needed, inverse = np.unique(chunks, return_inverse=True)
+        # One-frame Blosc chunks at distinct frames (a clip's read): each decodes straight into its row of `out`.
+        direct = self.chunk_t == 1 and self._h264 is None and len(needed) == len(indices)
+        rows_of = np.argsort(indices, kind="stable") if direct else None  # row of needed[j]: rows_of[j]
         fd, fd_shard = -1, -1
         try:
             for j, chunk in enumerate(needed.tolist()):
@@ -92,6 +104,10 @@ class ShardedFrames:
                     if fd >= 0:
                         os.close(fd)
                     fd, fd_shard = os.open(self._shard_file(shard), os.O_RDONLY), shard
+                if direct:
+                    row = int(rows_of[j])
+                    self._chunk(fd, shard, k, 1, dest=out[row:row + 1])
+                    continue
                 rows = np.flatnonzero(inverse == j)
                 frames = self._chunk(fd, shard, k, int(within[rows].max()) + 1)
                 out[rows] = frames[within[rows]]

@@ -1,0 +1,109 @@
+"""The shared-block collate: default_collate's batches, one shared-memory block a batch from a worker."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from motionssl.stores import open_store
+from motionssl.train.collate import collate
+from motionssl.train.datasets import ClipDataset, Needs, seed_worker
+
+
+def sample(i: int) -> dict:
+    """Every kind of leaf a sample can hold, nested as ClipDataset nests them."""
+    g = torch.Generator().manual_seed(i)
+    return {
+        "index": i, "score": 0.25 * i, "flag": i % 2 == 0, "name": f"video{i}",
+        "views": [{"rgb": torch.randint(0, 255, (3, 4, 6, 6), dtype=torch.uint8, generator=g),
+                   "rgb_color": torch.rand(10, dtype=torch.float64, generator=g),
+                   "mv": torch.randn(2, 4, 3, 3, generator=g),
+                   "mv_valid": torch.rand(1, 4, 3, 3, generator=g) > 0.5,
+                   "frames": torch.arange(4) + i}] * 2,
+        "stats": np.full((3,), i, np.float32), "count": np.int64(i),
+        "pair": (torch.full((2,), i, dtype=torch.int16), i),
+    }
+
+
+def assert_same_batch(got, ref) -> None:
+    """Same structure, container types, dtypes, shapes and values."""
+    assert type(got) is type(ref)
+    if isinstance(ref, dict):
+        assert list(got) == list(ref)
+        for key in ref:
+            assert_same_batch(got[key], ref[key])
+    elif isinstance(ref, list):
+        assert len(got) == len(ref)
+        for a, b in zip(got, ref):
+            assert_same_batch(a, b)
+    elif isinstance(ref, torch.Tensor):
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    else:
+        assert got == ref
+
+
+def tensors(batch) -> list[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, list) else []
+    return [t for v in values for t in tensors(v)]
+
+
+class Samples(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return sample(i)
+
+
+def test_collate_is_default_collate_in_the_main_process():
+    samples = [sample(i) for i in range(3)]
+    assert_same_batch(collate(samples), default_collate(samples))
+
+
+def test_a_worker_batch_crosses_as_one_shared_block():
+    """From workers: the same batches as default_collate's, every tensor a view of one block (default_collate's
+    tensors each have their own storage, one file descriptor each)."""
+    ref = list(DataLoader(Samples(), batch_size=3, num_workers=2, collate_fn=default_collate))
+    got = list(DataLoader(Samples(), batch_size=3, num_workers=2, collate_fn=collate))
+    assert len(got) == len(ref) == 3
+    for a, b in zip(got, ref):
+        assert_same_batch(a, b)
+        assert len({t.untyped_storage().data_ptr() for t in tensors(a)}) == 1
+        assert len({t.untyped_storage().data_ptr() for t in tensors(b)}) == len(tensors(b)) == 17
+
+
+def test_slots_do_not_overlap():
+    """Writing one tensor of a batch leaves every other one unchanged."""
+    batch = collate([sample(i) for i in range(2)])
+    before = [t.clone() for t in tensors(batch)]
+    for k, t in enumerate(tensors(batch)):
+        t.fill_(1)
+        for j, (u, old) in enumerate(zip(tensors(batch), before)):
+            if j > k:
+                torch.testing.assert_close(u, old, rtol=0, atol=0)
+
+
+def test_samples_default_collate_cannot_stack_fail_as_they_do_there():
+    samples = [{"x": torch.zeros(2)}, {"x": torch.zeros(3)}]
+    with pytest.raises(RuntimeError, match="equal size"):
+        default_collate(samples)
+    with pytest.raises(RuntimeError, match="equal size"):
+        collate(samples)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_clip_batches_from_workers_equal_the_main_process(tiny_stores, fmt):
+    """ClipDataset batches (every modality, two views, future motion, I-frame, motion stats) through 2 workers and
+    the shared-block collate equal the main process's default_collate batches."""
+    needs = Needs(modalities=("rgb", "mv", "flow", "boundary", "edges"), clip_len=4, stride=2, views=2, future_mv=2,
+                  iframe=True, motion_stats=True)
+    ds = ClipDataset(open_store(tiny_stores[fmt]), needs, size=16)
+    keys = [(i % len(ds), i // len(ds)) for i in range(6)]
+    ref = list(DataLoader(ds, batch_size=2, sampler=keys, num_workers=0, collate_fn=default_collate))
+    got = list(DataLoader(ds, batch_size=2, sampler=keys, num_workers=2, worker_init_fn=seed_worker,
+                          collate_fn=collate))
+    assert len(got) == len(ref) == 3
+    for a, b in zip(got, ref):
+        assert_same_batch(a, b)
