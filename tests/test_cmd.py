@@ -265,7 +265,7 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
     r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
                  "--option", "dim=16", "--option", "head_hidden=32", "--option", "tau=0.2", "--option",
                  "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "80", "--batch-size", "8",
-                 "--workers", "0", "--lr", "0.003", "--log-every", "1", "--config", config)
+                 "--workers", "0", "--lr", "0.001", "--log-every", "1", "--config", config)
     assert r.returncode == 0, r.stderr
     log = read_log(run)
     assert len(log) == 80
@@ -273,8 +273,9 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
     def mean(key, rows):
         return float(np.mean([row[key] for row in rows]))
 
-    # 8 videos: chance is log 8 for context matching; 8 videos x 4 positions x (1 + 3 clips) keys for motion
-    # (seeds 0-3 end at 1.32-1.45 and 3.13-3.34)
+    # 8 videos: chance is log 8 for context matching; 8 videos x 4 positions x (1 + 3 clips) keys for motion.
+    # lr 0.001: seeds 0-3 end at 1.36-1.72 and 3.39-3.45 on an AMD EPYC; at 0.003 (tuned on an Intel Xeon) two of
+    # them stall on a motion plateau near chance there (4.37, 4.91).
     assert mean("context_loss", log[-10:]) < min(mean("context_loss", log[:10]) - 0.6, math.log(8) - 0.3)
     assert mean("motion_loss", log[-10:]) < min(mean("motion_loss", log[:10]) - 1.2, math.log(8 * 4 * 4) - 0.8)
     assert mean("context_top1", log[-10:]) > mean("context_top1", log[:10])
