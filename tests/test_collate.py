@@ -1,11 +1,13 @@
 """The shared-block collate: default_collate's batches, one shared-memory block a batch from a worker."""
+import os
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from motionssl.stores import open_store
-from motionssl.train.collate import collate
+from motionssl.train.collate import POOL_BLOCKS, collate
 from motionssl.train.datasets import ClipDataset, Needs, seed_worker
 
 
@@ -72,6 +74,30 @@ def test_a_worker_batch_crosses_as_one_shared_block():
         assert_same_batch(a, b)
         assert len({t.untyped_storage().data_ptr() for t in tensors(a)}) == 1
         assert len({t.untyped_storage().data_ptr() for t in tensors(b)}) == len(tensors(b)) == 17
+
+
+def block_inode(t: torch.Tensor) -> int:
+    """The shared-memory file under a tensor the main process got from a worker."""
+    fd, _ = t.untyped_storage()._share_fd_cpu_()  # already shared: its own descriptor, no copy
+    return os.fstat(fd).st_ino
+
+
+def test_blocks_are_reused_only_once_nothing_holds_them():
+    """A worker writes later batches into blocks the main process let go of (few files for many batches), and never
+    into one still held, even through a view of another dtype only (such views keep no reference to the batch)."""
+    loader = DataLoader(Samples(), batch_size=2, sampler=list(range(8)) * 10, num_workers=1, collate_fn=collate)
+    ref = [default_collate([sample(i) for i in range(j, j + 2)]) for j in (0, 2, 4, 6)]
+    held, inodes = [], set()
+    for n, batch in enumerate(loader):
+        inodes.add(block_inode(batch["index"]))
+        if n % 10 == 0:  # keep only reinterpreting views, which torch does not link to their source (no _base)
+            held.append((n, batch["views"][0]["mv"].view(torch.int32), batch["views"][1]["rgb"].view(torch.int8)))
+        del batch
+    assert len(inodes) <= POOL_BLOCKS + 2, len(inodes)  # 40 batches: each block used 4 times or more
+    for n, mv, rgb in held:
+        expected = ref[n % 4]["views"]
+        torch.testing.assert_close(mv, expected[0]["mv"].view(torch.int32), rtol=0, atol=0)
+        torch.testing.assert_close(rgb, expected[1]["rgb"].view(torch.int8), rtol=0, atol=0)
 
 
 def test_slots_do_not_overlap():

@@ -1,25 +1,34 @@
-"""Batches that leave a DataLoader worker as one shared-memory block.
+"""Batches that leave a DataLoader worker as one shared-memory block, reused once the main process lets go of it.
 
 torch sends each tensor of a worker's batch to the main process on its own: one shared-memory file created per
 tensor, and one file descriptor passed per tensor, each over a new authenticated socket connection (Python's
 resource_sharer). A training batch of rgb + mv carries eight tensors (index, video, label, frames, rgb, its colour
-vector, mv, mv_valid); at batch 8 on 2 cores that cost the main process 0.5 ms a clip, a tenth of what a worker
-spends making the clip (benchmarks/README.md, "Trainer: loader throughput").
+vector, mv, mv_valid); at batch 8 on 2 cores that cost the main process 0.5 ms a clip. And every batch is written
+into freshly created shared memory, whose pages fault in one by one: most of a worker's 1 ms a clip beyond making
+the clip (benchmarks/README.md, "Trainer: loader throughput").
 
-`collate` stacks a batch exactly as `default_collate` does (same structure, dtypes and values), but in a worker it
+`collate` stacks a batch exactly as `default_collate` does (same structure, dtypes and values). In a worker it
 stacks every tensor into one shared block, and the batch crosses the process boundary as that block and a small
-layout: one file, one descriptor. The main process gets a plain batch whose tensors are views of the block.
+layout: one file, one descriptor. The main process gets a plain batch whose tensors are views of the block. Each
+worker keeps up to `POOL_BLOCKS` blocks and a shared byte per block, set while the main process holds the block's
+batch. The main process watches the block's memory itself (a weak reference to its storage, which every tensor
+sharing that memory keeps alive, views of another dtype too) and clears the byte once no tensor is left on it, at
+the next batch it receives; the worker then writes a later batch into that block instead of into new memory.
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import default_collate, get_worker_info
 
 ALIGN = 64  # bytes: every slot starts on a cache line, so any dtype can view it
+POOL_BLOCKS = 8  # per worker: prefetched batches (2 a worker by default), the one in use, pinning, and slack
 
 
 @dataclass(frozen=True)
@@ -85,19 +94,64 @@ def _views(layout: Any, block: torch.Tensor) -> Any:
     return [_views(v, block) for v in layout]
 
 
-def unpack(block: torch.Tensor, layout: Any) -> Any:
-    """The batch `layout` describes, its tensors views of `block` (what the main process unpickles)."""
+@dataclass
+class _Pool:
+    """A worker's reusable blocks, and their shared bytes: 1 while the main process holds the block's batch."""
+
+    pid: int
+    busy: torch.Tensor  # (POOL_BLOCKS,) uint8 in shared memory
+    blocks: list[torch.UntypedStorage]
+
+
+_pool = _Pool(-1, torch.zeros(0, dtype=torch.uint8), [])  # this worker process's; a forked one makes its own
+_held: list[tuple[StorageWeakRef, torch.Tensor, int]] = []  # main process: (block memory, its busy bytes, index)
+_held_lock = threading.Lock()  # unpickling runs in the pin-memory thread when there is one
+
+
+def _block_for(nbytes: int) -> tuple[torch.UntypedStorage, int]:
+    """A shared block of at least `nbytes` for this worker's next batch and its pool index: a pooled block the main
+    process has let go of, else a new one (pooled while the pool has room; index -1 otherwise)."""
+    global _pool
+    if _pool.pid != os.getpid():
+        _pool = _Pool(os.getpid(), torch.zeros(POOL_BLOCKS, dtype=torch.uint8).share_memory_(), [])
+    busy = _pool.busy.numpy()
+    for index, storage in enumerate(_pool.blocks):
+        if busy[index] == 0 and storage.nbytes() >= nbytes:
+            break
+    else:
+        storage, index = torch.UntypedStorage._new_shared(nbytes), len(_pool.blocks)
+        if index == POOL_BLOCKS:
+            return storage, -1
+        _pool.blocks.append(storage)
+    busy[index] = 1
+    return storage, index
+
+
+def unpack(block: torch.Tensor, layout: Any, busy: torch.Tensor, index: int) -> Any:
+    """The batch `layout` describes, its tensors views of `block` (what the main process unpickles). Blocks of
+    earlier batches that no tensor uses any more are handed back to their workers first."""
+    with _held_lock:
+        kept = []
+        for memory, flags, i in _held:
+            if memory.expired():
+                flags[i] = 0
+            else:
+                kept.append((memory, flags, i))
+        if index >= 0:
+            kept.append((StorageWeakRef(block.untyped_storage()), busy, index))
+        _held[:] = kept
     return _views(layout, block)
 
 
 class SharedBatch:
-    """A batch stacked in one shared-memory block; pickles as (block, layout) and unpickles as the plain batch."""
+    """A batch stacked in one shared-memory block; pickles as (block, layout, the worker's busy bytes, the block's
+    index) and unpickles as the plain batch."""
 
-    def __init__(self, block: torch.Tensor, layout: Any):
-        self.block, self.layout = block, layout
+    def __init__(self, block: torch.Tensor, layout: Any, index: int):
+        self.block, self.layout, self.index = block, layout, index
 
     def __reduce__(self):
-        return unpack, (self.block, self.layout)
+        return unpack, (self.block, self.layout, _pool.busy, self.index)
 
 
 def collate(samples: Sequence[Any]) -> Any:
@@ -109,10 +163,10 @@ def collate(samples: Sequence[Any]) -> Any:
         layout = _plan(samples, slots, offset)
     except _Unsupported:
         return default_collate(samples)
+    nbytes = max(offset[0], 1)
     in_worker = get_worker_info() is not None
-    storage = torch.UntypedStorage._new_shared(max(offset[0], 1)) if in_worker else torch.UntypedStorage(
-        max(offset[0], 1))
-    block = torch.empty(0, dtype=torch.uint8).set_(storage)
+    storage, index = _block_for(nbytes) if in_worker else (torch.UntypedStorage(nbytes), -1)
+    block = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
     for slot, tensors in slots:
         torch.stack(tensors, out=block[slot.offset:slot.offset + slot.nbytes].view(slot.dtype).view(slot.shape))
-    return SharedBatch(block, layout) if in_worker else unpack(block, layout)
+    return SharedBatch(block, layout, index) if in_worker else _views(layout, block)
