@@ -333,8 +333,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loader-clips", type=int, default=400, help="clips timed per loader configuration")
     ap.add_argument("--loader-repeats", type=int, default=3, help="rounds of every loader configuration")
-    ap.add_argument("--loader-stores", default=",".join(LOADER_STORES),
-                    help=f"comma-separated store layouts (default all: {', '.join(LOADER_STORES)})")
+    ap.add_argument("--loader-stores", default="; ".join(LOADER_STORES),
+                    help=f"store layouts separated by ';' (default all: {'; '.join(LOADER_STORES)})")
     ap.add_argument("--skip-loader", action="store_true", help="backbones only")
     ap.add_argument("--skip-backbones", action="store_true", help="loader only")
     args = ap.parse_args()
@@ -348,7 +348,7 @@ def main() -> None:
                                            size=args.size, warmup=args.warmup, reps=args.reps, threads=args.threads)
         print_backbones(res["backbones"])
     if not args.skip_loader:
-        names = tuple(args.loader_stores.split(","))
+        names = tuple(name.strip() for name in args.loader_stores.split(";"))
         unknown = sorted(set(names) - set(LOADER_STORES))
         if unknown:
             ap.error(f"unknown --loader-stores {unknown}; known: {list(LOADER_STORES)}")

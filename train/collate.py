@@ -41,7 +41,7 @@ class Slot:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * torch.empty((), dtype=self.dtype).element_size()
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 class _Unsupported(Exception):
@@ -51,8 +51,8 @@ class _Unsupported(Exception):
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, bool) or isinstance(value, int):
-        return torch.tensor(value)  # int64 or bool, as default_collate
+    if isinstance(value, int):
+        return torch.tensor(value)  # int64, or bool for a bool, as default_collate
     if isinstance(value, float):
         return torch.tensor(value, dtype=torch.float64)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
