@@ -14,6 +14,8 @@ worker keeps up to `POOL_BLOCKS` blocks and a shared byte per block, set while t
 batch. The main process watches the block's memory itself (a weak reference to its storage, which every tensor
 sharing that memory keeps alive, views of another dtype too) and clears the byte once no tensor is left on it, at
 the next batch it receives; the worker then writes a later batch into that block instead of into new memory.
+A batch the main process hands on to a third process counts as let go once the main process holds none of it:
+copy it (or keep a reference) while the other process reads it.
 """
 from __future__ import annotations
 
