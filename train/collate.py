@@ -9,9 +9,9 @@ the clip (benchmarks/README.md, "Trainer: loader throughput").
 
 `collate` stacks a batch exactly as `default_collate` does (same structure, dtypes and values). In a worker it
 stacks every tensor into one shared block, and the batch crosses the process boundary as that block and a small
-layout: one file, one descriptor. The main process gets a plain batch whose tensors are views of the block. Each
-worker keeps up to `POOL_BLOCKS` blocks and a shared byte per block, set while the main process holds the block's
-batch. The main process watches the block's memory itself (a weak reference to its storage, which every tensor
+layout: one file, and two descriptors (the block's, and the worker's busy bytes below) instead of one per tensor.
+The main process gets a plain batch whose tensors are views of the block. Each worker keeps up to `POOL_BLOCKS`
+blocks and a shared byte per block, set while the main process holds the block's batch. The main process watches the block's memory itself (a weak reference to its storage, which every tensor
 sharing that memory keeps alive, views of another dtype too) and clears the byte once no tensor is left on it, at
 the next batch it receives; the worker then writes a later batch into that block instead of into new memory.
 A batch the main process hands on to a third process counts as let go once the main process holds none of it:
