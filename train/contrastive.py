@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from motionssl.train.distributed import shuffle_batch, unshuffle_batch
+from motionssl.train.distributed import is_distributed, shuffle_batch, unshuffle_batch
+from motionssl.train.shuffle_bn import bn_groups_for, group_shuffle, max_groups
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -155,7 +156,11 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
 
 @torch.no_grad()
 def momentum_keys(backbone: nn.Module, head: nn.Module, clips: Tensor, *, seed: int) -> Tensor:
-    """L2-normalised keys of a momentum encoder, computed in MoCo's shuffled-BN order across ranks (the order drawn
-    from `seed`)."""
-    shuffled, order = shuffle_batch(clips, seed=seed)
-    return unshuffle_batch(F.normalize(head(backbone(shuffled)), dim=1), order)
+    """L2-normalised keys of a momentum encoder, computed in MoCo's shuffled-BN order (drawn from `seed`): across
+    ranks under torchrun, across the backbone's BatchNorm groups in one process (train/shuffle_bn.py)."""
+    if is_distributed():
+        shuffled, order = shuffle_batch(clips, seed=seed)
+        return unshuffle_batch(F.normalize(head(backbone(shuffled)), dim=1), order)
+    groups = bn_groups_for(clips.shape[0], max_groups(backbone))
+    order = group_shuffle(clips.shape[0], groups, torch.Generator().manual_seed(seed)).to(clips.device)
+    return F.normalize(head(backbone(clips[order])), dim=1)[torch.argsort(order)]

@@ -38,6 +38,7 @@ from motionssl.train.methods.base import build_backbone, parse_options
 from motionssl.train.methods.rgb_moco import MoCoOptions, RGBMoCo
 from motionssl.train.motion_sampling import FrameMeans, eligible_starts
 from motionssl.train.sampling import clip_at
+from motionssl.train.shuffle_bn import group_batch_norms
 
 MOTION_INPUTS = ("frames", "channels")
 
@@ -136,6 +137,7 @@ class MoDist(RGBMoCo):
         width = o.motion_width or max(1, (cfg.backbone_width or 64) // 8)
         in_channels = 1 if o.motion_input == "frames" else o.motion_clip_len
         self.motion_backbone, _ = build_backbone(o.motion_backbone, in_channels=in_channels, width=width)
+        group_batch_norms(self.motion_backbone, o.bn_groups)
         self.motion_head = projection_head(self.motion_backbone.out_dim, o.hidden or self.motion_backbone.out_dim,
                                            o.dim)
         self.motion_backbone_k = copy.deepcopy(self.motion_backbone).requires_grad_(False)

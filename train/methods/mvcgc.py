@@ -43,6 +43,7 @@ from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.distributed import gather
 from motionssl.train.methods.base import Method, build_backbone, parse_options
 from motionssl.train.motion_prediction import scale_motion
+from motionssl.train.shuffle_bn import group_batch_norms
 
 MV_SOURCES = ("store", "decode")
 
@@ -95,6 +96,7 @@ class MVCGCOptions:
     mv_backbone: str | None = None  # the MV encoder; None: the RGB one's architecture
     mv_source: str = "store"    # store | decode (PyAV from each video's source file)
     mv_clamp: float = 10.0      # vectors clamped to +-mv_clamp output px and divided by it
+    bn_groups: int = 8          # shuffling BN in one process: up to this many BatchNorm groups (train/shuffle_bn.py)
 
 
 class Stream(nn.Module):
@@ -102,7 +104,7 @@ class Stream(nn.Module):
 
     def __init__(self, backbone: nn.Module, o: MVCGCOptions):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = group_batch_norms(backbone, o.bn_groups)
         self.head = projection_head(backbone.out_dim, o.hidden or backbone.out_dim, o.dim)
         self.backbone_k = copy.deepcopy(backbone).requires_grad_(False)
         self.head_k = copy.deepcopy(self.head).requires_grad_(False)

@@ -2,7 +2,8 @@
 
 Two clips of the same video at different times, each with its own crop, flip and colour jitter. The query
 encoder sees one, the momentum encoder the other; negatives come from a queue of past keys, minus any key of
-the query's own video. Under DDP, keys are encoded in a shuffled order across ranks (MoCo's shuffling BN).
+the query's own video. Keys are encoded in MoCo's shuffled-BN order: across ranks under DDP, across BatchNorm groups
+in one process (`bn_groups`, train/shuffle_bn.py).
 Settings follow MVCGC §4.1 (its RGB stream, the CoCLR-style baseline): S3D, tau 0.07,
 m 0.999, a 2048-key queue (UCF101 scale; use 16384 for Kinetics-400), 128-d embeddings, Adam lr 1e-4 with weight
 decay 1e-5, 300 epochs.
@@ -21,6 +22,7 @@ from motionssl.train.distributed import gather
 from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import Needs
 from motionssl.train.methods.base import Method, build_backbone
+from motionssl.train.shuffle_bn import group_batch_norms
 
 
 @dataclass
@@ -31,6 +33,7 @@ class MoCoOptions:
     tau: float = 0.07
     momentum: float = 0.999     # key encoder EMA coefficient at step 0
     momentum_cosine: bool = False  # raise m to 1 along a cosine over training (BYOL), instead of constant
+    bn_groups: int = 8          # shuffling BN in one process: up to this many BatchNorm groups (train/shuffle_bn.py)
 
 
 class RGBMoCo(Method):
@@ -42,6 +45,7 @@ class RGBMoCo(Method):
         super().__init__(cfg, total_steps=total_steps)
         o = self.opts
         self.backbone, kwargs = build_backbone(cfg.backbone, in_channels=3, width=cfg.backbone_width)
+        group_batch_norms(self.backbone, o.bn_groups)
         self.backbone_spec = {"name": cfg.backbone, "kwargs": kwargs}
         self.head = projection_head(self.backbone.out_dim, o.hidden or self.backbone.out_dim, o.dim)
         self.backbone_k = copy.deepcopy(self.backbone).requires_grad_(False)
