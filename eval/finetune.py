@@ -124,7 +124,8 @@ class Finetune(Method):
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> ClipDataset:
         videos, labels = read_split(cfg, store).part("train")
-        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, videos=videos, labels=labels)
+        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p, videos=videos,
+                           labels=labels)
 
     def train(self, mode: bool = True) -> "Finetune":
         super().train(mode)

@@ -212,6 +212,8 @@ def pretrain(
     clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip."),
     stride: Optional[int] = typer.Option(None, min=1, help="Frame stride within a clip."),
     size: Optional[int] = typer.Option(None, min=8, help="Crop side in pixels."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in training views (on). "
+                                        "--no-flip for direction-sensitive data: a flip turns left into right."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
@@ -263,7 +265,7 @@ def pretrain(
             raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
         cli_values = {"method": name, "store": str(store) if store else None, "out": str(output),
                       "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
-                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
+                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "flip": flip, "lr": lr,
                       "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
                       "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
                       "skip_broken": skip_broken, "skip_nonfinite": skip_nonfinite, "data_timeout": data_timeout,
@@ -307,6 +309,8 @@ def finetune(
     clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip (default: the checkpoint's)."),
     stride: Optional[int] = typer.Option(None, min=1, help="Frame stride (default: the checkpoint's)."),
     size: Optional[int] = typer.Option(None, min=8, help="Crop side (default: the checkpoint's)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in training views (on). "
+                                        "--no-flip for direction-sensitive data: a flip turns left into right."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (cosine schedule)."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
@@ -349,7 +353,7 @@ def finetune(
                    "dropout": dropout, "aux_motion": aux_motion}
         cli_values = {"method": "finetune", "store": str(store) if store else None, "out": str(output),
                       "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
-                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "lr": lr,
+                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "flip": flip, "lr": lr,
                       "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
                       "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
                       "method_options": {k: v for k, v in options.items() if v is not None}}

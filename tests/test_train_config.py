@@ -85,3 +85,26 @@ def test_rng_state_round_trip():
 def test_config_dataclass_round_trips_through_dict():
     cfg = PretrainConfig(store="s", out="o", steps=3, method_options={"tau": 0.1})
     assert config_from_dict(cfg.to_dict(), source="x") == cfg
+
+
+def test_no_flip_reaches_every_method_dataset(motion_store, tmp_path):
+    """`flip: false` (--no-flip) leaves every training view of every method unflipped; the default flips half."""
+    from motionssl.stores import open_store
+    from motionssl.train.methods import METHODS
+
+    store = open_store(motion_store)
+    for name, method in METHODS.items():
+        for flip, expected in ((True, 0.5), (False, 0.0)):
+            cfg = resolve(method.defaults, {}, {"method": name, "store": str(motion_store), "out": str(tmp_path),
+                                                "steps": 1, "flip": flip, "clip_len": 4, "stride": 1, "size": 32})
+            assert method.dataset(cfg, store).flip_p == expected, name
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
+    from motionssl.train.loop import check_resume_config
+
+    cfg = resolve({}, {}, {"store": "s", "out": str(tmp_path), "steps": 2})
+    old = {k: v for k, v in cfg.to_dict().items() if k != "flip"}
+    check_resume_config(old, cfg)  # the default it would have had
+    with pytest.raises(ConfigError, match="flip"):
+        check_resume_config(old, resolve({}, {}, {"store": "s", "out": str(tmp_path), "steps": 2, "flip": False}))

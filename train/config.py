@@ -28,6 +28,7 @@ class PretrainConfig:
     clip_len: int | None = None
     stride: int | None = None
     size: int | None = None             # square crop side, pixels
+    flip: bool = True                   # horizontal flips in training views; False for direction-sensitive data
     # schedule: --steps wins over --epochs
     epochs: int | None = None
     steps: int | None = None
@@ -52,6 +53,13 @@ class PretrainConfig:
     skip_broken: bool = False           # leave out videos the start-up check finds broken, instead of stopping
     skip_nonfinite: bool = False        # skip a batch whose loss is NaN/inf (counted in the log), instead of stopping
     data_timeout: float = 600.0         # seconds without a batch from the DataLoader workers before stopping; 0 = wait
+
+    @property
+    def flip_p(self) -> float:
+        """The probability of a horizontal flip per training view. A flip turns leftward motion into rightward and
+        clockwise into counter-clockwise, so data whose classes differ by those (Something-Something, the motion
+        classes) train with `flip: false`."""
+        return 0.5 if self.flip else 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -77,7 +77,8 @@ def to_device(batch, device: torch.device):
 
 
 def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
-    now = cfg.to_dict()
+    now, default = cfg.to_dict(), PretrainConfig().to_dict()  # a key newer than the run holds its default
+    saved = {**default, **saved}
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)

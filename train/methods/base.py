@@ -63,7 +63,7 @@ class Method(nn.Module):
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> ClipDataset:
         """The training data: every video of the store, unlabelled (supervised objectives override this)."""
-        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed)
+        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         raise NotImplementedError

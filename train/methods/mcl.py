@@ -124,8 +124,8 @@ class MotionFocusedClips(ClipDataset):
     boundary maps read for its crop are kept for the view that reads them next."""
 
     def __init__(self, store: Store, needs: Needs, *, size: int, seed: int, temporal: bool = True,
-                 spatial: bool = True, percentile: float = 90.0, cover: float = 0.8):
-        super().__init__(store, needs, size=size, seed=seed)
+                 spatial: bool = True, percentile: float = 90.0, cover: float = 0.8, flip_p: float = 0.5):
+        super().__init__(store, needs, size=size, seed=seed, flip_p=flip_p)
         self.temporal, self.spatial, self.percentile, self.cover = temporal, spatial, percentile, cover
         self.frame_motion = FrameMeans(store, "boundary")
         self._last_maps: tuple[str, np.ndarray, np.ndarray] | None = None
@@ -166,7 +166,7 @@ class MCL(RGBMoCo):
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> MotionFocusedClips:
         o = parse_options(cls.Options, cfg.method_options, method=cfg.method)
-        return MotionFocusedClips(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, temporal=o.temporal_aug,
+        return MotionFocusedClips(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p, temporal=o.temporal_aug,
                                   spatial=o.spatial_aug, percentile=o.hot_percentile, cover=o.crop_cover)
 
     def losses(self, batch: dict, *, step: int) -> dict[str, Tensor]:

@@ -81,9 +81,9 @@ class MoDistClips(ClipDataset):
     from their own stream, `default_rng([seed, epoch, index, 1])`, so the visual views are those of ClipDataset."""
 
     def __init__(self, store: Store, needs: Needs, *, size: int, seed: int, motion_clip_len: int, motion_stride: int,
-                 gamma: float, sync: bool):
+                 gamma: float, sync: bool, flip_p: float = 0.5):
         check_store(store, Needs(modalities=("rgb", "edges")))
-        super().__init__(store, needs, size=size, seed=seed)
+        super().__init__(store, needs, size=size, seed=seed, flip_p=flip_p)
         self.motion_clip_len, self.motion_stride, self.sync = motion_clip_len, motion_stride, sync
         self.clamp = float(store.spec.flow.edges_clamp)
         self.threshold = gamma * self.clamp
@@ -152,7 +152,8 @@ class MoDist(RGBMoCo):
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> MoDistClips:
         o = parse_options(cls.Options, cfg.method_options, method=cfg.method)
-        return MoDistClips(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, motion_clip_len=o.motion_clip_len,
+        return MoDistClips(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p,
+                           motion_clip_len=o.motion_clip_len,
                            motion_stride=o.motion_stride, gamma=o.gamma, sync=o.sync)
 
     def motion_input(self, edges: Tensor) -> Tensor:

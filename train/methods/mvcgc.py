@@ -153,7 +153,7 @@ class MVCGC(Method):
             from motionssl.train.decoded_motion import DecodedMotionStore
 
             store = DecodedMotionStore(store)
-        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed)
+        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p)
 
     def encoder(self) -> nn.Module:
         return self.rgb.backbone
