@@ -86,7 +86,7 @@ class Sizes:
     trim_frames: int | None = None            # re-encode the first N frames of each (smoke)
     short_side: int | None = None             # override of the specs' resolution (smoke)
     raft_spec: dict = field(default_factory=dict)  # flow overrides of the raft spec besides its weights
-    store_copies: int = 8                     # each clip this often in the train / loader / ddp stores
+    store_copies: int = 32                    # each clip this often in the train / loader / ddp stores (128 videos)
     batch: int = 32
     train_steps: int = 10
     train_warmup: int = 2
@@ -420,26 +420,20 @@ def section_ddp(chk: Check, out: dict) -> None:
 
 # -- training step ------------------------------------------------------------------------------------------------
 
-def take(batch, n: int):
-    """The first n samples of a collated batch (dicts, lists and tensors of it)."""
+def map_tensors(batch, fn):
+    """A collated batch (dicts, lists, tuples) with fn applied to each of its tensors."""
     if isinstance(batch, torch.Tensor):
-        return batch[:n]
+        return fn(batch)
     if isinstance(batch, dict):
-        return {k: take(v, n) for k, v in batch.items()}
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(take(v, n) for v in batch)
+        return type(batch)(map_tensors(v, fn) for v in batch)
     return batch
 
 
 def channels_last(batch):
     """5-D tensors of a batch in channels_last_3d."""
-    if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=torch.channels_last_3d) if batch.dim() == 5 else batch
-    if isinstance(batch, dict):
-        return {k: channels_last(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(channels_last(v) for v in batch)
-    return batch
+    return map_tensors(batch, lambda t: t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t)
 
 
 def apply_variant(runner: Runner, variant: str, *, backend: str) -> list[str]:
@@ -465,7 +459,7 @@ def apply_variant(runner: Runner, variant: str, *, backend: str) -> list[str]:
 def runner_args(chk: Check, batch: int) -> argparse.Namespace:
     t = chk.sizes.tiny
     return argparse.Namespace(backbone=t.get("backbone"), width=t.get("backbone_width"), clip_len=t.get("clip_len"),
-                              stride=t.get("stride"), size=t.get("size"), batch=batch, batches=1 if chk.smoke else 2,
+                              stride=t.get("stride"), size=t.get("size"), batch=batch, batches=1,
                               device=str(chk.device), clock="wall")
 
 
@@ -480,7 +474,7 @@ def measure(chk: Check, name: str, variant: str, store: Path) -> dict:
     row["changed"] = len(apply_variant(runner, variant, backend=s.compile_backend))
     batch = s.batch
     while True:
-        runner.batches = [take(b, batch) for b in full]
+        runner.batches = [map_tensors(b, lambda t: t[:batch]) for b in full]
         try:
             chk.peak_reset()
             t0 = time.perf_counter()
