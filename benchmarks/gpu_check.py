@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -98,8 +97,7 @@ class Sizes:
     loader_skip: int = 4                      # first steps left out of the medians (workers starting)
     ddp_backend: str = "nccl"
     ddp_steps: int = 6
-    ddp_args: tuple[str, ...] = ("--backbone", "r3d18", "--clip-len", "16", "--size", "112", "--batch-size", "8",
-                                 "--workers", "4")
+    ddp_args: tuple[str, ...] = ("--batch-size", "8", "--workers", "4")  # rgb-moco's S3D, 16 x 112
 
 
 TINY = {"backbone": "r3d10", "backbone_width": 4, "clip_len": 4, "stride": 1, "size": 32}
@@ -263,15 +261,16 @@ def section_env(chk: Check, out: dict) -> None:
     name = torch.cuda.get_device_name(chk.device) if cuda else None
     props = torch.cuda.get_device_properties(chk.device) if cuda else None
     peak, source = bf16_peak(name)
+    machine = machine_info(("motionssl", "torch", "torchvision", "av", "numpy", "opencv-contrib-python-headless",
+                            "zarr", "dask"))
     out.update({
-        "device_name": name or f"CPU: {platform.processor() or 'unknown'}", "driver": driver_version() if cuda else None,
+        "device_name": name or f"CPU: {machine['cpu_model']}", "driver": driver_version() if cuda else None,
         "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         "cuda_available": torch.cuda.is_available(), "gpus": torch.cuda.device_count() if cuda else 0,
         "gpu_memory_mib": props.total_memory / 2**20 if props else None,
         "capability": f"{props.major}.{props.minor}" if props else None,
         "bf16_peak_tflops": peak, "bf16_peak_source": source,
-        "machine": machine_info(("motionssl", "torch", "torchvision", "av", "numpy", "opencv-contrib-python-headless",
-                                 "zarr", "dask")),
+        "machine": machine,
     })
     chk.res["env"] = out
 
@@ -388,7 +387,8 @@ def section_ddp(chk: Check, out: dict) -> None:
         env["OMP_NUM_THREADS"] = "1"
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
             "--module", "motionssl.cli", "pretrain", "--store", str(store), "-o", str(run), "--method", "rgb-moco",
-            *chk.sizes.ddp_args, "--steps", str(n), "--log-every", "1", "--save-every", "1000", "--no-progress"]
+            *chk.sizes.ddp_args, "--steps", str(n), "--log-every", "1", "--save-every", "1000", "--no-progress",
+            "--deterministic"]
     out.update({"backend": chk.sizes.ddp_backend, "world_size": 1, "steps": n, "halt_after": n // 2, "runs": []})
     for extra in (["--halt-after", str(n // 2)], ["--resume", "auto"]):
         t0 = time.perf_counter()
@@ -592,7 +592,7 @@ def section_loader(chk: Check, out: dict) -> None:
 # -- report -------------------------------------------------------------------------------------------------------
 
 def fmt(v, spec: str = ".2f") -> str:
-    return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+    return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
 def markdown(res: dict) -> str:
