@@ -1,8 +1,8 @@
 """The device check: every CUDA path of motionssl run and timed in one command, sized for a short GPU window.
 
-    make gpu-check                                                  # = .venv/bin/python benchmarks/gpu_check.py --out gpu_out
-    .venv/bin/python benchmarks/gpu_check.py --out $OUT             # about 8 minutes on one H100 (--budget 480)
-    .venv/bin/python benchmarks/gpu_check.py --smoke --out DIR      # the same code paths on the CPU at tiny sizes
+    make gpu-check                                              # = benchmarks/gpu_check.py --out gpu_out
+    .venv/bin/python benchmarks/gpu_check.py --out $OUT         # about 8 minutes on one H100 (--budget 480)
+    .venv/bin/python benchmarks/gpu_check.py --smoke --out DIR  # the same code paths on the CPU at tiny sizes
 
 Sections, in this order; each records its own failure (error and traceback) in the JSON and the others go on, and
 each gets a share of --budget (SHARES) beyond which it records what it skipped:
@@ -58,6 +58,8 @@ os.environ.update(_environ)
 # Matched in order against torch.cuda.get_device_name(): the first substring found wins.
 PEAK_BF16 = [
     ("H200 NVL", 835.5, "NVIDIA H200 NVL datasheet: BF16 Tensor Core 1,671 TFLOPS with sparsity, halved"),
+    ("GH200", 989.5, "NVIDIA GH200 Grace Hopper Superchip datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity, "
+                     "halved"),
     ("H200", 989.5, "NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 Tensor Core 1,979 TFLOPS with sparsity, halved"),
     ("H100 NVL", 835.5, "NVIDIA H100 NVL datasheet: BF16 Tensor Core 1,671 TFLOPS with sparsity, halved"),
     ("H100 PCIe", 756.5, "NVIDIA H100 Tensor Core GPU datasheet (PCIe): BF16 Tensor Core 1,513 TFLOPS with sparsity, "

@@ -1,5 +1,6 @@
-"""The CUDA paths that can be checked without a GPU: the backend and device each process picks, and a resume that
-leaves no training state on the CPU (the `meta` device stands in for a GPU). benchmarks/gpu_check.py runs them on one."""
+"""The CUDA paths that can be checked without a GPU: the backend and device each process picks, and a resume
+that leaves no training state on the CPU (the `meta` device stands in for a GPU). benchmarks/gpu_check.py runs
+them on one."""
 import pytest
 import torch
 

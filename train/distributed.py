@@ -1,6 +1,7 @@
 """One process or many under torchrun: the process group from the environment, and MoCo's all-gather.
 
-Every function here is a no-op (or the identity) without a process group (one process, no torchrun), so the training code has no branches for it.
+Every function here is a no-op (or the identity) without a process group (one process, no torchrun), so the
+training code has no branches for it.
 """
 from __future__ import annotations
 
