@@ -1,7 +1,7 @@
 """One process or many under torchrun: the process group from the environment, and MoCo's all-gather.
 
-Every function here is a no-op (or the identity) without a process group (one process, no torchrun), so the
-training code has no branches for it.
+Every function here is a no-op (or the identity) without a process group (one process, unless MOTIONSSL_DIST_BACKEND
+starts one under torchrun), so the training code has no branches for it.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from motionssl.train.config import ConfigError
 
 
 # "nccl" or "gloo": overrides the choice below; set, it also starts a process group of one under torchrun (the GPU
@@ -36,8 +38,6 @@ def plan(*, world_size: int, local_rank: int, device_count: int, backend: str | 
     """(backend of the process group to start, or None for none; this process's device). Pure: tested without GPUs.
 
     Raises ConfigError, one line, for an unknown backend, NCCL without a GPU, or fewer GPUs than local ranks."""
-    from motionssl.train.config import ConfigError
-
     if backend not in (None, "nccl", "gloo"):
         raise ConfigError(f"{BACKEND_ENV}={backend!r}: use nccl or gloo, or leave it unset")
     if backend == "nccl" and device_count == 0:
