@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -40,5 +40,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_motion_sampling.py --out bench_out
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 
+# The device check: every CUDA path, timed, in about 8 minutes on one H100 (benchmarks/README.md, "GPU").
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out gpu_out
+
 clean:
-	rm -rf demo_out bench_out
+	rm -rf demo_out bench_out gpu_out

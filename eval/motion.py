@@ -55,7 +55,8 @@ def backward_warp(frames: torch.Tensor, displacement: torch.Tensor) -> torch.Ten
     """pred[p] = frames[p - displacement[p]]: (N, C, H, W) and (N, 2, H, W) (dx, dy) in pixels, bilinear, with the
     sampling position clamped to the frame (border replicate)."""
     n, _, h, w = frames.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=frames.dtype), torch.arange(w, dtype=frames.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=frames.dtype, device=frames.device),
+                            torch.arange(w, dtype=frames.dtype, device=frames.device), indexing="ij")
     gx = (xs - displacement[:, 0]) * (2 / max(w - 1, 1)) - 1
     gy = (ys - displacement[:, 1]) * (2 / max(h - 1, 1)) - 1
     return F.grid_sample(frames, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",

@@ -267,20 +267,21 @@ def test_gather_two_processes(tmp_path):
 
 def env_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), MOTIONSSL_DIST_BACKEND="gloo")  # CPU and gloo, on GPU hosts too
     info = init_from_env()
     result = {"info": info, "backend": dist.get_backend(), "ids": gather(torch.tensor([rank]))}
     cleanup()
     torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the gloo (CPU) path; NCCL wants a GPU per process")
 def test_init_from_env_two_processes(tmp_path):
+    """The gloo path; benchmarks/gpu_check.py runs the NCCL one (a GPU per process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(env_worker, args=(port, str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         result = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
-        assert result["info"] == DistInfo(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
+        assert result["info"] == DistInfo(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"),
+                                          group=True)
         assert result["backend"] == "gloo" and result["ids"].tolist() == [0, 1]

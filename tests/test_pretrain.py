@@ -97,7 +97,8 @@ def test_resume_refuses_a_different_experiment(moco_store, tmp_path):
 
 def test_ddp_two_processes_on_gloo(moco_store, tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # gloo forced: on a host with one GPU, NCCL would be chosen and rank 1 would ask for a missing cuda:1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOTIONSSL_DIST_BACKEND": "gloo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(BIN / "motionssl"), "pretrain", "--store", str(moco_store), "-o", str(run), *TINY, "--steps", "3",
            "--batch-size", "2", "--workers", "0", "--log-every", "1", "--option", "queue_size=8"]

@@ -34,8 +34,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # a host with fewer GPUs than the saving one: the first ones
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def save(path: Path, payload: dict) -> None:
@@ -66,7 +67,8 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (a crash while copying it?); use an older one or start over")
-    # weights_only=False: the payload holds numpy RNG state; only load checkpoints you trust.
+    # weights_only=False: the payload holds numpy RNG state; only load checkpoints you trust. map_location cpu: RNG
+    # states must be CPU tensors, and `restore` copies the rest onto the model's device.
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated or not a torch file
@@ -77,6 +79,15 @@ def load(path: Path) -> dict:
     if payload["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {payload['format']} is not known (knows {FORMAT})")
     return payload
+
+
+def restore(payload: dict, *, method: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Load a checkpoint's training state into a method already on its device: the weights, momentum encoders and
+    queues are copied into its tensors, the optimiser's state follows each parameter's device (torch keeps Adam's
+    `step` counts on the CPU), and the grad scaler makes its scale on the device at its first step."""
+    method.load_state_dict(payload["method"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
 
 
 def find_resume(run_dir: Path, resume: str | None) -> Path | None:

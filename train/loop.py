@@ -100,7 +100,8 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+        # CUDA has no deterministic backward of 3-D max-pooling (S3D, C3D): warn there instead of failing
+        torch.use_deterministic_algorithms(True, warn_only=dist.device.type == "cuda")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     method_cls = method_cls or METHODS[cfg.method]
@@ -126,9 +127,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         check_resume_config(state["config"], cfg)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        checkpoint.restore(state, method=method, optimizer=optimizer, scaler=scaler)
         checkpoint.set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)])
         start_step = state["step"]
         skipped_before = state.get("skipped_nonfinite", 0)
@@ -136,7 +135,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
         write_yaml(cfg, run_dir / "config.yaml")
 
     model = method
-    if dist.world_size > 1:
+    if dist.group:  # also a group of one (MOTIONSSL_DIST_BACKEND under torchrun): DDP and its backend exercised
         model = DistributedDataParallel(method, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                         broadcast_buffers=False)  # queues are filled with gathered keys on every rank
     # Its own generator: starting an iterator draws a seed, which must not come from the global RNG, or a run
