@@ -158,6 +158,25 @@ class Finetune(Method):
 
 
 
+def fit_linear(head: nn.Linear, x: Tensor, y: Tensor, *, steps: int, lr: float, weight_decay: float = 0.0,
+               log_every: int = 0, log=None) -> float:
+    """Train `head` on features x (N, D) and labels y (N,): `steps` full-batch Adam steps, cosine lr from `lr`.
+    `log(step, {"loss", "lr", "acc"})` every `log_every` steps and at the end. Returns the last loss."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for step in range(steps):
+        step_lr = lr_at(step, base_lr=lr, warmup_steps=0, total_steps=steps)
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        logits = head(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            log(step + 1, {"loss": loss.item(), "lr": step_lr, "acc": (logits.argmax(1) == y).float().mean().item()})
+    return loss.item()
+
+
 def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size: int = 8,
                              device: str = "cpu") -> dict:
     """The linear protocol's fast path: features of `views` evenly spaced centre clips of every training video,
@@ -182,22 +201,11 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
                                              workers=cfg.workers, device=device))
     x, y = features.flatten(0, 1), torch.tensor(labels).repeat_interleave(views)
     seconds_features = time.perf_counter() - t0
-    head = method.model.head.to(device)
-    x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     log = RunLog(run_dir, resume_step=None, tensorboard=False)
     write_yaml(cfg, run_dir / "config.yaml")
-    for step in range(total_steps):
-        lr = lr_at(step, base_lr=cfg.lr, warmup_steps=0, total_steps=total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = head(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-            log.log(step + 1, {"loss": loss.item(), "lr": lr, "acc": (logits.argmax(1) == y).float().mean().item()})
+    head = method.model.head.to(device)
+    loss = fit_linear(head, x.to(device), y.to(device), steps=total_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      log_every=cfg.log_every, log=log.log)
     log.close()
     method.cpu()
     checkpoint.save(run_dir / checkpoint.LAST, {
@@ -205,7 +213,7 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
         "backbone": method.export_backbone(), "world_size": 1, "rng": [checkpoint.rng_state()]})
     summary = {"method": cfg.method, "run_dir": str(run_dir), "steps": total_steps, "total_steps": total_steps,
                "finished": True, "train_clips": len(y), "classes": list(split.classes),
-               "seconds_features": seconds_features, "seconds": time.perf_counter() - t0, "final_loss": loss.item()}
+               "seconds_features": seconds_features, "seconds": time.perf_counter() - t0, "final_loss": loss}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
