@@ -483,6 +483,23 @@ def evaluate_motion(
         typer.echo(f"{name}: {path}")
 
 
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    old: Path = typer.Argument(..., help="A checkpoint written before format 2 (numpy RNG state)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The converted checkpoint to write."),
+    trust: bool = typer.Option(False, "--trust", help="You made OLD or trust where it came from: reading it needs "
+                               "numpy's array types beyond the safe loader's."),
+):
+    """Rewrite an old-format checkpoint so that it loads with the safe loader (tensors and plain values only)."""
+    from motionssl.train.checkpoint import CheckpointError, convert
+
+    try:
+        payload = convert(old, output, trust=trust)
+    except CheckpointError as e:
+        fail(str(e))
+    typer.echo(f"wrote {output}: format {payload['format']}, step {payload.get('step')}")
+
 @app.command()
 def plot(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with a log.csv), overlaid."),
