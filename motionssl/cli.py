@@ -275,8 +275,24 @@ def pretrain(
     except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
         fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
-        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
-        typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
+        typer.echo(f"pretrain: {_run_state(summary)}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, "
+                   f"tensorboard/)")
+    _exit_if_terminated(summary)
+
+
+def _run_state(summary: dict) -> str:
+    if summary["finished"]:
+        return "finished"
+    stopped = f"stopped by {summary['terminated']}" if summary.get("terminated") else "halted"
+    return f"{stopped} at step {summary['steps']} of {summary['total_steps']} (saved; continue with --resume auto)"
+
+
+def _exit_if_terminated(summary) -> None:
+    """A run stopped by SIGTERM saved its checkpoint, but did not finish: 143, as if the signal had ended it."""
+    from motionssl.train.loop import EXIT_TERMINATED
+
+    if summary is not None and summary.get("terminated"):
+        raise typer.Exit(EXIT_TERMINATED)
 
 
 @app.command()
@@ -363,8 +379,8 @@ def finetune(
     except TrainingFault as e:
         fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
-        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
-        typer.echo(f"finetune: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
+        typer.echo(f"finetune: {_run_state(summary)}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
+    _exit_if_terminated(summary)
 
 
 def _cuda() -> bool:

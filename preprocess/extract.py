@@ -5,7 +5,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from motionssl.data_specs import Spec
 from motionssl.stores import init_store, read_video_meta, write_index
 from motionssl.stores.layout import INDEX, QUARANTINE, VIDEOS, read_json, scan_videos, video_path, write_json_atomic
+from motionssl.stores.lock import Locked, acquire_lock
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -164,40 +164,6 @@ def _check_writable(store: Path) -> None:
         raise FatalError(f"cannot write to {where} ({e.strerror}); choose another -o or make it writable") from None
 
 
-def _acquire_lock(store: Path) -> Path:
-    lock = store / LOCK
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = read_json(lock)
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise FatalError(
-                f"{store} is being written by another extract (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"since {holder.get('started')}); wait for it, or delete {lock} if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return lock
-    raise FatalError(f"could not take the lock {lock}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _ensure_zarr_parents(store: Path, ids) -> None:
     """Intermediate groups for nested ids, written once here so no two tasks race on them."""
     from motionssl.stores.zarr_writer import write_group
@@ -291,7 +257,10 @@ def run_extract(opts: ExtractOptions) -> int:
         init_store(store, opts.fmt, opts.spec)
     except StoreError as e:
         raise FatalError(str(e)) from None
-    lock = _acquire_lock(store)
+    try:
+        lock = acquire_lock(store, LOCK, user="extract")
+    except Locked as e:
+        raise FatalError(str(e)) from None
     try:
         return _run_locked(opts, videos, report_path)
     finally:
