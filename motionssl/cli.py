@@ -52,6 +52,8 @@ def extract(
     reencode: bool = typer.Option(False, help="Re-encode each video to MPEG-4 (GOP 12, no B-frames) first, "
                                               "so codecs without motion-vector export still give motion vectors."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    start_timeout: Optional[float] = typer.Option(None, min=0.001, help="Seconds for the local Dask cluster to start "
+                                                  "(default 60 + 1 per worker); tried again with twice that."),
 ):
     """Decode every video once and write its modalities (RGB, I-frames, motion vectors) into a store.
 
@@ -65,7 +67,7 @@ def extract(
         opts = ExtractOptions(
             video_dir=video_dir, store=output, spec=load_spec(spec), fmt=format.value, workers=workers,
             scheduler=scheduler, report=report, overwrite=overwrite, timeout=timeout, reencode=reencode,
-            progress=progress,
+            progress=progress, start_timeout=start_timeout,
         )
         code = run_extract(opts)
     except (SpecError, FatalError) as e:

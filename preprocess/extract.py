@@ -23,6 +23,9 @@ VIDEO_EXTENSIONS = frozenset({
 })
 LOCK = ".extract.lock"
 EXIT_OK, EXIT_SOME_FAILED = 0, 3  # fatal errors exit 2, from the CLI
+# The local cluster's start-up budget; a busy machine starts it slowly, so it is tried twice, the second time with
+# twice the budget.
+START_BASE_S, START_PER_WORKER_S = 60.0, 1.0
 # A decoder that dies (a signal, an exit) is given one more try in a fresh process: a death can be transient
 # (the OOM killer, a killed process). A hang is not retried: it already cost a whole --timeout.
 MAX_ATTEMPTS = 2
@@ -45,6 +48,7 @@ class ExtractOptions:
     timeout: float = 300.0
     reencode: bool = False
     progress: bool = True
+    start_timeout: float | None = None  # seconds for the local cluster to start; None: START_BASE_S + per worker
 
 
 def scan_video_dir(video_dir: Path) -> dict[str, Path]:
@@ -219,15 +223,28 @@ def _start_client(opts: ExtractOptions, gpus: int):
         return client, None
     import dask
 
-    # A worker only hands videos to its decoder process, which does the work on one core (pinned,
-    # isolation.py): workers are threads here, since worker processes would each pay an
-    # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
-    with dask.config.set({"distributed.logging.distributed": "error"}):
-        cluster = LocalCluster(
-            n_workers=local_workers(opts, gpus), threads_per_worker=1, processes=False, dashboard_address=":0",
-            silence_logs=40, resources={"GPU": 1} if gpus else None,
-        )
-    return Client(cluster), cluster
+    n = local_workers(opts, gpus)
+    budget = opts.start_timeout if opts.start_timeout is not None else START_BASE_S + START_PER_WORKER_S * n
+    for timeout in (budget, 2 * budget):
+        cluster = None
+        # A worker only hands videos to its decoder process, which does the work on one core (pinned,
+        # isolation.py): workers are threads here, since worker processes would each pay an
+        # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
+        try:
+            with dask.config.set({"distributed.logging.distributed": "error",
+                                  "distributed.comm.timeouts.connect": f"{timeout}s"}):
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=40,
+                    resources={"GPU": 1} if gpus else None, death_timeout=timeout,
+                )
+                return Client(cluster, timeout=timeout), cluster
+        except (OSError, RuntimeError) as e:  # TimeoutError is an OSError; RuntimeError: "Cluster failed to start"
+            error = e
+            if cluster is not None:
+                cluster.close()
+    raise FatalError(f"the local Dask cluster ({n} workers) did not start, in {budget:g}s nor in {2 * budget:g}s "
+                     f"({type(error).__name__}: {error}); the machine is busy: retry when it is quieter, with fewer "
+                     f"--workers, or with a larger --start-timeout")
 
 
 def _gpu_workers(client) -> bool:
