@@ -238,7 +238,11 @@ def pretrain(
     data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
                                                  "workers give no batch for this many seconds (600; 0 = wait)."),
 ):
-    """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
+    """Pretrain a method on a store, on one device or many (launch with torchrun for DDP).
+
+    Exit status: 0 finished or halted; 1 a fault while training; 2 an error found before training (another run
+    holding RUN_DIR included); 143 stopped by SIGTERM after saving the step it was in (continue with --resume auto).
+    """
     import yaml
 
     from motionssl.stores import StoreError
