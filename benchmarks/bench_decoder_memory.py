@@ -1,6 +1,6 @@
 """Resident memory of one `extract` decoder process per shipped spec (data_specs/*.yaml), on a real clip.
 
-    .venv/bin/python benchmarks/bench_decoder_memory.py --out bench_out      # ~3 min on 2 cores
+    .venv/bin/python benchmarks/bench_decoder_memory.py --out bench_out      # ~8 min on 2 cores (TV-L1 most)
 
 Each spec's video goes through a real decoder process (`preprocess/isolation.DecoderProcess`, as an extract worker
 runs it) into a real Zarr store, on the CPU. Recorded per spec: the decoder's peak resident set (VmHWM in
