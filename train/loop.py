@@ -102,13 +102,19 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     dist = init_from_env()
     run_dir = Path(cfg.out)
     resume_from = checkpoint.find_resume(run_dir, resume)
-    lock = None
+    lock = refused = None
     if dist.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             lock = acquire_lock(run_dir, RUN_LOCK, user="training run")
         except Locked as e:
-            raise ConfigError(str(e)) from None
+            refused = str(e)
+    if dist.world_size > 1:  # every rank stops, not rank 0 alone with the others waiting on it
+        answer = [refused]
+        torch.distributed.broadcast_object_list(answer, src=0)
+        refused = answer[0]
+    if refused:
+        raise ConfigError(refused)
     try:
         return _train(cfg, dist, resume=resume, resume_from=resume_from, method_cls=method_cls or METHODS[cfg.method])
     finally:
