@@ -140,8 +140,8 @@ def main() -> None:
             print(f"{name:12s} flow {str(r['flow']):10s} {r['frames']:4d} frames {r['seconds']:7.1f}s  idle "
                   f"{r['idle_rss_mb']:7.1f} MB  peak {r['peak_rss_mb']:7.1f} MB  torch "
                   f"{'yes' if r['torch_loaded'] else 'no'}{goal}", flush=True)
-    result = {"benchmark": "decoder_memory", "machine": machine_info(("torch", "torchvision", "av", "opencv-contrib-python-headless", "numpy", "zarr")),
-              "rows": rows}
+    packages = ("torch", "torchvision", "av", "opencv-contrib-python-headless", "numpy", "zarr")
+    result = {"benchmark": "decoder_memory", "machine": machine_info(packages), "rows": rows}
     (a.out / "bench_decoder_memory.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {a.out / 'bench_decoder_memory.json'}", file=sys.stderr)
 

@@ -95,7 +95,8 @@ def _raft(model: str):
     C_T checkpoints are trained on FlyingChairs + FlyingThings only, i.e. synthetic data."""
     from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-    return {"large": (raft_large, Raft_Large_Weights.C_T_SKHT_V2), "small": (raft_small, Raft_Small_Weights.C_T_V2)}[model]
+    return {"large": (raft_large, Raft_Large_Weights.C_T_SKHT_V2),
+            "small": (raft_small, Raft_Small_Weights.C_T_V2)}[model]
 
 
 # RAFT's correlation pyramid needs feature maps (input / 8) of at least 16 px: torchvision's min_size.
