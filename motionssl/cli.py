@@ -52,6 +52,8 @@ def extract(
     reencode: bool = typer.Option(False, help="Re-encode each video to MPEG-4 (GOP 12, no B-frames) first, "
                                               "so codecs without motion-vector export still give motion vectors."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    start_timeout: Optional[float] = typer.Option(None, min=0.001, help="Seconds for the local Dask cluster to start "
+                                                  "(default 60 + 1 per worker); tried again with twice that."),
 ):
     """Decode every video once and write its modalities (RGB, I-frames, motion vectors) into a store.
 
@@ -65,7 +67,7 @@ def extract(
         opts = ExtractOptions(
             video_dir=video_dir, store=output, spec=load_spec(spec), fmt=format.value, workers=workers,
             scheduler=scheduler, report=report, overwrite=overwrite, timeout=timeout, reencode=reencode,
-            progress=progress,
+            progress=progress, start_timeout=start_timeout,
         )
         code = run_extract(opts)
     except (SpecError, FatalError) as e:
@@ -238,7 +240,11 @@ def pretrain(
     data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
                                                  "workers give no batch for this many seconds (600; 0 = wait)."),
 ):
-    """Pretrain a method on a store, on one device or many (launch with torchrun for DDP)."""
+    """Pretrain a method on a store, on one device or many (launch with torchrun for DDP).
+
+    Exit status: 0 finished or halted; 1 a fault while training; 2 an error found before training (another run
+    holding RUN_DIR included); 143 stopped by SIGTERM after saving the step it was in (continue with --resume auto).
+    """
     import yaml
 
     from motionssl.stores import StoreError
@@ -277,8 +283,24 @@ def pretrain(
     except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
         fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
-        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
-        typer.echo(f"pretrain: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, tensorboard/)")
+        typer.echo(f"pretrain: {_run_state(summary)}; run directory {summary['run_dir']} (checkpoint.pt, log.csv, "
+                   f"tensorboard/)")
+    _exit_if_terminated(summary)
+
+
+def _run_state(summary: dict) -> str:
+    if summary["finished"]:
+        return "finished"
+    stopped = f"stopped by {summary['terminated']}" if summary.get("terminated") else "halted"
+    return f"{stopped} at step {summary['steps']} of {summary['total_steps']} (saved; continue with --resume auto)"
+
+
+def _exit_if_terminated(summary) -> None:
+    """A run stopped by SIGTERM saved its checkpoint, but did not finish: 143, as if the signal had ended it."""
+    from motionssl.train.loop import EXIT_TERMINATED
+
+    if summary is not None and summary.get("terminated"):
+        raise typer.Exit(EXIT_TERMINATED)
 
 
 @app.command()
@@ -367,8 +389,8 @@ def finetune(
     except TrainingFault as e:
         fail(str(e), 1)
     if summary is not None and os.environ.get("RANK", "0") == "0":
-        state = "finished" if summary["finished"] else f"halted at step {summary['steps']} of {summary['total_steps']}"
-        typer.echo(f"finetune: {state}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
+        typer.echo(f"finetune: {_run_state(summary)}; run directory {summary['run_dir']} (checkpoint.pt, log.csv)")
+    _exit_if_terminated(summary)
 
 
 def _cuda() -> bool:
@@ -486,6 +508,23 @@ def evaluate_motion(
     for name, path in result["pictures"].items():
         typer.echo(f"{name}: {path}")
 
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    old: Path = typer.Argument(..., help="A checkpoint written before format 2 (numpy RNG state)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The converted checkpoint to write."),
+    trust: bool = typer.Option(False, "--trust", help="You made OLD or trust where it came from: reading it needs "
+                               "numpy's array types beyond the safe loader's."),
+):
+    """Rewrite an old-format checkpoint so that it loads with the safe loader (tensors and plain values only)."""
+    from motionssl.train.checkpoint import CheckpointError, convert
+
+    try:
+        payload = convert(old, output, trust=trust)
+    except CheckpointError as e:
+        fail(str(e))
+    typer.echo(f"wrote {output}: format {payload['format']}, step {payload.get('step')}")
 
 @app.command()
 def plot(

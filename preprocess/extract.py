@@ -5,7 +5,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from motionssl.data_specs import Spec
 from motionssl.stores import init_store, read_video_meta, write_index
 from motionssl.stores.layout import INDEX, QUARANTINE, VIDEOS, read_json, scan_videos, video_path, write_json_atomic
+from motionssl.stores.lock import Locked, acquire_lock
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -23,6 +23,9 @@ VIDEO_EXTENSIONS = frozenset({
 })
 LOCK = ".extract.lock"
 EXIT_OK, EXIT_SOME_FAILED = 0, 3  # fatal errors exit 2, from the CLI
+# The local cluster's start-up budget; a busy machine starts it slowly, so it is tried twice, the second time with
+# twice the budget.
+START_BASE_S, START_PER_WORKER_S = 60.0, 1.0
 # A decoder that dies (a signal, an exit) is given one more try in a fresh process: a death can be transient
 # (the OOM killer, a killed process). A hang is not retried: it already cost a whole --timeout.
 MAX_ATTEMPTS = 2
@@ -45,6 +48,7 @@ class ExtractOptions:
     timeout: float = 300.0
     reencode: bool = False
     progress: bool = True
+    start_timeout: float | None = None  # seconds for the local cluster to start; None: START_BASE_S + per worker
 
 
 def scan_video_dir(video_dir: Path) -> dict[str, Path]:
@@ -164,40 +168,6 @@ def _check_writable(store: Path) -> None:
         raise FatalError(f"cannot write to {where} ({e.strerror}); choose another -o or make it writable") from None
 
 
-def _acquire_lock(store: Path) -> Path:
-    lock = store / LOCK
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = read_json(lock)
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise FatalError(
-                f"{store} is being written by another extract (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"since {holder.get('started')}); wait for it, or delete {lock} if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return lock
-    raise FatalError(f"could not take the lock {lock}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _ensure_zarr_parents(store: Path, ids) -> None:
     """Intermediate groups for nested ids, written once here so no two tasks race on them."""
     from motionssl.stores.zarr_writer import write_group
@@ -253,15 +223,28 @@ def _start_client(opts: ExtractOptions, gpus: int):
         return client, None
     import dask
 
-    # A worker only hands videos to its decoder process, which does the work on one core (pinned,
-    # isolation.py): workers are threads here, since worker processes would each pay an
-    # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
-    with dask.config.set({"distributed.logging.distributed": "error"}):
-        cluster = LocalCluster(
-            n_workers=local_workers(opts, gpus), threads_per_worker=1, processes=False, dashboard_address=":0",
-            silence_logs=40, resources={"GPU": 1} if gpus else None,
-        )
-    return Client(cluster), cluster
+    n = local_workers(opts, gpus)
+    budget = opts.start_timeout if opts.start_timeout is not None else START_BASE_S + START_PER_WORKER_S * n
+    for timeout in (budget, 2 * budget):
+        cluster = None
+        # A worker only hands videos to its decoder process, which does the work on one core (pinned,
+        # isolation.py): workers are threads here, since worker processes would each pay an
+        # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
+        try:
+            with dask.config.set({"distributed.logging.distributed": "error",
+                                  "distributed.comm.timeouts.connect": f"{timeout}s"}):
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=40,
+                    resources={"GPU": 1} if gpus else None, death_timeout=timeout,
+                )
+                return Client(cluster, timeout=timeout), cluster
+        except (OSError, RuntimeError) as e:  # TimeoutError is an OSError; RuntimeError: "Cluster failed to start"
+            error = e
+            if cluster is not None:
+                cluster.close()
+    raise FatalError(f"the local Dask cluster ({n} workers) did not start, in {budget:g}s nor in {2 * budget:g}s "
+                     f"({type(error).__name__}: {error}); the machine is busy: retry when it is quieter, with fewer "
+                     f"--workers, or with a larger --start-timeout")
 
 
 def _gpu_workers(client) -> bool:
@@ -291,7 +274,10 @@ def run_extract(opts: ExtractOptions) -> int:
         init_store(store, opts.fmt, opts.spec)
     except StoreError as e:
         raise FatalError(str(e)) from None
-    lock = _acquire_lock(store)
+    try:
+        lock = acquire_lock(store, LOCK, user="extract")
+    except Locked as e:
+        raise FatalError(str(e)) from None
     try:
         return _run_locked(opts, videos, report_path)
     finally:

@@ -11,21 +11,23 @@ Derived maps:
   from frame t to t-5, clamped to [0, 10].
 
 OpenCV's thread count is global state: the caller pins it (cv2.setNumThreads), not this module.
+torch and torchvision are imported only by the methods that run on them (RAFT, tvl1-torch): a decoder process of
+an OpenCV spec (`fast`, `default`) stays without them, about 0.8 GB less resident (benchmarks/README.md).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 from urllib.parse import urlparse
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-from motionssl.preprocess.tvl1_torch import TVL1Params, rgb_to_gray, tvl1_flow
+if TYPE_CHECKING:
+    import torch
+
+    from motionssl.preprocess.tvl1_torch import TVL1Params
 
 FlowMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -38,12 +40,16 @@ def _check_pair(src: np.ndarray, dst: np.ndarray) -> None:
 
 
 def _to_device(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
     # A copy, not ascontiguousarray: numpy calls a 1-frame slice with a negative stride
     # contiguous, and torch refuses negative strides.
     return torch.from_numpy(np.array(frames, copy=True)).to(device)
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -84,19 +90,24 @@ class MissingWeights(FileNotFoundError):
     """No local RAFT checkpoint: we never download at run time (compute nodes are often offline)."""
 
 
-# The checkpoints torchvision's own pretrained builders would fetch (MoDist used RAFT-things; the
-# C_T checkpoints are trained on FlyingChairs + FlyingThings only, i.e. synthetic data).
-_RAFT = {
-    "large": (raft_large, Raft_Large_Weights.C_T_SKHT_V2),
-    "small": (raft_small, Raft_Small_Weights.C_T_V2),
-}
+def _raft(model: str):
+    """(builder, the checkpoint torchvision's own pretrained builder would fetch). MoDist used RAFT-things; the
+    C_T checkpoints are trained on FlyingChairs + FlyingThings only, i.e. synthetic data."""
+    from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
+
+    return {"large": (raft_large, Raft_Large_Weights.C_T_SKHT_V2),
+            "small": (raft_small, Raft_Small_Weights.C_T_V2)}[model]
+
+
 # RAFT's correlation pyramid needs feature maps (input / 8) of at least 16 px: torchvision's min_size.
 _RAFT_MIN_SIDE = 128
 
 
 def raft_cache_path(model: Literal["large", "small"]) -> Path:
     """Where torchvision's pretrained builder caches the checkpoint: torch hub dir / checkpoints / url name."""
-    url = _RAFT[model][1].url
+    import torch
+
+    url = _raft(model)[1].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
@@ -108,12 +119,14 @@ def find_raft_weights(*, model: Literal["large", "small"], weights: str | Path |
             return path
     raise MissingWeights(
         f"RAFT-{model} weights not found; tried: {', '.join(str(p) for p in tried)}. "
-        f"Download {_RAFT[model][1].url} and put it at {raft_cache_path(model)} or pass weights=PATH."
+        f"Download {_raft(model)[1].url} and put it at {raft_cache_path(model)} or pass weights=PATH."
     )
 
 
 def _pad_to_raft(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """Replicate-pad (N, C, H, W) centred, as RAFT's InputPadder does, to sides divisible by 8 and >= 128."""
+    import torch.nn.functional as F
+
     h, w = x.shape[-2:]
     ph = max(-(-h // 8) * 8, _RAFT_MIN_SIDE) - h
     pw = max(-(-w // 8) * 8, _RAFT_MIN_SIDE) - w
@@ -137,7 +150,9 @@ class RAFTFlow:
         iters: int = 12,
         batch: int = 8,
     ) -> None:
-        net = _RAFT[model][0](weights=None, progress=False)  # weights=None: never download
+        import torch
+
+        net = _raft(model)[0](weights=None, progress=False)  # weights=None: never download
         state = torch.load(find_raft_weights(model=model, weights=weights), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
         self._setup(net, device=device, iters=iters, batch=batch)
@@ -153,9 +168,11 @@ class RAFTFlow:
         batch: int = 8,
     ) -> RAFTFlow:
         """FOR TESTS AND TIMING ONLY: an untrained RAFT whose flow is meaningless."""
+        import torch
+
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
-            net = _RAFT[model][0](weights=None, progress=False)
+            net = _raft(model)[0](weights=None, progress=False)
         obj = cls.__new__(cls)
         obj._setup(net, device=device, iters=iters, batch=batch)
         return obj
@@ -170,6 +187,8 @@ class RAFTFlow:
         return _to_device(frames, self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        import torch
+
         _check_pair(src, dst)
         n, h, w = src.shape[:3]
         out = np.empty((n, h, w, 2), np.float32)
@@ -191,12 +210,18 @@ class TVL1TorchFlow:
     within 0.003 px (median) and 0.07 px (p95) of OpenCV's TV-L1 (benchmarks/README.md)."""
 
     def __init__(self, *, batch: int = 8, device: str | torch.device | None = None,
-                 params: TVL1Params = TVL1Params()) -> None:
+                 params: TVL1Params | None = None) -> None:
+        from motionssl.preprocess.tvl1_torch import TVL1Params
+
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        self.device, self.batch, self.params = _default_device(device), batch, params
+        self.device, self.batch, self.params = _default_device(device), batch, params or TVL1Params()
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        import torch
+
+        from motionssl.preprocess.tvl1_torch import rgb_to_gray, tvl1_flow
+
         _check_pair(src, dst)
         out = np.empty(src.shape[:3] + (2,), np.float32)
         with torch.inference_mode():

@@ -281,7 +281,8 @@ def test_init_from_env_two_processes(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(env_worker, args=(port, str(tmp_path)), nprocs=2)
     for rank in (0, 1):
-        result = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        with torch.serialization.safe_globals([DistInfo]):  # this test's own dataclass, and nothing else
+            result = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         assert result["info"] == DistInfo(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"),
                                           group=True)
         assert result["backend"] == "gloo" and result["ids"].tolist() == [0, 1]

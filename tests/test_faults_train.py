@@ -1,10 +1,12 @@
 """Training under real faults: SIGKILL mid-epoch then --resume auto, non-finite losses, a stuck DataLoader worker,
 a damaged store, and bad configuration through the real CLI."""
 import gc
+import json
 import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -256,3 +259,92 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
     for name in "abc":  # nothing was trained or written
         assert not (run / name / checkpoint.LAST).exists() and not (run / name / "log.csv").exists()
     assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "f.zarr").exists()
+
+
+# -- SIGTERM (what SLURM sends before its kill), and two runs on one run directory -----------------------------------
+
+def start_pretrain(store: Path, run: Path, *extra) -> subprocess.Popen:
+    """A real `pretrain` process with 2 DataLoader workers, in its own process group."""
+    return subprocess.Popen([sys.executable, "-m", "motionssl.cli", "pretrain", "--store", str(store), "-o", str(run),
+                             *TINY_CLI, "--option", "queue_size=8", "--workers", "2", "--deterministic", "--lr", "0.05",
+                             "--log-every", "1", *map(str, extra)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> list[int]:
+    """Wait until `run` logged `step`; the pids of the process's children then (its DataLoader workers)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"pretrain ended early: {proc.stderr.read()}"
+        try:
+            logged = read_log(run)[-1]["step"] if (run / "log.csv").exists() else 0
+        except (IndexError, KeyError, TypeError, ValueError):  # a row being written
+            logged = 0
+        if logged >= step:
+            return [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        time.sleep(0.01)
+    raise AssertionError(f"{run} did not reach step {step}")
+
+
+def all_gone(pids: list[int], within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_saves_the_step_it_is_in_and_the_resumed_run_equals_one_never_stopped(store8, tmp_path):
+    """SIGTERM to the whole process group, as SLURM signals every process of a job: the run finishes its step,
+    saves it, shuts its workers down and exits 143; nothing is lost. A stale lock (its holder dead) is taken over
+    by the resumed run, whose losses equal those of a run that never stopped."""
+    steps = 60
+    with one_thread():
+        assert train(config(store8, tmp_path / "straight", steps=steps))["finished"]
+    run = tmp_path / "run"
+    proc = start_pretrain(store8, run, "--steps", steps, "--save-every", 100)
+    workers = wait_for_step(proc, run, 3)
+    assert len(workers) >= 2, workers
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, out + err
+    saved = checkpoint.load(run / checkpoint.LAST)["step"]
+    assert 3 <= saved < steps and f"stopped by SIGTERM at step {saved} of {steps}" in out, out
+    assert read_log(run)[-1]["step"] == saved  # every step it logged is in the checkpoint
+    assert all_gone(workers), "a DataLoader worker outlived the run"
+    assert not (run / ".run.lock").exists()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run / ".run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "then"}))
+    with one_thread():
+        r = cli("pretrain", "-o", run, "--resume", "auto", "--workers", "0", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert [row["step"] for row in read_log(run)] == list(range(1, steps + 1))
+    assert losses(run) == losses(tmp_path / "straight")
+    assert not (run / ".run.lock").exists()
+
+
+def test_a_second_pretrain_on_the_same_run_directory_is_refused_naming_the_first(store8, tmp_path):
+    """Two real processes. The second is refused (exit 2) naming the first; the first, then sent SIGTERM to its
+    main process alone (`kill PID`), saves, and its workers exit with it."""
+    run = tmp_path / "run"
+    first = start_pretrain(store8, run, "--steps", 2000, "--save-every", 5000)
+    workers = wait_for_step(first, run, 1)
+    second = subprocess.run([sys.executable, "-m", "motionssl.cli", "pretrain", "--store", str(store8), "-o",
+                             str(run), *TINY_CLI, "--steps", "4", "--workers", "0"], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stdout + second.stderr
+    assert lines[0].startswith(f"error: {run} is being written by another training run (pid {first.pid} on "
+                               f"{socket.gethostname()}, since "), lines[0]
+    assert lines[0].endswith(f"wait for it, or delete {run / '.run.lock'} if that process is gone"), lines[0]
+    assert first.poll() is None  # undisturbed
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 143 and "Traceback" not in err, out + err
+    assert checkpoint.load(run / checkpoint.LAST)["step"] == read_log(run)[-1]["step"]
+    assert all_gone(workers) and not (run / ".run.lock").exists()

@@ -8,6 +8,8 @@
   and a resume stay exact. Ranks agree on it (one all-reduce), so DDP never deadlocks on it.
 - `TrackedDataset` + `next_batch`: each DataLoader worker notes in shared memory which sample it is working on, so
   a worker stuck past `data_timeout` is reported with the sample and video it is stuck on.
+- `Termination`: SIGTERM (what SLURM sends before its kill) makes the loop save after the step it is in and stop;
+  `stop_workers` then shuts the DataLoader workers down, which ignore the signal themselves.
 
 Test hooks (`motionssl.fault_injection`): `hang-sample:ID` hangs a worker in that video's sample; `inf-sample:ID`
 makes that sample's RGB clips +inf, a real non-finite forward.
@@ -15,6 +17,7 @@ makes that sample's RGB clips +inf, a real non-finite forward.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 import time
 
@@ -161,3 +164,58 @@ def next_batch(batches, tracked: TrackedDataset, *, timeout: float, store_path) 
                               f"(`motionssl verify {store_path}`), or raise --data-timeout if samples are this "
                               f"slow") from None
         raise
+
+
+# -- SIGTERM ----------------------------------------------------------------------------------------------------
+
+class Termination:
+    """SIGTERM as a request to stop: the loop finishes the step it is in, saves a checkpoint and stops, so
+    `--resume auto` loses nothing. Ranks agree on the step (one all-reduce), so DDP saves and stops together.
+
+    DataLoader workers ignore SIGTERM (`ignore_in_worker`): SLURM signals every process of the job, and a worker
+    killed by it would end the run with a DataLoader error before the save; `stop_workers` ends them instead."""
+
+    def __init__(self, *, world_size: int, device: torch.device):
+        self.world_size, self.device = world_size, device
+        self.received: int | None = None
+        self._previous = None
+
+    def install(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        except ValueError:  # not the main thread (train() called from a thread): signals cannot reach it anyway
+            self._previous = None
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+
+    def requested(self) -> bool:
+        """Called once per step on every rank."""
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag.item() == 1.0
+
+    @staticmethod
+    def ignore_in_worker() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_workers(loader) -> None:
+    """End a DataLoader's workers now: the iterator's own shutdown, then a kill for any still alive (one stuck in a
+    sample, which a SIGTERM no longer stops). Uses the iterator's private `_workers` and `_shutdown_workers`."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None or not hasattr(iterator, "_workers"):
+        return
+    workers = list(iterator._workers)
+    iterator._shutdown_workers()
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join()
+    loader._iterator = None

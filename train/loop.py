@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from motionssl.stores import open_store
+from motionssl.stores.lock import Locked, acquire_lock
 from motionssl.train import checkpoint
 from motionssl.train.curves import plot_run
 from motionssl.train.collate import collate
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import finish_batch, seed_worker
 from motionssl.train.distributed import barrier, cleanup, init_from_env
-from motionssl.train.faults import NonFiniteGuard, TrackedDataset, batch_videos, next_batch, usable_store
+from motionssl.train.faults import (NonFiniteGuard, Termination, TrackedDataset, batch_videos, next_batch,
+                                   stop_workers, usable_store)
 from motionssl.train.methods import METHODS
 from motionssl.train.methods.base import Method, parse_options
 from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
@@ -35,6 +38,8 @@ from motionssl.train.run_log import RunLog
 # Config fields a resumed run may change; any other difference means a different experiment.
 RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after",
                      "skip_broken", "skip_nonfinite", "data_timeout"}
+RUN_LOCK = ".run.lock"  # one training run per run directory (rank 0 holds it)
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's status for SIGTERM: the job did not finish; it saved first
 
 
 class KeySampler(DistributedSampler):
@@ -66,6 +71,11 @@ class Precision:
         return Precision({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name])
 
 
+def worker_init(worker_id: int) -> None:
+    Termination.ignore_in_worker()
+    seed_worker(worker_id)
+
+
 def to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -91,20 +101,40 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     `method_cls` (default: METHODS[cfg.method]) is the objective, and its `dataset` the data: `finetune` passes its
     supervised objective here to reuse checkpoints, resume, logging and DDP."""
     dist = init_from_env()
-    main = dist.rank == 0
     run_dir = Path(cfg.out)
     resume_from = checkpoint.find_resume(run_dir, resume)
+    lock = refused = None
+    if dist.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = acquire_lock(run_dir, RUN_LOCK, user="training run")
+        except Locked as e:
+            refused = str(e)
+    if dist.world_size > 1:  # every rank stops, not rank 0 alone with the others waiting on it
+        answer = [refused]
+        torch.distributed.broadcast_object_list(answer, src=0)
+        refused = answer[0]
+    if refused:
+        raise ConfigError(refused)
+    try:
+        return _train(cfg, dist, resume=resume, resume_from=resume_from, method_cls=method_cls or METHODS[cfg.method])
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path | None,
+           method_cls: type[Method]) -> dict:
+    main = dist.rank == 0
+    run_dir = Path(cfg.out)
     if resume is None and (run_dir / checkpoint.LAST).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume auto, or pass a new -o RUN_DIR")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         # CUDA has no deterministic backward of 3-D max-pooling (S3D, C3D): warn there instead of failing
         torch.use_deterministic_algorithms(True, warn_only=dist.device.type == "cuda")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    method_cls = method_cls or METHODS[cfg.method]
     # fail on typos before any work, and record every option (defaults included) in config.yaml
     cfg.method_options = dataclasses.asdict(parse_options(method_cls.Options, cfg.method_options, method=cfg.method))
     store, broken = usable_store(open_store(cfg.store), skip_broken=cfg.skip_broken, announce=main)
@@ -143,7 +173,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     tracked = TrackedDataset(dataset, workers=cfg.workers)
     data_timeout = cfg.data_timeout if cfg.workers > 0 else 0
     loader = DataLoader(tracked, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, worker_init_fn=seed_worker, persistent_workers=cfg.workers > 0,
+                        num_workers=cfg.workers, worker_init_fn=worker_init, persistent_workers=cfg.workers > 0,
                         pin_memory=dist.device.type == "cuda", timeout=data_timeout,
                         generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate)
     guard = NonFiniteGuard(method, skip=cfg.skip_nonfinite, world_size=dist.world_size, skipped=skipped_before,
@@ -172,7 +202,9 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     window: list[float] = []
     t_wall = time.perf_counter()
     clips_per_step = cfg.batch_size * dist.world_size
+    termination, terminated = Termination(world_size=dist.world_size, device=dist.device), False
     try:
+        termination.install()
         while step < stop_step:
             if epoch != step // steps_per_epoch:
                 epoch = step // steps_per_epoch
@@ -214,9 +246,14 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                               "skipped_nonfinite": guard.skipped, **out["logs"]}
                     log.log(step, values)
                     window = []
-            if step % cfg.save_every == 0 or step == stop_step:
+            terminated = termination.requested() and step < stop_step
+            if step % cfg.save_every == 0 or step == stop_step or terminated:
                 save(step)
+            if terminated:
+                break
     finally:
+        termination.restore()
+        stop_workers(loader)
         bar.close()
         if log is not None:
             log.close()
@@ -224,7 +261,7 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
                "finished": step >= total_steps, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size,
                "device": str(dist.device), "seconds": time.perf_counter() - t_wall,
                "final_loss": None if step == start_step else loss.item(), "skipped_nonfinite": guard.skipped,
-               "skipped_videos": broken}
+               "skipped_videos": broken, "terminated": "SIGTERM" if terminated else None}
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_run(run_dir)

@@ -1,0 +1,53 @@
+"""What `extract` costs and risks before the first video: a Dask cluster that does not start on a busy machine,
+and what each spec's decoder process imports."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from motionssl.data_specs import load_spec
+from motionssl.preprocess.isolation import DecoderProcess
+from motionssl.preprocess.synthetic import encode, translating_frames
+from motionssl.stores import init_store, open_store
+
+
+def test_a_cluster_that_does_not_start_is_one_line_and_exit_2(synthetic_dir, tiny_spec, tmp_path):
+    """A real LocalCluster given 1 ms to start (and 2 ms on its retry) fails for real: exit 2, one line that says
+    what to do; the lock is released and nothing was written."""
+    store = tmp_path / "s.zarr"
+    r = subprocess.run([sys.executable, "-m", "motionssl.cli", "extract", str(synthetic_dir), "-o", str(store),
+                        "--spec", str(tiny_spec), "--workers", "2", "--no-progress", "--start-timeout", "0.001"],
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert lines[0].startswith("error: the local Dask cluster (2 workers) did not start, in 0.001s nor in 0.002s "
+                               "(TimeoutError: "), lines[0]
+    assert lines[0].endswith("the machine is busy: retry when it is quieter, with fewer --workers, or with a larger "
+                             "--start-timeout"), lines[0]
+    assert not (store / ".extract.lock").exists() and open_store(store).videos == []
+
+
+def libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize("spec,torch_expected", [("compressed", False), ("fast", False), ("default-gpu", True)])
+def test_a_decoder_imports_torch_only_for_a_spec_that_runs_on_it(spec, torch_expected, tmp_path):
+    """A real decoder process extracts a video with the shipped spec; torch, once imported, maps libtorch_cpu into
+    the process. `fast` (OpenCV DIS) and `compressed` never import it; `default-gpu` (tvl1-torch) does, which
+    shows the check sees an import."""
+    video = encode(tmp_path / "v.mp4", translating_frames(12, size=(96, 64), velocity=(2, 1)), "x264-nob")
+    parsed = load_spec(spec)
+    init_store(tmp_path / "s.zarr", "zarr", parsed)
+    decoder = DecoderProcess()
+    try:
+        result = decoder.run({"path": str(video), "source": "v.mp4", "video_id": "v", "store": str(tmp_path / "s.zarr"),
+                              "format": "zarr", "spec": parsed.to_dict(), "reencode": False, "gpus": 0,
+                              "device": "cpu"}, 300)
+        assert result["ok"], result
+        assert ("libtorch_cpu" in libraries(decoder.proc.pid)) is torch_expected
+    finally:
+        decoder.stop()
+    assert os.path.isdir(tmp_path / "s.zarr" / "videos" / "v")
