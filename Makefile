@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_motion_sampling.py --out bench_out
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 	$(BIN)/python benchmarks/bench_decoder_memory.py --out bench_out
+	$(BIN)/python benchmarks/bench_science.py --out bench_out
 
 # The device check: every CUDA path, timed, in about 8 minutes on one H100 (benchmarks/README.md, "GPU").
 gpu-check: $(STAMP)

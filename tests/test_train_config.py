@@ -108,3 +108,7 @@ def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
     check_resume_config(old, cfg)  # the default it would have had
     with pytest.raises(ConfigError, match="flip"):
         check_resume_config(old, resolve({}, {}, {"store": "s", "out": str(tmp_path), "steps": 2, "flip": False}))
+    cfg.method_options = {"tau": 0.2, "bn_groups": 8}
+    check_resume_config({**cfg.to_dict(), "method_options": {"tau": 0.2}}, cfg)  # an option added since
+    with pytest.raises(ConfigError, match="method_options"):
+        check_resume_config({**cfg.to_dict(), "method_options": {"tau": 0.1}}, cfg)

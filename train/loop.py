@@ -87,8 +87,10 @@ def to_device(batch, device: torch.device):
 
 
 def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
-    now, default = cfg.to_dict(), PretrainConfig().to_dict()  # a key newer than the run holds its default
+    # A config field newer than the run holds its default there; a method option newer than the run is not compared.
+    now, default = cfg.to_dict(), PretrainConfig().to_dict()
     saved = {**default, **saved}
+    saved["method_options"] = {**now["method_options"], **(saved.get("method_options") or {})}
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
