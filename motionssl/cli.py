@@ -168,7 +168,7 @@ def show(
                                               "its learned motion maps (each filter's displacement centroid)."),
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
-    from motionssl.show import render_panel, write_png, write_video
+    from motionssl.pictures.frames import render_panel, write_png, write_video
     from motionssl.stores import StoreError
 
     learned = None
@@ -324,7 +324,7 @@ def finetune(
     Same loop as pretrain (checkpoints, --resume auto, logs, torchrun DDP); evaluate the result with
     `motionssl evaluate classify`.
     """
-    from motionssl.eval.finetune import Finetune, linear_probe_on_features
+    from motionssl.train.finetune import Finetune, linear_probe_on_features
     from motionssl.train.labels import SplitError
     from motionssl.stores import StoreError
     from motionssl.train import checkpoint as ckpt
@@ -492,7 +492,7 @@ def plot(
                              "(columns no run logged are left out)."),
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""
-    from motionssl.eval.pictures import overlay_runs, write_png
+    from motionssl.pictures.figures import overlay_runs, write_png
 
     missing = [str(d) for d in run_dirs if not (d / "log.csv").is_file()]
     if missing:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from motionssl.cli import app
-from motionssl.eval.features import clip_dataset, clip_outputs, load_backbone
+from motionssl.train.features import clip_dataset, clip_outputs, load_backbone
 from motionssl.eval.metrics import retrieval
 from motionssl.train.labels import load_split
 from motionssl.preprocess.motion_classes import DIRECTIONS, write_motion_classes

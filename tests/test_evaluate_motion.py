@@ -13,7 +13,7 @@ from motionssl.eval.motion import (
     LearnedMotion, backward_warp, cells_to_pixels, clip_blocks, evaluate_motion, pair_errors, to_signed,
 )
 from motionssl.preprocess.synthetic import translating_frames
-from motionssl.show import render_panel_with_boxes
+from motionssl.pictures.frames import render_panel_with_boxes
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
 

@@ -12,7 +12,7 @@ import torch
 
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.train import checkpoint
-from motionssl.train.curves import smooth
+from motionssl.pictures.curves import smooth
 from motionssl.train.run_log import read_log
 from conftest import write_spec
 from test_extract import extract, motionssl

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from motionssl.data_specs import mv_grid
-from motionssl.preprocess.decode import BadVideo, decode_frames, open_video
+from motionssl.stores.decode import BadVideo, decode_frames, open_video
 from motionssl.stores import Store, StoreError
 
 DECODED = ("mv", "mv_valid")

@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from motionssl import fault_injection
+from motionssl.stores import fault_injection
 from motionssl.stores import Store, StoreError
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
-from motionssl.train.curves import plot_run
+from motionssl.pictures.curves import plot_run
 from motionssl.train.collate import collate
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import finish_batch, seed_worker

@@ -10,7 +10,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from motionssl.preprocess.motion_vectors import (
+from motionssl.stores.motion_vectors import (
     CODECS_WITH_MV_EXPORT, CODECS_WITHOUT_B_FRAME_MVS, ReferenceGaps, pool_motion_vectors,
 )
 

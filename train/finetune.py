@@ -35,7 +35,7 @@ from motionssl.train.methods.base import Method, build_backbone
 from motionssl.train.methods.cmd import CMDOptions, build_motion_prediction, motion_needs
 from motionssl.train.optim import lr_at
 from motionssl.train.run_log import RunLog
-from motionssl.eval.features import backbone_entry, clip_dataset, clip_outputs, load_mapped
+from motionssl.train.features import backbone_entry, clip_dataset, clip_outputs, load_mapped
 from motionssl.train.labels import Split, load_split
 
 

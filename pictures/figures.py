@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from motionssl.stores import Store
-from motionssl.train.curves import AXIS, BACKGROUND, FONT, GRID
+from motionssl.pictures.curves import AXIS, BACKGROUND, FONT, GRID
 from motionssl.train.run_log import read_log
 
 HIT = (60, 170, 60)       # BGR green: a neighbour of the query's class
