@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,20 @@ app = typer.Typer(
     help="Extract motion signals from videos once, into chunked Zarr/HDF5 stores; pretrain and evaluate on them.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from motionssl import __version__
+
+        typer.echo(f"motionssl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Extract motion signals from videos once, into chunked Zarr/HDF5 stores; pretrain and evaluate on them."""
 
 
 class Format(str, Enum):
@@ -493,21 +506,15 @@ def plot(
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""
     from motionssl.pictures.figures import overlay_runs, write_png
+    from motionssl.train.run_log import read_log
 
     missing = [str(d) for d in run_dirs if not (d / "log.csv").is_file()]
     if missing:
         fail(f"no log.csv in {', '.join(missing)}")
     try:
-        image = overlay_runs(run_dirs, keys=tuple(k.strip() for k in keys.split(",") if k.strip()))
+        image = overlay_runs([(str(d), read_log(d)) for d in run_dirs], keys=tuple(k.strip() for k in keys.split(",") if k.strip()))
     except ValueError as e:
         fail(str(e))
     write_png(image, output)
     typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
 
-
-def main() -> None:  # python -m motionssl
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

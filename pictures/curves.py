@@ -6,8 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from motionssl.train.run_log import read_log
-
 BACKGROUND = (255, 255, 255)
 AXIS = (90, 90, 90)
 GRID = (225, 225, 225)
@@ -60,19 +58,13 @@ def draw_series(steps: np.ndarray, values: np.ndarray, *, title: str, smoothed: 
     return img
 
 
-def plot_run(run_dir: Path, *, keys=("loss", "lr", "clips_per_s", "context_top1", "motion_top1",
-                                     "cross_top1")) -> Path | None:
-    """RUN_DIR/curves.png: one panel per logged key, side by side. None when nothing is logged yet."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "log.csv").exists():
-        return None
-    rows = read_log(run_dir)
+def run_panels(rows: list[dict[str, float]], *, keys=("loss", "lr", "clips_per_s", "context_top1", "motion_top1",
+                                                  "cross_top1")) -> np.ndarray | None:
+    """One panel per logged key, side by side (a BGR image). None when nothing is logged yet."""
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows], dtype=np.float64)
     panels = [draw_series(steps, np.array([r.get(k, np.nan) for r in rows], dtype=np.float64), title=k,
                           smoothed=k != "lr")
               for k in keys if any(k in r for r in rows)]
-    out = run_dir / "curves.png"
-    cv2.imwrite(str(out), np.concatenate(panels, axis=1))
-    return out
+    return np.concatenate(panels, axis=1)

@@ -10,7 +10,6 @@ import numpy as np
 
 from motionssl.stores import Store
 from motionssl.pictures.curves import AXIS, BACKGROUND, FONT, GRID
-from motionssl.train.run_log import read_log
 
 HIT = (60, 170, 60)       # BGR green: a neighbour of the query's class
 MISS = (50, 50, 210)      # BGR red
@@ -116,13 +115,14 @@ def confusion_image(matrix: np.ndarray, classes: Sequence[str], *, side: int = 4
     return img
 
 
-def overlay_runs(run_dirs: Sequence[Path], *, keys=("loss", "lr", "clips_per_s"), size=(480, 300)) -> np.ndarray:
-    """One panel per key with every run's series in its own colour (raw, thin), and a legend of run names."""
+def overlay_runs(logs: Sequence[tuple[str, list[dict[str, float]]]], *, keys=("loss", "lr", "clips_per_s"),
+                 size=(480, 300)) -> np.ndarray:
+    """One panel per key with every run's series (`logs`: (run name, log rows)) in its own colour (raw, thin), and
+    a legend of run names."""
     w, h = size
-    logs = [(Path(d), read_log(Path(d))) for d in run_dirs]
     keys = [k for k in keys if any(k in r for _, rows in logs for r in rows)]
     if not keys:
-        raise ValueError(f"none of {', '.join(map(str, run_dirs))} logged any of the keys")
+        raise ValueError(f"none of {', '.join(name for name, _ in logs)} logged any of the keys")
     left, right, top, bottom = 56, 12, 26, 30
     panels = []
     for key in keys:

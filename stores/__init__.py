@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import copy
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
-from motionssl import __version__
 from motionssl.data_specs import Spec, SpecError, spec_from_dict
 from motionssl.stores.layout import (
     FORMAT_VERSION, INDEX, ROOT_META, read_json, scan_videos, video_path, write_json_atomic,
 )
 
 FORMATS = ("zarr", "hdf5")
+
+try:  # recorded in every store's and video's meta; the package metadata is the one source of the number
+    __version__ = version("motionssl")
+except PackageNotFoundError:  # a source tree used without `pip install`
+    __version__ = "0+unknown"
 
 
 class StoreError(Exception):
