@@ -345,7 +345,8 @@ class _Timers:
 def breakdown_worker(out_dir: Path, formats: list[str], clips: list[Path]) -> dict:
     """In one process, like a decoder process: per clip, a bare pass then extract_video, stages timed."""
     from motionssl.data_specs import load_spec
-    from motionssl.preprocess import decode, video_job
+    from motionssl.preprocess import video_job
+    from motionssl.stores import decode
     from motionssl.stores.decode import limit_threads
     from motionssl.stores import init_store, writer
 

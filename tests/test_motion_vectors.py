@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from motionssl.data_specs import hflip_motion, stored_size
-from motionssl.preprocess import decode
+from motionssl.stores import decode
 from motionssl.stores.decode import decode_frames, open_video
 from motionssl.stores.motion_vectors import ReferenceGaps, pool_motion_vectors
 from motionssl.preprocess.synthetic import encode, moving_square_frames, translating_frames
