@@ -518,3 +518,6 @@ def plot(
     write_png(image, output)
     typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
 
+
+if __name__ == "__main__":  # python -m motionssl.cli, as python -m motionssl
+    app(prog_name="motionssl")
