@@ -32,7 +32,7 @@ from motionssl.train.checkpoint import CheckpointError
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.methods.base import Method, build_backbone
-from motionssl.train.methods.cmd import CMDOptions, build_motion_prediction, motion_needs
+from motionssl.train.methods.cmd import CMDClips, CMDOptions, build_motion_prediction, motion_target
 from motionssl.train.optim import lr_at
 from motionssl.train.run_log import RunLog
 from motionssl.train.features import backbone_entry, clip_dataset, clip_outputs, load_mapped
@@ -118,13 +118,16 @@ class Finetune(Method):
 
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
-        needs = Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride, views=1)
-        return motion_needs(needs, CMDOptions()) if cfg.method_options.get("aux_motion") else needs
+        return Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride, views=1)
 
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> ClipDataset:
         videos, labels = read_split(cfg, store).part("train")
-        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, videos=videos, labels=labels)
+        needs = cls.needs(cfg)
+        if cfg.method_options.get("aux_motion"):  # CMD's motion target and hard negatives, at the paper's settings
+            return CMDClips(store, needs, target=motion_target(needs, CMDOptions()), size=cfg.size, seed=cfg.seed,
+                            videos=videos, labels=labels)
+        return ClipDataset(store, needs, size=cfg.size, seed=cfg.seed, videos=videos, labels=labels)
 
     def train(self, mode: bool = True) -> "Finetune":
         super().train(mode)
