@@ -312,7 +312,7 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
     config = tmp_path / "adam.yaml"  # Adam at a constant lr learns the tiny task in 80 steps; SGD needs hundreds
     config.write_text(yaml.safe_dump({"optimizer": "adam", "weight_decay": 0.0, "min_lr_ratio": 1.0}))
     run = tmp_path / "run"
-    r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
+    r = pretrain(moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
                  "--option", "dim=16", "--option", "head_hidden=32", "--option", "tau=0.2", "--option",
                  "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "80", "--batch-size", "8",
                  "--workers", "0", "--lr", "0.001", "--log-every", "1", "--config", config)
@@ -339,7 +339,7 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
 
 
 def test_resume_continues_exactly(moco_store, tmp_path):
-    common = ["--store", moco_store, *TINY_CLI, "--steps", "6", "--batch-size", "2", "--log-every", "1",
+    common = [moco_store, *TINY_CLI, "--steps", "6", "--batch-size", "2", "--log-every", "1",
               "--save-every", "100", "--deterministic", "--lr", "0.05"]
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     assert pretrain("-o", straight, *common, "--workers", "0").returncode == 0
@@ -362,7 +362,7 @@ def rgb_only_store(moco_store, tmp_path_factory):
 
 
 def test_a_store_without_motion_vectors_fails_in_one_line(rgb_only_store, tmp_path):
-    r = pretrain("--store", rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", "--batch-size", "2")
+    r = pretrain(rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", "--batch-size", "2")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "has no mv;" in r.stderr and "--spec compressed" in r.stderr
 
@@ -372,7 +372,7 @@ def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
     labels.write_text("video_id,label,split\n" + "".join(
         f"tint_{i},{'ab'[i % 2]},{'train' if i < 6 else 'test'}\n" for i in range(8)))
     run = tmp_path / "aux"
-    common = ["--store", moco_store, "--labels", labels, "-o", run, "--from-scratch", "--backbone", "r3d10",
+    common = [moco_store, "--labels", labels, "-o", run, "--from-scratch", "--backbone", "r3d10",
               "--backbone-width", "4", "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "3",
               "--batch-size", "2", "--workers", "0", "--log-every", "1", "--no-progress"]
     r = motionssl("finetune", *[str(a) for a in common], "--aux-motion", "0.2")
@@ -384,7 +384,7 @@ def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
     assert state["config"]["method_options"]["aux_motion"] == 0.2
     assert any(k.startswith("aux_motion.motion") or k.startswith("aux_motion.m_network") for k in state["method"])
     out = tmp_path / "classify"
-    r = motionssl("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", moco_store, "--labels",
+    r = motionssl("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", moco_store, "--labels",
                   labels, "-o", out, "--views", "1")
     assert r.returncode == 0, r.stderr  # the classifier loads strictly, without the regulariser's networks
     assert json.loads((out / "classification.json").read_text())["accuracy"]["top1"] >= 0
