@@ -256,7 +256,8 @@ def show(
                                               "its learned motion maps (each filter's displacement centroid)."),
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
-    from motionssl.pictures.frames import render_panel, write_png, write_video
+    from motionssl.pictures import write_png
+    from motionssl.pictures.frames import render_panel, write_video
     from motionssl.stores import StoreError
 
     unknown = [str(p) for p in output if p.suffix.lower() not in (".png", ".mp4")]
@@ -548,7 +549,8 @@ def plot(
                              "(columns no run logged are left out)."),
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""
-    from motionssl.pictures.figures import overlay_runs, write_png
+    from motionssl.pictures import write_png
+    from motionssl.pictures.curves import overlay_runs
     from motionssl.train.run_log import read_log
 
     missing = [str(d) for d in run_dirs if not (d / "log.csv").is_file()]

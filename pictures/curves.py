@@ -1,17 +1,23 @@
-"""Training curves as a PNG (RUN_DIR/curves.png), drawn with OpenCV so no plotting library is needed."""
+"""Training curves: one run's (RUN_DIR/curves.png) and several runs overlaid (`motionssl plot`), with matplotlib.
+
+One panel per logged metric, side by side, each `PANEL` pixels: the step on x, the metric on y with its name,
+ticks on both axes. Losses that span more than a decade are drawn on a log scale. One run: the raw series thin and
+light, its trailing moving average dark. Several runs: one colour per run, named in a legend under the panels.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
-BACKGROUND = (255, 255, 255)
-AXIS = (90, 90, 90)
-GRID = (225, 225, 225)
-LINE = (230, 160, 110)    # BGR light blue: the raw series
-SMOOTH = (140, 60, 20)     # BGR dark blue: its moving average
-FONT = cv2.FONT_HERSHEY_SIMPLEX
+from motionssl.pictures import figure, rendered
+
+PANEL = (480, 300)            # pixels per metric panel
+LEGEND_ROW = 22               # pixels per legend row under overlaid runs
+RAW, SMOOTHED = "#9ecae1", "#08519c"  # light and dark blue
+RUN_KEYS = ("loss", "lr", "clips_per_s", "context_top1", "motion_top1", "cross_top1")
+LABELS = {"loss": "loss", "lr": "learning rate", "clips_per_s": "clips / s", "acc": "train accuracy",
+          "context_top1": "context top-1", "motion_top1": "motion top-1", "cross_top1": "cross top-1"}
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -22,49 +28,76 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[start]) / (idx - start)
 
 
-def draw_series(steps: np.ndarray, values: np.ndarray, *, title: str, smoothed: bool = True,
-                size=(480, 300)) -> np.ndarray:
-    """One panel: the raw series, its moving average if `smoothed`, axes with min/max labels. Returns a BGR image."""
-    w, h = size
-    left, right, top, bottom = 56, 12, 26, 30
-    img = np.full((h, w, 3), BACKGROUND, np.uint8)
-    cv2.putText(img, title, (left, 18), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    finite = np.isfinite(values)
-    steps, values = steps[finite], values[finite]
-    if len(values) == 0:
-        cv2.putText(img, "no data", (left, h // 2), FONT, 0.5, AXIS, 1, cv2.LINE_AA)
-        return img
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    s0, s1 = float(steps.min()), float(max(steps.max(), steps.min() + 1))
-
-    def xy(s: np.ndarray, v: np.ndarray) -> np.ndarray:
-        x = left + (s - s0) / (s1 - s0) * (w - left - right)
-        y = top + (hi - v) / (hi - lo) * (h - top - bottom)
-        return np.stack([x, y], axis=1).round().astype(np.int32)
-
-    for frac in (0.25, 0.5, 0.75):
-        y = int(top + frac * (h - top - bottom))
-        cv2.line(img, (left, y), (w - right, y), GRID, 1)
-    cv2.rectangle(img, (left, top), (w - right, h - bottom), AXIS, 1)
-    cv2.polylines(img, [xy(steps, values)], False, LINE, 1, cv2.LINE_AA)
-    if smoothed and len(values) >= 5:
-        cv2.polylines(img, [xy(steps, smooth(values, max(2, len(values) // 10)))], False, SMOOTH, 2, cv2.LINE_AA)
-    for text, y in ((f"{hi:.3g}", top + 10), (f"{lo:.3g}", h - bottom)):
-        cv2.putText(img, text, (4, y), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for text, x in ((f"{int(s0)}", left), (f"step {int(s1)}", w - right - 70)):
-        cv2.putText(img, text, (x, h - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+def _series(rows: list[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.array([(r["step"], r[key]) for r in rows if key in r and np.isfinite(r[key])], float).reshape(-1, 2)
+    return pts[:, 0], pts[:, 1]
 
 
-def run_panels(rows: list[dict[str, float]], *, keys=("loss", "lr", "clips_per_s", "context_top1", "motion_top1",
-                                                  "cross_top1")) -> np.ndarray | None:
-    """One panel per logged key, side by side (a BGR image). None when nothing is logged yet."""
-    if not rows:
+def _log_scale(key: str, values: np.ndarray) -> bool:
+    """Log y for a loss that is positive and spans more than a decade (the early drop would flatten the rest)."""
+    return "loss" in key and len(values) > 1 and values.min() > 0 and values.max() / values.min() > 10
+
+
+def _style(ax, key: str, values: np.ndarray) -> None:
+    ax.set_xlabel("step", fontsize=9)
+    ax.set_ylabel(LABELS.get(key, key), fontsize=9)
+    ax.set_title(LABELS.get(key, key) + (" (log scale)" if _log_scale(key, values) else ""), fontsize=10)
+    if _log_scale(key, values):
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.tick_params(labelsize=8)
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    if key == "lr":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+
+def run_curves(rows: list[dict[str, float]], *, keys: Sequence[str] = RUN_KEYS) -> np.ndarray | None:
+    """One run's log rows as curves (an RGB image); None when nothing is logged yet."""
+    keys = [k for k in keys if any(k in r and np.isfinite(r[k]) for r in rows)]
+    if not keys:
         return None
-    steps = np.array([r["step"] for r in rows], dtype=np.float64)
-    panels = [draw_series(steps, np.array([r.get(k, np.nan) for r in rows], dtype=np.float64), title=k,
-                          smoothed=k != "lr")
-              for k in keys if any(k in r for r in rows)]
-    return np.concatenate(panels, axis=1)
+    fig = figure(PANEL[0] * len(keys), PANEL[1])
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        steps, values = _series(rows, key)
+        smoothed = key != "lr" and len(values) >= 5
+        ax.plot(steps, values, color=RAW if smoothed else SMOOTHED, linewidth=1, marker="o" if len(values) == 1 else None)
+        if smoothed:
+            ax.plot(steps, smooth(values, max(2, len(values) // 10)), color=SMOOTHED, linewidth=2)
+        _style(ax, key, values)
+    fig.tight_layout(pad=0.6)
+    return rendered(fig)
+
+
+def overlay_runs(logs: Sequence[tuple[str, list[dict[str, float]]]], *,
+                 keys: Sequence[str] = ("loss", "lr", "clips_per_s")) -> np.ndarray:
+    """Several runs' curves (`logs`: (run name, log rows)), one panel per key any run logged, one colour per run,
+    a legend naming the runs under the panels (an RGB image)."""
+    keys = [k for k in keys if any(k in r for _, rows in logs for r in rows)]
+    if not keys:
+        raise ValueError(f"none of {', '.join(name for name, _ in logs)} logged any of the keys")
+    legend_h = LEGEND_ROW * (len(logs) + 1)
+    fig = figure(PANEL[0] * len(keys), PANEL[1] + legend_h)
+    bottom = legend_h / (PANEL[1] + legend_h)
+    colours = [f"C{i % 10}" for i in range(len(logs))]  # matplotlib's Tableau 10 cycle
+    handles = []
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        every = []
+        for (name, rows), colour in zip(logs, colours):
+            steps, values = _series(rows, key)
+            every.append(values)
+            (line,) = ax.plot(steps, values, color=colour, linewidth=1.6, marker="o" if len(values) == 1 else None,
+                              label=name)
+            if i == 0:
+                handles.append(line)
+        _style(ax, key, np.concatenate(every) if every else np.zeros(0))
+    fig.tight_layout(pad=0.6, rect=(0, bottom, 1, 1))
+    fig.legend(handles=handles, labels=[name for name, _ in logs], loc="lower left", ncol=1, fontsize=9,
+               frameon=False, bbox_to_anchor=(0.01, 0.0))
+    return rendered(fig)

@@ -443,13 +443,6 @@ def render_panel(store, video_id: str, *, steps: list[int] | None = None, count:
                                    learned=learned)[0]
 
 
-def write_png(image: np.ndarray, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"could not write {path} (is the extension an image format OpenCV knows, e.g. .png?)")
-
-
 def write_video(store, video_id: str, path: str | Path, *, fps: float | None = None,
                 max_motion: float | None = None, block: int = 64, learned=None) -> int:
     """An H.264 mp4 with one frame per time step t (one row, the panel's columns); returns T.

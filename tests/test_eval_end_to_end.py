@@ -126,7 +126,7 @@ def test_full_finetune_resumes_and_plot_overlays(chain):
     cli("plot", chain["root"] / "pretrain", run, chain["root"] / "linear", "-o", png)
     image = cv2.imread(str(png))
     assert image.shape[1] == 4 * 480  # loss, lr, clips_per_s, acc
-    assert (np.abs(image.astype(int) - (31, 119, 180)).sum(-1) < 30).any()  # the first run's colour (BGR)
+    assert (np.abs(image.astype(int) - (180, 119, 31)).sum(-1) < 30).any()  # the first run's colour, #1f77b4 (BGR)
 
 
 def test_errors_are_one_line(chain, tmp_path):

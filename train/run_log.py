@@ -54,11 +54,11 @@ def read_log(run_dir: Path) -> list[dict[str, float]]:
 
 def plot_run(run_dir: Path) -> Path | None:
     """RUN_DIR/curves.png from RUN_DIR/log.csv. None when nothing is logged yet."""
-    from motionssl.pictures.curves import run_panels
-    from motionssl.pictures.figures import write_png
+    from motionssl.pictures import write_png
+    from motionssl.pictures.curves import run_curves
 
     run_dir = Path(run_dir)
     if not (run_dir / "log.csv").exists():
         return None
-    image = run_panels(read_log(run_dir))
+    image = run_curves(read_log(run_dir))
     return None if image is None else write_png(image, run_dir / "curves.png")
