@@ -131,7 +131,7 @@ class HDF5VideoReader:
             raise IndexError(f"frame index out of range for {n} frames: {idx.min()}..{idx.max()}")
         idx = idx % n
         uniq, inverse = np.unique(idx, return_inverse=True)
-        # h5py's point and strided selections decode a chunk once per frame (40x slower at stride 4): read
+        # h5py's point and strided selections decode a chunk once per frame (benchmarks/README.md): read
         # runs of chunks as whole slices instead, and pick the frames from them. A slice costs about as much
         # as decoding 64 KiB, so gaps smaller than that (small per-frame arrays: mv, mv_valid) join the run.
         chunk = ds.chunks[0] if ds.chunks else n

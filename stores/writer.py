@@ -93,7 +93,7 @@ def _remove(path: Path) -> None:
 
 def _fsync_tree(path: Path) -> None:
     """fsync every file under `path`, concurrently: ext4 then commits them in shared journal
-    transactions (a video's ~20 files: 12 ms instead of 50-110 ms on a busy disk)."""
+    transactions instead of one each (benchmarks/README.md, "Figures moved out of docstrings")."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         list(pool.map(_fsync, files))

@@ -50,8 +50,8 @@ WORKER_ERRORS = {"StoreError": StoreError}  # what a worker's record may raise a
 def usable_store(store: Store, *, skip_broken: bool, announce: bool = True) -> tuple[Store, dict[str, str]]:
     """(the store to train on, {broken video: problem}). Raises StoreError on a broken video unless `skip_broken`.
 
-    About 0.6 ms per video for Zarr, 1.5 for HDF5 (benchmarks/README.md, "Reliability"); under DDP rank 0 checks
-    and the others take its answer, so a shared filesystem sees the check once."""
+    Its cost per video is in benchmarks/README.md, "Reliability". Under DDP rank 0 checks and the others take its
+    answer, so a shared filesystem sees the check once."""
     from motionssl.stores.verify import broken_videos
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
