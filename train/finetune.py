@@ -58,7 +58,7 @@ class VideoClassifier(nn.Module):
 @dataclass
 class FinetuneOptions:
     checkpoint: str | None = None   # a pretrain (or finetune) checkpoint; its backbone is the starting point
-    labels: list[str] = field(default_factory=list)  # label files (see eval.splits.load_split)
+    labels: list[str] = field(default_factory=list)  # label files (see train.labels.load_split)
     split: int = 1                  # UCF101 / HMDB51 split number
     linear_probe: bool = False      # frozen backbone (BN statistics included), train the linear head only
     from_scratch: bool = False      # the checkpoint's (or --backbone's) architecture, random initialisation
