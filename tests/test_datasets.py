@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, default_collate
 from conftest import TINY_SPEC, extract_in_process
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
-from motionssl.train.augment import center_params, crop_resize_frames, draw_spatial, \
+from motionssl.train.augment import crop_resize_frames, draw_spatial, \
     COLOR_VECTOR, eval_crops, normalize, to_clip_tensor
 from motionssl.train.datasets import ClipDataset, MissingModality, Needs, check_store, finish_batch, seed_worker
 from motionssl.train.sampling import random_clip
