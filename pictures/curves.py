@@ -33,27 +33,36 @@ def _series(rows: list[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndar
     return pts[:, 0], pts[:, 1]
 
 
-def _log_scale(key: str, values: np.ndarray) -> bool:
-    """Log y for a loss that is positive and spans more than a decade (the early drop would flatten the rest)."""
-    return "loss" in key and len(values) > 1 and values.min() > 0 and values.max() / values.min() > 10
+def _log_scale(key: str, series: Sequence[np.ndarray]) -> bool:
+    """Log y where a linear axis would flatten curves: a positive loss spanning more than a decade (its early drop),
+    and learning rates of runs whose peaks differ by more than 10x (one run's schedule would lie on zero)."""
+    series = [s for s in series if len(s)]
+    if not series:
+        return False
+    values = np.concatenate(series)
+    if "loss" in key:
+        return len(values) > 1 and values.min() > 0 and values.max() / values.min() > 10
+    peaks = [s.max() for s in series]
+    return key == "lr" and min(peaks) > 0 and max(peaks) / min(peaks) > 10
 
 
-def _style(ax, key: str, values: np.ndarray) -> None:
+def _style(ax, key: str, series: Sequence[np.ndarray]) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    log = _log_scale(key, series)
     ax.set_xlabel("step", fontsize=9)
     ax.set_ylabel(LABELS.get(key, key), fontsize=9)
-    ax.set_title(LABELS.get(key, key) + (" (log scale)" if _log_scale(key, values) else ""), fontsize=10)
-    if _log_scale(key, values):
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title(LABELS.get(key, key) + (" (log scale)" if log else ""), fontsize=10)
+    if log:
+        ax.set_yscale("log", nonpositive="mask")  # a schedule's final 0 is left out, not clipped
+        positive = np.concatenate(series)[np.concatenate(series) > 0]
+        decades = np.log10(positive.max() / positive.min())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,), numticks=8))
         ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.0001, not an offset label
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(True, color="#e5e5e5", linewidth=0.8)
     ax.tick_params(labelsize=8)
-    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
-    if key == "lr":
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
 
 
 def run_curves(rows: list[dict[str, float]], *, keys: Sequence[str] = RUN_KEYS) -> np.ndarray | None:
@@ -69,7 +78,7 @@ def run_curves(rows: list[dict[str, float]], *, keys: Sequence[str] = RUN_KEYS) 
         ax.plot(steps, values, color=RAW if smoothed else SMOOTHED, linewidth=1, marker="o" if len(values) == 1 else None)
         if smoothed:
             ax.plot(steps, smooth(values, max(2, len(values) // 10)), color=SMOOTHED, linewidth=2)
-        _style(ax, key, values)
+        _style(ax, key, [values])
     fig.tight_layout(pad=0.6)
     return rendered(fig)
 
@@ -96,7 +105,7 @@ def overlay_runs(logs: Sequence[tuple[str, list[dict[str, float]]]], *,
                               label=name)
             if i == 0:
                 handles.append(line)
-        _style(ax, key, np.concatenate(every) if every else np.zeros(0))
+        _style(ax, key, every)
     fig.tight_layout(pad=0.6, rect=(0, bottom, 1, 1))
     fig.legend(handles=handles, labels=[name for name, _ in logs], loc="lower left", ncol=1, fontsize=9,
                frameon=False, bbox_to_anchor=(0.01, 0.0))

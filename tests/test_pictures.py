@@ -20,10 +20,13 @@ def test_one_panel_per_logged_metric_at_the_panel_size():
     assert (image < 120).any() and (image == 255).all(-1).mean() > 0.5  # dark strokes on white
 
 
-def test_log_scale_only_for_a_loss_spanning_a_decade():
-    assert _log_scale("loss", np.array([10.0, 0.5])) and _log_scale("motion_loss", np.array([20.0, 1.0]))
-    assert not _log_scale("loss", np.array([2.0, 0.5])) and not _log_scale("lr", np.array([1.0, 1e-4]))
-    assert not _log_scale("loss", np.array([1.0, -0.5]))
+def test_log_scale_for_a_loss_spanning_a_decade_and_learning_rates_10x_apart():
+    a = np.array
+    assert _log_scale("loss", [a([10.0, 0.5])]) and _log_scale("motion_loss", [a([20.0, 5.0]), a([1.0])])
+    assert not _log_scale("loss", [a([2.0, 0.5])]) and not _log_scale("loss", [a([1.0, -0.5])])
+    assert not _log_scale("lr", [a([0.1, 0.05, 0.0])])  # one cosine schedule: linear
+    assert _log_scale("lr", [a([0.3, 0.0]), a([1e-4, 0.0])]) and not _log_scale("lr", [a([0.3]), a([0.1])])
+    assert not _log_scale("clips_per_s", [a([1.0]), a([100.0])]) and not _log_scale("loss", [])
 
 
 def test_overlaid_runs_have_a_colour_each_and_a_legend_row_each():
