@@ -233,8 +233,6 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
     run = tmp_path / "runs"
     pretrain = ["pretrain", "--steps", "1", *TINY_CLI]
     cases = {  # name: (arguments, what the line must say); each exits 2
-        "unknown backbone": ([*pretrain, store8, "-o", run / "a", "--backbone", "resnet9000"],
-                             "unknown backbone 'resnet9000'; choose one of r3d18,"),
         "missing modality": ([*pretrain, mv_only, "-o", run / "b"],
                              "has no rgb; extract one that does with `motionssl extract VIDEOS -o STORE` and "
                              "`--spec compressed`"),
@@ -253,6 +251,10 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
         lines = err.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, out, err)
         assert cases[name][1] in lines[0], (name, lines[0])
+    # a closed choice: typer refuses it before anything runs, listing the choices
+    r = subprocess.run([sys.executable, "-m", "motionssl.cli", *map(str, [*pretrain, store8, "-o", run / "a",
+                        "--backbone", "resnet9000"])], capture_output=True, text=True)
+    assert r.returncode == 2 and "'resnet9000' is not one of" in r.stderr and "'r3d18'" in r.stderr, r.stderr
     for name in "abc":  # nothing was trained or written
         assert not (run / name / checkpoint.LAST).exists() and not (run / name / "log.csv").exists()
     assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "f.zarr").exists()
