@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/motionssl info demo_out/store.zarr
 	$(BIN)/motionssl verify demo_out/store.zarr
 	$(BIN)/motionssl show demo_out/store.zarr real/bikes -o demo_out/bikes.png
-	$(BIN)/motionssl show demo_out/store.zarr synthetic/square_right_b -o demo_out/square.png --video demo_out/square.mp4
+	$(BIN)/motionssl show demo_out/store.zarr synthetic/square_right_b -o demo_out/square.png -o demo_out/square.mp4
 	@echo "demo: panels in demo_out/*.png; the store is demo_out/store.zarr (spec fast: DIS flow; --spec default uses TV-L1, slower)"
 	$(BIN)/python -m motionssl.preprocess.motion_classes demo_out/motion_classes --size 192x128 --frames 24
 	$(BIN)/motionssl extract demo_out/motion_classes -o demo_out/motion.zarr --spec fast --workers 2 --no-progress

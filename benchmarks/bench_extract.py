@@ -197,7 +197,7 @@ def time_bare(video_dir: Path, workers: int) -> dict:
 
 def _extract_in_pool(job: dict) -> int:
     """One video through extract_video directly: no CLI, no Dask, no decoder subprocess."""
-    from motionssl.preprocess.decode import limit_threads
+    from motionssl.stores.decode import limit_threads
     from motionssl.preprocess.video_job import extract_video
 
     limit_threads()
@@ -345,8 +345,9 @@ class _Timers:
 def breakdown_worker(out_dir: Path, formats: list[str], clips: list[Path]) -> dict:
     """In one process, like a decoder process: per clip, a bare pass then extract_video, stages timed."""
     from motionssl.data_specs import load_spec
-    from motionssl.preprocess import decode, video_job
-    from motionssl.preprocess.decode import limit_threads
+    from motionssl.preprocess import video_job
+    from motionssl.stores import decode
+    from motionssl.stores.decode import limit_threads
     from motionssl.stores import init_store, writer
 
     limit_threads()

@@ -112,7 +112,7 @@ def pretrain(method: str, store: Path, run: Path, *, seed: int, steps: int) -> d
 
 
 def supervised(store: Path, labels: Path, run: Path, *, seed: int, steps: int) -> dict:
-    from motionssl.eval.finetune import Finetune
+    from motionssl.train.finetune import Finetune
     from motionssl.train.config import resolve
     from motionssl.train.loop import train
 
@@ -124,7 +124,7 @@ def supervised(store: Path, labels: Path, run: Path, *, seed: int, steps: int) -
 
 
 def features(backbone: torch.nn.Module, store_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from motionssl.eval.features import clip_dataset, clip_outputs
+    from motionssl.train.features import clip_dataset, clip_outputs
     from motionssl.stores import open_store
 
     videos, labels, _ = split_of(store_path)
@@ -135,7 +135,7 @@ def features(backbone: torch.nn.Module, store_path: Path) -> tuple[np.ndarray, n
 
 def measure(backbone: torch.nn.Module, stores: dict[str, Path], *, seed: int) -> dict:
     """R@1, R@5 and linear-probe top-1 of a frozen backbone."""
-    from motionssl.eval.finetune import fit_linear
+    from motionssl.train.finetune import fit_linear
     from motionssl.eval.metrics import average_clip_probabilities, retrieval, topk_accuracy
 
     (f_train, y_train), (f_test, y_test) = features(backbone, stores["train"]), features(backbone, stores["test"])
@@ -160,7 +160,7 @@ def last_logs(run: Path) -> dict:
 
 
 def run_one(name: str, stores: dict[str, Path], labels: Path, out: Path, *, seed: int, steps: int) -> dict:
-    from motionssl.eval.features import load_backbone
+    from motionssl.train.features import load_backbone
     from motionssl.train.methods.base import build_backbone
 
     torch.manual_seed(seed)
@@ -187,8 +187,8 @@ def run_one(name: str, stores: dict[str, Path], labels: Path, out: Path, *, seed
 
 def classifier_accuracy(run: Path, test_store: Path) -> float:
     """Top-1 of the supervised run's own classifier on the test videos (clip probabilities averaged)."""
-    from motionssl.eval.features import clip_dataset, clip_outputs
-    from motionssl.eval.finetune import load_classifier
+    from motionssl.train.features import clip_dataset, clip_outputs
+    from motionssl.train.finetune import load_classifier
     from motionssl.eval.metrics import average_clip_probabilities, topk_accuracy
     from motionssl.stores import open_store
 
@@ -249,7 +249,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--per-class", type=int, default=72, help="videos per class, test ones included")
     ap.add_argument("--test-per-class", type=int, default=8)
     ap.add_argument("--methods", default=",".join(METHODS + BASELINES))

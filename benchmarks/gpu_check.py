@@ -388,7 +388,7 @@ def section_ddp(chk: Check, out: dict) -> None:
     if chk.smoke:
         env["OMP_NUM_THREADS"] = "1"
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-            "--module", "motionssl.cli", "pretrain", "--store", str(store), "-o", str(run), "--method", "rgb-moco",
+            "--module", "motionssl.cli", "pretrain", str(store), "-o", str(run), "--method", "rgb-moco",
             *chk.sizes.ddp_args, "--steps", str(n), "--log-every", "1", "--save-every", "1000", "--no-progress",
             "--deterministic"]
     out.update({"backend": chk.sizes.ddp_backend, "world_size": 1, "steps": n, "halt_after": n // 2, "runs": []})

@@ -56,13 +56,13 @@ def main() -> None:
     rows = {}
     for m in methods:
         run, linear, ev = a.out / m, a.out / f"{m}-linear", a.out / f"{m}-eval"
-        common = ["--store", a.store, "--labels", a.labels, "--workers", "2"]
-        motionssl("pretrain", "--method", m, "--store", a.store, "-o", run, *TINY, "--steps", a.steps,
+        common = ["--labels", a.labels, "--workers", "2"]
+        motionssl("pretrain", a.store, "--method", m, "-o", run, *TINY, "--steps", a.steps,
                   "--save-every", a.steps, *METHOD_OPTIONS[m])
-        motionssl("finetune", "--checkpoint", run / "checkpoint.pt", *common, "-o", linear, "--linear-probe",
+        motionssl("finetune", a.store, "--checkpoint", run / "checkpoint.pt", *common, "-o", linear, "--linear-probe",
                   "--cached-features", "--steps", 300, "--lr", 0.01, "--log-every", 50)
-        motionssl("evaluate", "classify", "--checkpoint", linear / "checkpoint.pt", *common, "-o", ev)
-        motionssl("evaluate", "retrieve", "--checkpoint", run / "checkpoint.pt", *common, "-o", ev)
+        motionssl("evaluate", "classify", a.store, "--checkpoint", linear / "checkpoint.pt", *common, "-o", ev)
+        motionssl("evaluate", "retrieve", a.store, "--checkpoint", run / "checkpoint.pt", *common, "-o", ev)
         classify = json.loads((ev / "classification.json").read_text())
         retrieve = json.loads((ev / "retrieval.json").read_text())
         rows[m] = {"top1": classify["accuracy"]["top1"], **retrieve["recall"],

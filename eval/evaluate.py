@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motionssl.eval.features import clip_dataset, clip_outputs, load_backbone
-from motionssl.eval.finetune import load_classifier
+from motionssl.train.features import clip_dataset, clip_outputs, load_backbone
+from motionssl.train.finetune import load_classifier
 from motionssl.eval.metrics import RECALL_KS, average_clip_probabilities, confusion_matrix, retrieval, topk_accuracy
-from motionssl.eval.pictures import confusion_image, recall_curve, retrieval_grid, write_png
+from motionssl.pictures import write_png
+from motionssl.pictures.figures import confusion_image, recall_curve, retrieval_grid
 from motionssl.train.labels import load_split
 from motionssl.stores import open_store
 

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from motionssl.eval.features import load_mapped
-from motionssl.eval.pictures import motion_error_tiles, motion_l1_bars, write_png
+from motionssl.train.features import load_mapped
+from motionssl.pictures import write_png
+from motionssl.pictures.figures import motion_error_tiles, motion_l1_bars
 from motionssl.stores import Store, open_store
 from motionssl.train import checkpoint
 from motionssl.train.augment import normalize

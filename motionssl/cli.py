@@ -1,9 +1,11 @@
 """The `motionssl` command line."""
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
-import sys
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -11,6 +13,7 @@ from typing import Optional
 import typer
 
 from motionssl.data_specs import ALWAYS_STORED, ARRAYS
+from motionssl.train.config import BACKBONE_NAMES, METHOD_NAMES, PRECISIONS, PretrainConfig
 
 app = typer.Typer(
     help="Extract motion signals from videos once, into chunked Zarr/HDF5 stores; pretrain and evaluate on them.",
@@ -18,9 +21,96 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from motionssl import __version__
+
+        typer.echo(f"motionssl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Extract motion signals from videos once, into chunked Zarr/HDF5 stores; pretrain and evaluate on them."""
+
+
 class Format(str, Enum):
     zarr = "zarr"
     hdf5 = "hdf5"
+
+
+# Closed choices: typer lists them in --help and refuses anything else.
+Method = Enum("Method", {name: name for name in METHOD_NAMES}, type=str)
+Backbone = Enum("Backbone", {name: name for name in BACKBONE_NAMES}, type=str)
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)
+
+
+class Crops(str, Enum):
+    one = "1"
+    three = "3"
+    ten = "10"
+
+
+def _default(name: str) -> str:
+    """`PretrainConfig`'s default for field `name`, for the help text (the config is the one source)."""
+    field = next(f for f in fields(PretrainConfig) if f.name == name)
+    return f"default {field.default}"
+
+
+STORE_HELP = "Store made by `motionssl extract`."
+# The options `pretrain` and `finetune` share, declared once: each is the PretrainConfig field of its name. None means
+# "not given": then the YAML config (--config), the method's paper setting or the dataclass default applies
+# (train/config.py); the help names the default where it is the dataclass's.
+RUN_OPTIONS = {
+    "backbone": (Optional[Backbone], typer.Option(None, help="Architecture (default: the method's).")),
+    "backbone_width": (Optional[int], typer.Option(None, min=1, help="Base channels (64 = full size); tiny for "
+                                                                     "tests.")),
+    "epochs": (Optional[int], typer.Option(None, min=1, help="Epochs over the videos (default: the method's).")),
+    "steps": (Optional[int], typer.Option(None, min=1, help="Optimiser steps; overrides --epochs.")),
+    "batch_size": (Optional[int], typer.Option(None, min=1, help="Clips per process per step.")),
+    "clip_len": (Optional[int], typer.Option(None, min=1, help="Frames per clip.")),
+    "stride": (Optional[int], typer.Option(None, min=1, help="Frame stride within a clip.")),
+    "size": (Optional[int], typer.Option(None, min=8, help="Crop side in pixels.")),
+    "flip": (Optional[bool], typer.Option(None, "--flip/--no-flip", help="Horizontal flips in training views (on); "
+                                                                         "--no-flip for direction-sensitive data: a "
+                                                                         "flip turns leftward motion rightward.")),
+    "lr": (Optional[float], typer.Option(None, help="Peak learning rate (cosine schedule).")),
+    "workers": (Optional[int], typer.Option(None, min=0, help=f"DataLoader workers per process ({_default('workers')}).")),
+    "seed": (Optional[int], typer.Option(None, help=f"Seed of initialisation, sampling and augmentation "
+                                                    f"({_default('seed')}).")),
+    "precision": (Optional[Precision], typer.Option(None, help=f"auto: bf16 on CUDA, fp32 on CPU "
+                                                               f"({_default('precision')}).")),
+    "deterministic": (Optional[bool], typer.Option(None, "--deterministic/--no-deterministic",
+                                                   help="Deterministic algorithms (exact resume on CPU).")),
+    "halt_after": (Optional[int], typer.Option(None, min=1, help="Stop after this many steps in this invocation "
+                                                                 "(time-limited jobs); continue with --resume auto.")),
+    "log_every": (Optional[int], typer.Option(None, min=1, help=f"Steps between log rows ({_default('log_every')}).")),
+    "save_every": (Optional[int], typer.Option(None, min=1, help=f"Steps between checkpoints "
+                                                                 f"({_default('save_every')}).")),
+    "progress": (Optional[bool], typer.Option(None, "--progress/--no-progress", help="Show a progress bar.")),
+}
+
+
+def run_options(command):
+    """Give `command` the RUN_OPTIONS, after its own parameters; it receives them as keyword arguments `**run`."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+              for name, (annotation, option) in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared)
+    wrapper.__annotations__ = {**command.__annotations__, **{n: a for n, (a, _) in RUN_OPTIONS.items()}}
+    return wrapper
+
+
+def _config_values(store: Optional[Path], output: Path, run: dict, **more) -> dict:
+    """The CLI layer of the config (train/config.py `resolve`): every given value under its field's name."""
+    values = {name: (v.value if isinstance(v, Enum) else v) for name, v in run.items()}
+    return {"store": str(store) if store else None, "out": str(output), **values, **more}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -160,19 +250,24 @@ def dump(
 def show(
     store: Path = typer.Argument(..., help="Store directory."),
     video_id: str = typer.Argument(..., help="Video id, as `motionssl info` lists it."),
-    output: Path = typer.Option(..., "-o", "--output", help="Panel image (.png)."),
-    video: Optional[Path] = typer.Option(None, "--video", help="Also write an animated version (.mp4)."),
-    steps: Optional[str] = typer.Option(None, help="Comma-separated frame indices, e.g. 1,20,40 (default: evenly spaced)."),
-    count: int = typer.Option(4, min=1, help="Rows when --steps is not given."),
+    output: list[Path] = typer.Option(..., "-o", "--output", help="Output file, repeatable: .png the panel, .mp4 "
+                                      "an animated version of it."),
+    frames: Optional[str] = typer.Option(None, help="Comma-separated frame indices, e.g. 1,20,40 (default: evenly "
+                                         "spaced)."),
+    count: int = typer.Option(4, min=1, help="Rows when --frames is not given."),
     max_motion: Optional[float] = typer.Option(None, help="Motion (px/frame) at full colour saturation "
                                                            "(default: 95th percentile of what is shown)."),
     checkpoint: Optional[Path] = typer.Option(None, help="A `pretrain --method cgm` checkpoint.pt: adds a column of "
                                               "its learned motion maps (each filter's displacement centroid)."),
 ):
     """Draw a motion panel: one row per time step; RGB | motion vectors | flow | motion map | flow edges."""
-    from motionssl.show import render_panel, write_png, write_video
+    from motionssl.pictures import write_png
+    from motionssl.pictures.frames import render_panel, write_video
     from motionssl.stores import StoreError
 
+    unknown = [str(p) for p in output if p.suffix.lower() not in (".png", ".mp4")]
+    if unknown:
+        fail(f"-o takes .png (the panel) or .mp4 (the animation) files, got {', '.join(unknown)}")
     learned = None
     if checkpoint is not None:
         from motionssl.eval.motion import LearnedMotion
@@ -186,59 +281,44 @@ def show(
 
     s = _open(store)
     try:
-        chosen = [int(x) for x in steps.split(",")] if steps else None
+        chosen = [int(x) for x in frames.split(",")] if frames else None
     except ValueError:
-        fail(f"--steps must be comma-separated integers, got {steps!r}")
+        fail(f"--frames must be comma-separated integers, got {frames!r}")
     try:
-        image = render_panel(s, video_id, steps=chosen, count=count, max_motion=max_motion, learned=learned)
-        write_png(image, output)
-        typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
-        if video is not None:
-            n = write_video(s, video_id, video, max_motion=max_motion, learned=learned)
-            typer.echo(f"wrote {video} ({n} frames)")
+        for path in output:
+            if path.suffix.lower() == ".png":
+                image = render_panel(s, video_id, steps=chosen, count=count, max_motion=max_motion, learned=learned)
+                write_png(image, path)
+                typer.echo(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
+            else:
+                n = write_video(s, video_id, path, max_motion=max_motion, learned=learned)
+                typer.echo(f"wrote {path} ({n} frames)")
     except (ValueError, StoreError) as e:
         fail(str(e))
 
 
 @app.command()
+@run_options
 def pretrain(
-    method: Optional[str] = typer.Option(None, help="Method: rgb-moco (default), cmd, mvcgc, mcl, modist or cgm. "
-                                         "Paper settings are its defaults."),
-    store: Optional[Path] = typer.Option(None, help="Store made by `motionssl extract`."),
+    store: Optional[Path] = typer.Argument(None, help=f"{STORE_HELP} Optional with --config or --resume auto, "
+                                                      "which may name it."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
-    backbone: Optional[str] = typer.Option(None, help="r3d18, r2plus1d18, r3d10, r2d10, r2d18, s3d or c3d."),
-    backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels (64 = full size); tiny for tests."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (one clip pair per video per epoch)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Clips per process per step."),
-    clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip."),
-    stride: Optional[int] = typer.Option(None, min=1, help="Frame stride within a clip."),
-    size: Optional[int] = typer.Option(None, min=8, help="Crop side in pixels."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in training views (on). "
-                                        "--no-flip for direction-sensitive data: a flip turns left into right."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
-    precision: Optional[str] = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
-                                                 help="Deterministic algorithms (exact resume on CPU)."),
+    method: Optional[Method] = typer.Option(None, help=f"Self-supervised method (default {PretrainConfig.method}); "
+                                            "its paper settings are its defaults."),
     option: list[str] = typer.Option([], "--option", help="A method option as KEY=VALUE (YAML value), repeatable, "
                                      "e.g. --option tau=0.1 --option queue_size=16384."),
     mv_source: Optional[str] = typer.Option(None, "--mv-source", help="mvcgc: store (default) reads motion vectors "
                                             "from the store; decode decodes them from the original videos (PyAV)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto (continue RUN_DIR if it has a checkpoint) or a checkpoint path."),
-    halt_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps in this invocation "
-                                             "(for time-limited jobs); continue with --resume auto."),
-    log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
-    save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
     skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
                                                "finds broken (named on stderr) instead of stopping."),
     skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN "
                                                   "or inf (each named on stderr, counted in log.csv), not stop."),
     data_timeout: Optional[float] = typer.Option(None, min=0.0, help="Stop, naming the sample, when DataLoader "
-                                                 "workers give no batch for this many seconds (600; 0 = wait)."),
+                                                 "workers give no batch for this many seconds "
+                                                 f"({_default('data_timeout')}; 0 = wait)."),
+    **run,
 ):
     """Pretrain a method on a store, on one device or many (launch with torchrun for DDP).
 
@@ -266,16 +346,11 @@ def pretrain(
             options[key] = yaml.safe_load(value)
         if mv_source is not None:
             options["mv_source"] = mv_source
-        name = method or yaml_values.get("method") or "rgb-moco"
+        name = method.value if method else yaml_values.get("method") or PretrainConfig.method
         if name not in METHODS:
             raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-        cli_values = {"method": name, "store": str(store) if store else None, "out": str(output),
-                      "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
-                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "flip": flip, "lr": lr,
-                      "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
-                      "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
-                      "skip_broken": skip_broken, "skip_nonfinite": skip_nonfinite, "data_timeout": data_timeout,
-                      "method_options": options}
+        cli_values = _config_values(store, output, run, method=name, skip_broken=skip_broken,
+                                    skip_nonfinite=skip_nonfinite, data_timeout=data_timeout, method_options=options)
         cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
         summary = train(cfg, resume=resume)
     except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
@@ -304,14 +379,17 @@ def _exit_if_terminated(summary) -> None:
 
 
 @app.command()
+@run_options
 def finetune(
+    store: Optional[Path] = typer.Argument(None, help="Store holding the labelled videos (optional with --config or "
+                                                      "--resume auto, which may name it)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
     checkpoint: Optional[Path] = typer.Option(None, help="A pretrain run's checkpoint.pt: its backbone (architecture "
-                                              "and weights) is the starting point."),
-    store: Optional[Path] = typer.Option(None, help="Store holding the labelled videos."),
+                                              "and weights) is the starting point; its clip length, stride and size "
+                                              "are the defaults."),
     labels: list[Path] = typer.Option([], "--labels", help="Label files: a CSV video_id,label,split; Kinetics-400 "
                                       "CSVs (repeat for train and validate); a UCF101 or HMDB51 split folder."),
     split: Optional[int] = typer.Option(None, min=1, max=3, help="UCF101 / HMDB51 split number (default 1)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
     linear_probe: bool = typer.Option(False, "--linear-probe", help="Freeze the backbone (BatchNorm statistics "
                                       "included) and train a linear classifier."),
     cached_features: bool = typer.Option(False, "--cached-features", help="With --linear-probe: compute the frozen "
@@ -323,34 +401,16 @@ def finetune(
                                             "fine-tuning; default 0.3, CMD's)."),
     aux_motion: Optional[float] = typer.Option(None, min=0.0, help="Weight of CMD's motion-prediction loss as a "
                                                "regulariser (paper: 0.2); the store needs motion vectors."),
-    backbone: Optional[str] = typer.Option(None, help="Architecture for --from-scratch without --checkpoint."),
-    backbone_width: Optional[int] = typer.Option(None, min=1, help="Base channels for --backbone."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs over the training videos (default 120, CMD's)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps; overrides --epochs."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Clips per process per step."),
-    clip_len: Optional[int] = typer.Option(None, min=1, help="Frames per clip (default: the checkpoint's)."),
-    stride: Optional[int] = typer.Option(None, min=1, help="Frame stride (default: the checkpoint's)."),
-    size: Optional[int] = typer.Option(None, min=8, help="Crop side (default: the checkpoint's)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips in training views (on). "
-                                        "--no-flip for direction-sensitive data: a flip turns left into right."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (cosine schedule)."),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers per process."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, sampling and augmentation."),
-    precision: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or fp32."),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto or a checkpoint path (as pretrain)."),
-    halt_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps in this invocation."),
-    log_every: Optional[int] = typer.Option(None, min=1, help="Steps between log rows."),
-    save_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    **run,
 ):
     """Train a classifier on a labelled split: full fine-tuning, --linear-probe, or --from-scratch.
 
     Same loop as pretrain (checkpoints, --resume auto, logs, torchrun DDP); evaluate the result with
     `motionssl evaluate classify`.
     """
-    from motionssl.eval.finetune import Finetune, linear_probe_on_features
+    from motionssl.train.finetune import Finetune, linear_probe_on_features
     from motionssl.train.labels import SplitError
     from motionssl.stores import StoreError
     from motionssl.train import checkpoint as ckpt
@@ -373,12 +433,8 @@ def finetune(
         options = {"checkpoint": str(checkpoint) if checkpoint else None, "labels": [str(p) for p in labels] or None,
                    "split": split, "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
                    "dropout": dropout, "aux_motion": aux_motion}
-        cli_values = {"method": "finetune", "store": str(store) if store else None, "out": str(output),
-                      "backbone": backbone, "backbone_width": backbone_width, "epochs": epochs, "steps": steps,
-                      "batch_size": batch_size, "clip_len": clip_len, "stride": stride, "size": size, "flip": flip, "lr": lr,
-                      "workers": workers, "seed": seed, "precision": precision, "deterministic": deterministic,
-                      "halt_after": halt_after, "log_every": log_every, "save_every": save_every, "progress": progress,
-                      "method_options": {k: v for k, v in options.items() if v is not None}}
+        cli_values = _config_values(store, output, run, method="finetune",
+                                    method_options={k: v for k, v in options.items() if v is not None})
         cfg = resolve(defaults, yaml_values, cli_values, source=str(config or "command line"))
         if cached_features:
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
@@ -405,11 +461,11 @@ evaluate_app = typer.Typer(help="Evaluate a checkpoint: retrieval R@k or classif
 app.add_typer(evaluate_app, name="evaluate")
 
 
-def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int, crops: int = 1):
+def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int, crops: Crops = Crops.one):
     from motionssl.eval.evaluate import Protocol
 
     return Protocol(views=views, clip_len=clip_len, stride=stride, size=size, batch_size=batch_size, workers=workers,
-                    crops=crops)
+                    crops=int(crops.value))
 
 
 def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Path, split: int, protocol) -> None:
@@ -434,8 +490,8 @@ CLIP_HELP = "(default: the checkpoint's)"
 
 @evaluate_app.command("retrieve")
 def evaluate_retrieve(
+    store: Path = typer.Argument(..., help="Store holding the labelled videos."),
     checkpoint: Path = typer.Option(..., help="A pretrain or finetune checkpoint.pt."),
-    store: Path = typer.Option(..., help="Store holding the labelled videos."),
     labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for retrieval.json, .md and pictures."),
     split: int = typer.Option(1, min=1, max=3, help="UCF101 / HMDB51 split number."),
@@ -443,7 +499,7 @@ def evaluate_retrieve(
     clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
     stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
     size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
-    crops: int = typer.Option(1, min=1, help="Test crops per clip, features averaged: 1 (centre square), 3 (both "
+    crops: Crops = typer.Option(Crops.one, help="Test crops per clip, features averaged: 1 (centre square), 3 (both "
                               "ends and the centre of the long side) or 10 (CoCLR's ten-crop: corners, centre, flips)."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
@@ -457,8 +513,8 @@ def evaluate_retrieve(
 
 @evaluate_app.command("classify")
 def evaluate_classify(
+    store: Path = typer.Argument(..., help="Store holding the labelled videos."),
     checkpoint: Path = typer.Option(..., help="A finetune checkpoint.pt."),
-    store: Path = typer.Option(..., help="Store holding the labelled videos."),
     labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for classification.json, .md and pictures."),
     split: int = typer.Option(1, min=1, max=3, help="UCF101 / HMDB51 split number."),
@@ -466,7 +522,7 @@ def evaluate_classify(
     clip_len: Optional[int] = typer.Option(None, min=1, help=f"Frames per clip {CLIP_HELP}."),
     stride: Optional[int] = typer.Option(None, min=1, help=f"Frame stride {CLIP_HELP}."),
     size: Optional[int] = typer.Option(None, min=8, help=f"Centre crop side {CLIP_HELP}."),
-    crops: int = typer.Option(1, min=1, help="Test crops per clip: 1 (centre square), 3 (the 10 x 3 views of MoDist / "
+    crops: Crops = typer.Option(Crops.one, help="Test crops per clip: 1 (centre square), 3 (the 10 x 3 views of MoDist / "
                               "SlowFast) or 10 (ten-crop, MVCGC / CoCLR); probabilities averaged over clips x crops."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
@@ -487,7 +543,7 @@ def evaluate_motion(
     flow_store: list[Path] = typer.Option([], "--flow-store", help="Another store of the same videos at the same size "
                                           "whose flow is one more row (e.g. a `default` TV-L1 extract next to a "
                                           "`fast` DIS one); repeatable."),
-    video: list[str] = typer.Option([], "--video", help="A video id to evaluate, repeatable (default: all)."),
+    video_id: list[str] = typer.Option([], "--video-id", help="A video id to evaluate, repeatable (default: all)."),
     max_videos: Optional[int] = typer.Option(None, min=1, help="Evaluate at most this many videos."),
     margin: int = typer.Option(8, min=0, help="Pixels left out at each side for the interior l1."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -500,7 +556,7 @@ def evaluate_motion(
     from motionssl.train.config import ConfigError
 
     try:
-        result = run(store, output, checkpoint_path=checkpoint, flow_stores=flow_store, videos=video or None,
+        result = run(store, output, checkpoint_path=checkpoint, flow_stores=flow_store, videos=video_id or None,
                      max_videos=max_videos, margin=margin, progress=progress)
     except (StoreError, CheckpointError, ConfigError, ValueError) as e:
         fail(str(e))
@@ -535,22 +591,20 @@ def plot(
                              "(columns no run logged are left out)."),
 ):
     """Overlay several runs' training curves (loss, lr, clips/s, accuracies) in one PNG."""
-    from motionssl.eval.pictures import overlay_runs, write_png
+    from motionssl.pictures import write_png
+    from motionssl.pictures.curves import overlay_runs
+    from motionssl.train.run_log import read_log
 
     missing = [str(d) for d in run_dirs if not (d / "log.csv").is_file()]
     if missing:
         fail(f"no log.csv in {', '.join(missing)}")
     try:
-        image = overlay_runs(run_dirs, keys=tuple(k.strip() for k in keys.split(",") if k.strip()))
+        image = overlay_runs([(str(d), read_log(d)) for d in run_dirs], keys=tuple(k.strip() for k in keys.split(",") if k.strip()))
     except ValueError as e:
         fail(str(e))
     write_png(image, output)
     typer.echo(f"wrote {output} ({image.shape[1]}x{image.shape[0]})")
 
 
-def main() -> None:  # python -m motionssl
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m motionssl.cli, as python -m motionssl
+    app(prog_name="motionssl")

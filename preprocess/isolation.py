@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from motionssl import fault_injection
+from motionssl.stores import fault_injection
 
 # Test hook (motionssl/fault_injection.py): MOTIONSSL_FAULT="crash:<id substring>", "hang:<...>", "slow:<...>"
 # or "enospc:<...>" makes the decoder process crash (SIGSEGV), hang, take 0.3 s per frame, or hit a full disk
@@ -152,7 +152,7 @@ def _die_with_parent() -> None:
 
 
 def _serve() -> None:
-    from motionssl.preprocess.decode import BadVideo, limit_threads
+    from motionssl.stores.decode import BadVideo, limit_threads
     from motionssl.preprocess.video_job import extract_video
 
     _die_with_parent()

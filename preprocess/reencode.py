@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 
 from motionssl.data_specs import stored_size
-from motionssl.preprocess.decode import BadVideo, open_video
+from motionssl.stores.decode import BadVideo, open_video
 
 GOP = 12
 

@@ -219,8 +219,8 @@ def median_filter_torch(x: torch.Tensor, k: int) -> torch.Tensor:
 def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
     """k x k median of (N, C, H, W), replicate borders: cv::medianBlur on float, k = 3 or 5.
 
-    On CPU, cv2.medianBlur per image (one cache-friendly pass: 0.4 ms for 340x256, where the
-    212-op network costs tens of ms); elsewhere `median_filter_torch`. Both select the same values."""
+    On CPU, cv2.medianBlur per image (one cache-friendly pass, where the 212-op network is far slower;
+    benchmarks/README.md); elsewhere `median_filter_torch`. Both select the same values."""
     if x.device.type != "cpu":
         return median_filter_torch(x, k)
     out = torch.empty_like(x)

@@ -13,10 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from motionssl import __version__
 from motionssl.data_specs import Spec, mv_grid, spec_from_dict, stored_size
-from motionssl.preprocess.decode import BadVideo, decode_frames, open_video
-from motionssl.stores import make_writer
+from motionssl.stores.decode import BadVideo, decode_frames, open_video
+from motionssl.stores import __version__, make_writer
 
 
 def extract_video(job: dict, *, progress: Callable[[int], None] | None = None) -> dict:

@@ -187,7 +187,7 @@ def fixed_batch_loss(method: CGM, store: Path, cfg: PretrainConfig) -> float:
 
 def test_pretrain_learns_motion_maps(cgm_store, tmp_path):
     run = tmp_path / "run"
-    r = cli("pretrain", "--method", "cgm", "--store", cgm_store, "-o", run, *TINY, "--steps", "30",
+    r = cli("pretrain", "--method", "cgm", cgm_store, "-o", run, *TINY, "--steps", "30",
             "--batch-size", "6", "--lr", "0.003", "--log-every", "1")
     assert r.exit_code == 0, r.output
     state = checkpoint.load(run / "checkpoint.pt")
@@ -207,7 +207,7 @@ def test_pretrain_learns_motion_maps(cgm_store, tmp_path):
 
 
 def test_resume_continues_exactly(cgm_store, tmp_path):
-    common = ["--method", "cgm", "--store", cgm_store, *TINY, "--backbone-width", "4", "--steps", "4",
+    common = ["--method", "cgm", cgm_store, *TINY, "--backbone-width", "4", "--steps", "4",
               "--batch-size", "3", "--log-every", "1", "--save-every", "100", "--deterministic"]
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     assert motionssl("pretrain", "-o", straight, *common).returncode == 0
@@ -227,7 +227,7 @@ def test_lambda2_trains_a_classifier_on_the_given_labels(cgm_store, tmp_path):
     labels.write_text("video_id,label,split\n" + "".join(f"t{i},{'ab'[i % 2]},{'train' if i < 4 else 'test'}\n"
                                                           for i in range(6)))
     run = tmp_path / "run"
-    r = cli("pretrain", "--method", "cgm", "--store", cgm_store, "-o", run, *TINY, "--steps", "2",
+    r = cli("pretrain", "--method", "cgm", cgm_store, "-o", run, *TINY, "--steps", "2",
             "--batch-size", "4", "--log-every", "1", "--option", "lambda2=10", "--option", f"labels=[{labels}]")
     assert r.exit_code == 0, r.output
     assert all("loss_cls" in row and "acc" in row for row in read_log(run))
@@ -238,7 +238,7 @@ def test_lambda2_trains_a_classifier_on_the_given_labels(cgm_store, tmp_path):
 
 
 def test_errors_are_one_line(cgm_store, tmp_path):
-    base = ["pretrain", "--method", "cgm", "--store", cgm_store, *TINY, "--steps", "1", "--batch-size", "2"]
+    base = ["pretrain", "--method", "cgm", cgm_store, *TINY, "--steps", "1", "--batch-size", "2"]
     cases = [(["--size", "30"], "must be a multiple of 4"), (["--clip-len", "1"], "needs at least 2 frames"),
              (["--option", "lambda2=1"], "give the label files"), (["--option", "k_hr=4"], "positive odd")]
     for i, (extra, message) in enumerate(cases):

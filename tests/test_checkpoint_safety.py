@@ -62,7 +62,7 @@ def test_rng_states_survive_the_safe_loader_exactly(tmp_path):
 def test_a_crafted_checkpoint_is_refused_everywhere_and_its_code_never_runs(store, labels, tmp_path):
     marker = tmp_path / "pwned"
     real = tmp_path / "real"
-    assert cli("pretrain", "--store", store, "-o", real, *OLD_RUN, "--halt-after", "1").exit_code == 0
+    assert cli("pretrain", store, "-o", real, *OLD_RUN, "--halt-after", "1").exit_code == 0
     payload = torch.load(real / checkpoint.LAST, weights_only=True)
     assert payload["format"] == checkpoint.FORMAT
     evil = tmp_path / "evil.pt"
@@ -70,13 +70,13 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_its_code_never_runs(stor
     (tmp_path / "evil_run").mkdir()
     (tmp_path / "evil_run" / checkpoint.LAST).write_bytes(evil.read_bytes())
     commands = {
-        "--resume PATH": ["pretrain", "--store", store, "-o", tmp_path / "r1", *OLD_RUN, "--resume", evil],
-        "--resume auto": ["pretrain", "--store", store, "-o", tmp_path / "evil_run", *OLD_RUN, "--resume", "auto"],
-        "finetune": ["finetune", "--checkpoint", evil, "--store", store, "--labels", labels, "-o", tmp_path / "f",
+        "--resume PATH": ["pretrain", store, "-o", tmp_path / "r1", *OLD_RUN, "--resume", evil],
+        "--resume auto": ["pretrain", store, "-o", tmp_path / "evil_run", *OLD_RUN, "--resume", "auto"],
+        "finetune": ["finetune", "--checkpoint", evil, store, "--labels", labels, "-o", tmp_path / "f",
                      "--steps", "1"],
-        "evaluate retrieve": ["evaluate", "retrieve", "--checkpoint", evil, "--store", store, "--labels", labels,
+        "evaluate retrieve": ["evaluate", "retrieve", "--checkpoint", evil, store, "--labels", labels,
                               "-o", tmp_path / "e1"],
-        "evaluate classify": ["evaluate", "classify", "--checkpoint", evil, "--store", store, "--labels", labels,
+        "evaluate classify": ["evaluate", "classify", "--checkpoint", evil, store, "--labels", labels,
                               "-o", tmp_path / "e2"],
         "evaluate motion": ["evaluate", "motion", store, "--checkpoint", evil, "-o", tmp_path / "e3"],
         "show": ["show", store, "v0", "--checkpoint", evil, "-o", tmp_path / "s.png"],
@@ -95,9 +95,9 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_its_code_never_runs(stor
 
 def test_a_format1_checkpoint_is_refused_naming_the_converter_which_needs_trust(store, labels, tmp_path):
     """The fixture was written by the code at 60e63ba (tests/fixtures/make_old_checkpoint.py)."""
-    for args in (["pretrain", "--store", store, "-o", tmp_path / "r", *OLD_RUN, "--resume", OLD],
-                 ["finetune", "--checkpoint", OLD, "--store", store, "--labels", labels, "-o", tmp_path / "f"],
-                 ["evaluate", "retrieve", "--checkpoint", OLD, "--store", store, "--labels", labels,
+    for args in (["pretrain", store, "-o", tmp_path / "r", *OLD_RUN, "--resume", OLD],
+                 ["finetune", "--checkpoint", OLD, store, "--labels", labels, "-o", tmp_path / "f"],
+                 ["evaluate", "retrieve", "--checkpoint", OLD, store, "--labels", labels,
                   "-o", tmp_path / "e"]):
         line = one_line_error(cli(*args))
         assert f"{OLD} is a format-1 checkpoint" in line and f"motionssl convert-checkpoint {OLD} -o" in line, line
@@ -121,7 +121,7 @@ def test_a_format1_checkpoint_is_refused_naming_the_converter_which_needs_trust(
     assert random.getstate() == old["rng"][0]["python"]
     assert "already a format-2 checkpoint" in one_line_error(cli("convert-checkpoint", new, "-o", tmp_path / "x.pt"))
 
-    r = cli("pretrain", "--store", store, "-o", tmp_path / "resumed", *OLD_RUN, "--resume", new)
+    r = cli("pretrain", store, "-o", tmp_path / "resumed", *OLD_RUN, "--resume", new)
     assert r.exit_code == 0, r.output
     assert [row["step"] for row in read_log(tmp_path / "resumed")] == [3, 4, 5, 6]
     assert checkpoint.load(tmp_path / "resumed" / checkpoint.LAST)["step"] == 6

@@ -14,11 +14,11 @@ import yaml
 from conftest import TINY_SPEC, extract_in_process
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
-from motionssl.train.augment import center_params, crop_resize_motion
+from motionssl.train.augment import center_params, crop_resize_frames, crop_resize_motion, normalize, to_clip_tensor
 from motionssl.train.backbones import r3d_18, s3d
 from motionssl.train.config import resolve
-from motionssl.train.datasets import ClipDataset, Needs
-from motionssl.train.methods.cmd import CMD, CMDOptions, clip_map_shape, motion_needs
+from motionssl.train.datasets import ClipDataset, Needs, finish_batch
+from motionssl.train.methods.cmd import CMD, CMDClips, CMDOptions, MotionTarget, clip_map_shape, motion_target
 from motionssl.train.motion_prediction import MotionPrediction, motion_nce, scale_motion
 from motionssl.train.run_log import read_log
 from test_contrastive import dot, unit
@@ -172,9 +172,8 @@ def test_options_are_checked():
     with pytest.raises(Exception, match="predictor must be one of transformer, convgru"):
         tiny_cmd(predictor="lstm")
     cfg = tiny_cmd().cfg
-    cfg.method_options = {"period": "past"}
     with pytest.raises(Exception, match="period must be one of future, current"):
-        CMD.needs(cfg)
+        motion_target(CMD.needs(cfg), CMDOptions(period="past"))
 
 
 # --- the data ------------------------------------------------------------------------------------------------------
@@ -195,8 +194,8 @@ def expected_motion(store, vid, frames, size=32):
 
 def test_future_target_is_8_consecutive_frames_2_after_the_clip(stores):
     store = stores["zarr"]
-    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=4), CMDOptions(negatives=0))
-    ds = ClipDataset(store, needs, size=32, train=False)
+    needs = Needs(modalities=("rgb",), clip_len=4, stride=4)
+    ds = CMDClips(store, needs, target=motion_target(needs, CMDOptions(negatives=0)), size=32, train=False)
     s = ds[ds.videos.index("right")]  # 48 frames moving right at 4 stored px/frame
     last = int(s["views"][0]["frames"][-1])
     frames = last + 3 + np.arange(8)
@@ -208,28 +207,30 @@ def test_future_target_is_8_consecutive_frames_2_after_the_clip(stores):
 
 
 def test_current_period_takes_as_many_frames_centred_in_the_clip(stores):
-    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=4), CMDOptions(period="current", negatives=0))
-    np.testing.assert_array_equal(needs.future_window(), [2, 3, 4, 5, 6, 7, 8, 9])  # span 13, 8 frames centred
-    ds = ClipDataset(stores["hdf5"], needs, size=32, train=False)
+    needs = Needs(modalities=("rgb",), clip_len=4, stride=4)
+    target = motion_target(needs, CMDOptions(period="current", negatives=0))
+    np.testing.assert_array_equal(target.window(needs), [2, 3, 4, 5, 6, 7, 8, 9])  # span 13, 8 frames centred
+    ds = CMDClips(stores["hdf5"], needs, target=target, size=32, train=False)
     s = ds[ds.videos.index("down")]
     first = int(s["views"][0]["frames"][0])
-    mv, _ = expected_motion(stores["hdf5"], "down", first + needs.future_window())
+    mv, _ = expected_motion(stores["hdf5"], "down", first + target.window(needs))
     torch.testing.assert_close(s["future_mv"], mv, rtol=0, atol=0)
 
 
 def test_hard_negatives_are_other_times_of_the_same_video(stores):
-    needs = motion_needs(Needs(modalities=("rgb",), clip_len=4, stride=2), CMDOptions(future_frames=4))
-    ds = ClipDataset(stores["zarr"], needs, size=32)
+    needs = Needs(modalities=("rgb",), clip_len=4, stride=2)
+    target = motion_target(needs, CMDOptions(future_frames=4))
+    ds = CMDClips(stores["zarr"], needs, target=target, size=32)
     right, short = ds.videos.index("right"), ds.videos.index("short")
     signs = set()
     for epoch in range(6):
         s = ds[(right, epoch)]
         first = int(s["views"][0]["frames"][0])
-        target = first + needs.future_window()
+        window = first + target.window(needs)
         assert s["negative_mv"].shape == (3, 2, 4, 8, 8) and s["negative_mv_valid"].shape == (3, 1, 4, 8, 8)
         for frames, mv, valid in zip(s["negative_frames"].numpy(), s["negative_mv"], s["negative_mv_valid"]):
             np.testing.assert_array_equal(np.diff(frames), 1)
-            assert frames[-1] < target[0] or frames[0] > target[-1]  # never overlaps the target
+            assert frames[-1] < window[0] or frames[0] > window[-1]  # never overlaps the target
             assert 0 <= frames[0] and frames[-1] < 48
             signs.add(int(np.sign(mv[0][valid[0] > 0].median().item())))  # each its own flip
     assert signs == {-1, 1}
@@ -240,7 +241,8 @@ def test_hard_negatives_are_other_times_of_the_same_video(stores):
 def test_iframe_window_picks_an_iframe_near_the_clip(stores):
     store = stores["zarr"]
     iframes = store.read("down", "iframe_index")  # 0, 12, 24 of 30 frames
-    ds = ClipDataset(store, Needs(modalities=("rgb",), clip_len=2, stride=1, iframe_window=5), size=32)
+    ds = CMDClips(store, Needs(modalities=("rgb",), clip_len=2, stride=1), target=MotionTarget(frames=1),
+                  iframe_window=5, size=32)
     index, seen = ds.videos.index("down"), set()
     for epoch in range(40):
         s = ds[(index, epoch)]
@@ -250,6 +252,54 @@ def test_iframe_window_picks_an_iframe_near_the_clip(stores):
         seen.add(s["iframe_frame"])
     assert seen == {0, 12, 24}
     assert ds[(index, 0)]["iframe"].shape == (3, 32, 32)
+
+
+def test_iframe_window_0_in_eval_is_the_last_iframe_at_or_before_the_clip(stores):
+    store = stores["hdf5"]
+    ds = CMDClips(store, Needs(modalities=("rgb",), clip_len=2, stride=1), target=MotionTarget(frames=1),
+                  iframe_window=0, size=32, train=False)
+    s = finish_batch(ds[ds.videos.index("down")])  # I-frames 0, 12, 24; the centre clip (and target) starts at 13
+    first = int(s["views"][0]["frames"][0])
+    iframe_index = store.read("down", "iframe_index")
+    k = int(np.flatnonzero(iframe_index <= first)[-1])
+    assert (first, iframe_index[k], s["iframe_frame"]) == (13, 12, 12)
+    expected = normalize(to_clip_tensor(crop_resize_frames(store.read_at("down", "iframes", [k]),
+                                                           center_params(2.0), 32)))[:, 0]
+    torch.testing.assert_close(s["iframe"], expected, rtol=0, atol=1e-6)
+
+
+def test_future_motion_continues_the_clip(stores):
+    """The target at the clip's stride is what a longer clip of the same draw reads after the clip: same crop, flip."""
+    store = stores["zarr"]
+    short = CMDClips(store, Needs(modalities=("mv",), clip_len=4, stride=2), target=MotionTarget(frames=3), size=32)
+    long = ClipDataset(store, Needs(modalities=("mv",), clip_len=7, stride=2), size=32)
+    flips = set()
+    for key in [(0, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5)]:
+        s, l = short[key], long[key]
+        np.testing.assert_array_equal(s["views"][0]["frames"], l["views"][0]["frames"][:4])
+        torch.testing.assert_close(s["views"][0]["mv"], l["views"][0]["mv"][:, :4], rtol=0, atol=0)
+        torch.testing.assert_close(s["future_mv"], l["views"][0]["mv"][:, 4:], rtol=0, atol=0)
+        torch.testing.assert_close(s["future_mv_valid"], l["views"][0]["mv_valid"][:, 4:], rtol=0, atol=0)
+        if key[0] == 1:  # moving right: the sign of dx says whether the draw flipped
+            valid = s["future_mv_valid"][0] > 0
+            flips.add(int(np.sign(s["future_mv"][0][valid].median().item())))
+    assert flips == {-1, 1}
+
+
+def test_future_motion_past_the_end_is_invalid(stores):
+    ds = CMDClips(stores["zarr"], Needs(modalities=("mv",), clip_len=4, stride=1), target=MotionTarget(frames=4),
+                  size=32)
+    s = ds[ds.videos.index("short")]  # 6 frames: the future frames 4, 5 exist, 6 and 7 do not
+    np.testing.assert_array_equal(s["views"][0]["frames"], [0, 1, 2, 3])
+    assert s["future_mv_valid"][0, :2].mean() > 0.8
+    assert s["future_mv_valid"][0, 2:].sum() == 0
+
+
+def test_cmd_clips_check_the_store_and_the_window(stores, tmp_path):
+    needs = Needs(modalities=("rgb",), clip_len=4, stride=2)
+    with pytest.raises(ValueError, match="starts before the clip's first frame"):
+        CMDClips(stores["zarr"], needs, target=MotionTarget(frames=2, offset=-10), size=32)
+    assert "future_mv" not in ClipDataset(stores["zarr"], needs, size=32)[0]  # the plain dataset knows no CMD
 
 
 # --- end to end ----------------------------------------------------------------------------------------------------
@@ -262,7 +312,7 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
     config = tmp_path / "adam.yaml"  # Adam at a constant lr learns the tiny task in 80 steps; SGD needs hundreds
     config.write_text(yaml.safe_dump({"optimizer": "adam", "weight_decay": 0.0, "min_lr_ratio": 1.0}))
     run = tmp_path / "run"
-    r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
+    r = pretrain(moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
                  "--option", "dim=16", "--option", "head_hidden=32", "--option", "tau=0.2", "--option",
                  "encoder_layers=2", "--option", "decoder_layers=4", "--steps", "80", "--batch-size", "8",
                  "--workers", "0", "--lr", "0.001", "--log-every", "1", "--config", config)
@@ -289,7 +339,7 @@ def test_pretrain_lowers_both_losses_and_logs_the_pretext_accuracies(moco_store,
 
 
 def test_resume_continues_exactly(moco_store, tmp_path):
-    common = ["--store", moco_store, *TINY_CLI, "--steps", "6", "--batch-size", "2", "--log-every", "1",
+    common = [moco_store, *TINY_CLI, "--steps", "6", "--batch-size", "2", "--log-every", "1",
               "--save-every", "100", "--deterministic", "--lr", "0.05"]
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     assert pretrain("-o", straight, *common, "--workers", "0").returncode == 0
@@ -312,7 +362,7 @@ def rgb_only_store(moco_store, tmp_path_factory):
 
 
 def test_a_store_without_motion_vectors_fails_in_one_line(rgb_only_store, tmp_path):
-    r = pretrain("--store", rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", "--batch-size", "2")
+    r = pretrain(rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", "--batch-size", "2")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "has no mv;" in r.stderr and "--spec compressed" in r.stderr
 
@@ -322,7 +372,7 @@ def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
     labels.write_text("video_id,label,split\n" + "".join(
         f"tint_{i},{'ab'[i % 2]},{'train' if i < 6 else 'test'}\n" for i in range(8)))
     run = tmp_path / "aux"
-    common = ["--store", moco_store, "--labels", labels, "-o", run, "--from-scratch", "--backbone", "r3d10",
+    common = [moco_store, "--labels", labels, "-o", run, "--from-scratch", "--backbone", "r3d10",
               "--backbone-width", "4", "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "3",
               "--batch-size", "2", "--workers", "0", "--log-every", "1", "--no-progress"]
     r = motionssl("finetune", *[str(a) for a in common], "--aux-motion", "0.2")
@@ -334,7 +384,7 @@ def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
     assert state["config"]["method_options"]["aux_motion"] == 0.2
     assert any(k.startswith("aux_motion.motion") or k.startswith("aux_motion.m_network") for k in state["method"])
     out = tmp_path / "classify"
-    r = motionssl("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", moco_store, "--labels",
+    r = motionssl("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", moco_store, "--labels",
                   labels, "-o", out, "--views", "1")
     assert r.returncode == 0, r.stderr  # the classifier loads strictly, without the regulariser's networks
     assert json.loads((out / "classification.json").read_text())["accuracy"]["top1"] >= 0

@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from motionssl.stores import open_store
 from motionssl.train.collate import POOL_BLOCKS, collate
-from motionssl.train.datasets import ClipDataset, Needs, seed_worker
+from motionssl.train.datasets import Needs, seed_worker
+from motionssl.train.methods.cmd import CMDClips, MotionTarget
 
 
 def sample(i: int) -> dict:
@@ -121,11 +122,11 @@ def test_samples_default_collate_cannot_stack_fail_as_they_do_there():
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_clip_batches_from_workers_equal_the_main_process(tiny_stores, fmt):
-    """ClipDataset batches (every modality, two views, future motion, I-frame, motion stats) through 2 workers and
+    """CMD's clips (every clip modality, two views, future motion, a hard negative, an I-frame) through 2 workers and
     the shared-block collate equal the main process's default_collate batches."""
-    needs = Needs(modalities=("rgb", "mv", "flow", "boundary", "edges"), clip_len=4, stride=2, views=2, future_mv=2,
-                  iframe=True, motion_stats=True)
-    ds = ClipDataset(open_store(tiny_stores[fmt]), needs, size=16)
+    needs = Needs(modalities=("rgb", "mv", "boundary", "edges"), clip_len=4, stride=2, views=2)
+    ds = CMDClips(open_store(tiny_stores[fmt]), needs, target=MotionTarget(frames=2, negatives=1), iframe_window=2,
+                  size=16)
     keys = [(i % len(ds), i // len(ds)) for i in range(6)]
     ref = list(DataLoader(ds, batch_size=2, sampler=keys, num_workers=0, collate_fn=default_collate))
     got = list(DataLoader(ds, batch_size=2, sampler=keys, num_workers=2, worker_init_fn=seed_worker,

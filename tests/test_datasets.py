@@ -1,5 +1,6 @@
-"""ClipDataset over real tiny stores (both backends): shapes, determinism, flip, motion units, masks, future
-motion, I-frames, missing modalities, DataLoader workers, short videos; and the fast store readers."""
+"""ClipDataset over real tiny stores (both backends): shapes, determinism, flip, motion units, masks, missing
+modalities, DataLoader workers, short videos; and the fast store readers. (CMD's motion target and I-frames:
+test_cmd.py.)"""
 import h5py
 import numpy as np
 import pytest
@@ -10,12 +11,12 @@ from torch.utils.data import DataLoader, default_collate
 from conftest import TINY_SPEC, extract_in_process
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.stores import open_store
-from motionssl.train.augment import center_params, crop_resize_frames, draw_spatial, \
+from motionssl.train.augment import crop_resize_frames, draw_spatial, \
     COLOR_VECTOR, eval_crops, normalize, to_clip_tensor
 from motionssl.train.datasets import ClipDataset, MissingModality, Needs, check_store, finish_batch, seed_worker
 from motionssl.train.sampling import random_clip
 
-ALL = ("rgb", "mv", "flow", "boundary", "edges")
+ALL = ("rgb", "mv", "boundary", "edges")
 
 
 @pytest.fixture(autouse=True)
@@ -62,34 +63,30 @@ def mirrored(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 @pytest.mark.parametrize("clip_len, stride, size, views", [(4, 1, 32, 1), (8, 2, 16, 2), (3, 5, 24, 3)])
 def test_sample_shapes(stores, fmt, clip_len, stride, size, views):
-    needs = Needs(modalities=ALL, clip_len=clip_len, stride=stride, views=views, future_mv=2, iframe=True,
-                  motion_stats=True)
+    needs = Needs(modalities=ALL, clip_len=clip_len, stride=stride, views=views)
     ds = ClipDataset(stores[fmt], needs, size=size)
     assert len(ds) == 3
     s, g = ds[(1, 0)], size // 4
-    assert set(s) == {"index", "video", "label", "views", "future_mv", "future_mv_valid", "iframe", "iframe_color",
-                      "motion"}
-    assert s["views"][0]["rgb"].dtype == s["iframe"].dtype == torch.uint8  # finished on the device
-    assert s["views"][0]["rgb_color"].shape == s["iframe_color"].shape == (COLOR_VECTOR,)
+    assert set(s) == {"index", "video", "label", "views"}
+    assert s["views"][0]["rgb"].dtype == torch.uint8  # finished on the device
+    assert s["views"][0]["rgb_color"].shape == (COLOR_VECTOR,)
     batch = default_collate([s, ds[(2, 0)]])
     s = finish_batch(s)
-    assert "iframe_color" not in s and "rgb_color" not in s["views"][0]
+    assert "rgb_color" not in s["views"][0]
     assert (s["index"], s["video"], s["label"]) == (1, 1, -1)
     assert len(s["views"]) == views
     expected = {"frames": (clip_len,), "rgb": (3, clip_len, size, size), "mv": (2, clip_len, g, g),
-                "mv_valid": (1, clip_len, g, g), "flow": (2, clip_len, size, size),
+                "mv_valid": (1, clip_len, g, g),
                 "boundary": (1, clip_len, size, size), "edges": (1, clip_len, size, size)}
     for view in s["views"]:
         assert {k: tuple(v.shape) for k, v in view.items()} == expected
         assert view["frames"].dtype == torch.int64
         assert all(v.dtype == torch.float32 for k, v in view.items() if k != "frames")
         np.testing.assert_array_equal(np.diff(view["frames"].numpy()), stride)
-    assert s["future_mv"].shape == (2, 2, g, g) and s["future_mv_valid"].shape == (1, 2, g, g)
-    assert s["iframe"].shape == (3, size, size) and s["motion"].shape == (views,)
     finish_batch(batch)
     assert batch["views"][0]["rgb"].shape == (2, 3, clip_len, size, size)
     assert batch["views"][0]["rgb"].dtype == torch.float32
-    assert batch["future_mv"].shape == (2, 2, 2, g, g) and batch["video"].tolist() == [1, 2]
+    assert batch["views"][0]["mv"].shape == (2, 2, clip_len, g, g) and batch["video"].tolist() == [1, 2]
 
 
 def test_sample_is_a_function_of_seed_epoch_and_index(stores):
@@ -105,7 +102,7 @@ def test_sample_is_a_function_of_seed_epoch_and_index(stores):
 
 
 def test_both_backends_give_the_same_samples(stores):
-    needs = Needs(modalities=ALL, clip_len=4, stride=3, views=2, future_mv=2, iframe=True, motion_stats=True)
+    needs = Needs(modalities=ALL, clip_len=4, stride=3, views=2)
     z, h = ClipDataset(stores["zarr"], needs, size=16), ClipDataset(stores["hdf5"], needs, size=16)
     for key in [(0, 0), (1, 5), (2, 9)]:
         assert_samples_equal(z[key], h[key])
@@ -113,36 +110,30 @@ def test_both_backends_give_the_same_samples(stores):
 
 def test_flip_mirrors_every_modality_and_negates_dx(stores):
     """flip_p 0 and 1 draw the same crops and colours: the flipped sample is the mirror of the other, with dx
-    negated for mv and flow; on the video moving right, mean dx changes sign."""
-    needs = Needs(modalities=ALL, clip_len=6, stride=2, future_mv=2, iframe=True)
+    negated for mv; on the video moving right, mean dx changes sign."""
+    needs = Needs(modalities=ALL, clip_len=6, stride=2)
     plain = finish_batch(ClipDataset(stores["zarr"], needs, size=32, flip_p=0.0)[(1, 2)])
     flip = finish_batch(ClipDataset(stores["zarr"], needs, size=32, flip_p=1.0)[(1, 2)])
     p, f = plain["views"][0], flip["views"][0]
     torch.testing.assert_close(f["rgb"], mirrored(p["rgb"]), rtol=0, atol=1e-5)
     for name in ("boundary", "edges", "mv_valid"):
         torch.testing.assert_close(f[name], mirrored(p[name]), rtol=0, atol=0)
-    for name in ("mv", "flow"):
-        torch.testing.assert_close(f[name][0], -mirrored(p[name][0]), rtol=0, atol=0)
-        torch.testing.assert_close(f[name][1], mirrored(p[name][1]), rtol=0, atol=0)
-    torch.testing.assert_close(flip["future_mv"][0], -mirrored(plain["future_mv"][0]), rtol=0, atol=0)
-    torch.testing.assert_close(flip["iframe"], mirrored(plain["iframe"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(f["mv"][0], -mirrored(p["mv"][0]), rtol=0, atol=0)
+    torch.testing.assert_close(f["mv"][1], mirrored(p["mv"][1]), rtol=0, atol=0)
     valid = p["mv_valid"][0] > 0
     assert p["mv"][0][valid].mean() > 0.5 and f["mv"][0][mirrored(valid)].mean() < -0.5
-    assert p["flow"][0].mean() > 0.5 and f["flow"][0].mean() < -0.5
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_centre_crop_motion_reads_in_output_pixels(stores, fmt):
     """4 stored px/frame, centre crop of the 64-px short side, resized to 32 px: 4 * 32 / 64 = 2 px/frame."""
-    ds = ClipDataset(stores[fmt], Needs(modalities=("mv", "flow"), clip_len=6, stride=1), size=32, train=False)
+    ds = ClipDataset(stores[fmt], Needs(modalities=("mv",), clip_len=6, stride=1), size=32, train=False)
     for vid, axis in (("right", 0), ("down", 1)):
         view = ds[ds.videos.index(vid)]["views"][0]
         valid = view["mv_valid"][0] > 0
         assert valid.float().mean() > 0.6
         np.testing.assert_allclose(view["mv"][axis][valid].median(), 2.0, atol=0.05)
         np.testing.assert_allclose(view["mv"][1 - axis][valid].median(), 0.0, atol=0.05)
-        np.testing.assert_allclose(view["flow"][axis].median(), 2.0, atol=0.05)
-        assert abs(view["flow"][1 - axis].median()) < 0.1  # uint8 flow storage: 0 reads 0.078 px (x 0.5)
 
 
 @pytest.mark.parametrize("crops", [3, 10])
@@ -176,7 +167,7 @@ def test_random_crop_motion_reads_4_times_size_over_crop_pixels(stores):
     """The dataset's draws, replayed from default_rng([seed, epoch, index]), give the crop; the translation
     reads +-4 * size / crop_width_px in output pixels."""
     store, size = stores["zarr"], 32
-    needs = Needs(modalities=("mv", "flow"), clip_len=4, stride=2)
+    needs = Needs(modalities=("mv",), clip_len=4, stride=2)
     ds = ClipDataset(store, needs, size=size, seed=7)
     index = ds.videos.index("right")
     for epoch in range(6):
@@ -189,7 +180,6 @@ def test_random_crop_motion_reads_4_times_size_over_crop_pixels(stores):
         expected = 4 * size / crop_w * (-1 if params.flip else 1)
         valid = view["mv_valid"][0] > 0
         np.testing.assert_allclose(view["mv"][0][valid].median(), expected, rtol=0.03)
-        np.testing.assert_allclose(view["flow"][0].median(), expected, rtol=0.03)
 
 
 def test_mv_valid_marks_i_frames_and_masks_values(stores):
@@ -209,75 +199,18 @@ def test_mv_valid_marks_i_frames_and_masks_values(stores):
     assert set(valid.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_future_mv_continues_the_clip(stores):
-    """future_mv is what a longer clip of the same draw reads after the clip: same stride, same crop."""
-    store = stores["zarr"]
-    short = ClipDataset(store, Needs(modalities=("mv",), clip_len=4, stride=2, future_mv=3), size=32)
-    long = ClipDataset(store, Needs(modalities=("mv",), clip_len=7, stride=2), size=32)
-    for key in [(0, 0), (1, 1), (1, 2)]:
-        s, l = short[key], long[key]
-        np.testing.assert_array_equal(s["views"][0]["frames"], l["views"][0]["frames"][:4])
-        torch.testing.assert_close(s["views"][0]["mv"], l["views"][0]["mv"][:, :4], rtol=0, atol=0)
-        torch.testing.assert_close(s["future_mv"], l["views"][0]["mv"][:, 4:], rtol=0, atol=0)
-        torch.testing.assert_close(s["future_mv_valid"], l["views"][0]["mv_valid"][:, 4:], rtol=0, atol=0)
-
-
-def test_future_mv_past_the_end_is_invalid(stores):
-    ds = ClipDataset(stores["zarr"], Needs(modalities=("mv",), clip_len=4, stride=1, future_mv=4), size=32)
-    s = ds[ds.videos.index("short")]  # 6 frames: the future frames 4, 5 exist, 6 and 7 do not
-    np.testing.assert_array_equal(s["views"][0]["frames"], [0, 1, 2, 3])
-    assert s["future_mv_valid"][0, :2].mean() > 0.8
-    assert s["future_mv_valid"][0, 2:].sum() == 0
-
-
-def test_iframe_is_the_last_i_frame_at_or_before_the_clip(stores):
-    store = stores["hdf5"]
-    ds = ClipDataset(store, Needs(modalities=("rgb",), clip_len=2, stride=1, iframe=True), size=32, train=False)
-    s = finish_batch(ds[ds.videos.index("down")])  # I-frames 0, 12, 24; the centre clip starts at 14
-    first = int(s["views"][0]["frames"][0])
-    iframe_index = store.read("down", "iframe_index")
-    k = int(np.flatnonzero(iframe_index <= first)[-1])
-    assert (first, iframe_index[k]) == (14, 12) and bytes(store.read("down", "frame_type"))[12:13] == b"I"
-    expected = normalize(to_clip_tensor(crop_resize_frames(store.read_at("down", "iframes", [k]),
-                                                           center_params(2.0), 32)))[:, 0]
-    torch.testing.assert_close(s["iframe"], expected, rtol=0, atol=1e-6)
-
-
-def test_iframe_has_view_0_crop_and_colour(stores):
-    """When view 0 starts on an I-frame, the I-frame tensor is view 0's first frame, jitter included."""
-    ds = ClipDataset(stores["zarr"], Needs(modalities=("rgb",), clip_len=3, stride=1, iframe=True), size=32)
-    index = ds.videos.index("down")
-    found = 0
-    for epoch in range(120):
-        s = finish_batch(ds[(index, epoch)])
-        if int(s["views"][0]["frames"][0]) in (0, 12, 24):
-            torch.testing.assert_close(s["iframe"], s["views"][0]["rgb"][:, 0], rtol=0, atol=1e-6)
-            found += 1
-    assert found >= 3
-
-
 def test_missing_modality_names_the_spec_that_provides_it(mv_store):
-    for needs, missing, spec in [(Needs(modalities=("rgb", "flow")), "flow", "--spec fast"),
-                                 (Needs(modalities=("edges",)), "edges", "--spec default"),
-                                 (Needs(modalities=("rgb",), iframe=True), "iframes", "--spec compressed")]:
+    for modalities, missing, spec in [(("rgb", "flow"), "flow", "--spec fast"),
+                                      (("edges",), "edges", "--spec default"),
+                                      (("rgb", "iframes"), "iframes", "--spec compressed")]:
         with pytest.raises(MissingModality) as err:
-            ClipDataset(mv_store, needs)
+            check_store(mv_store, modalities)
         message = str(err.value)
         assert f"has no {missing};" in message and spec in message and "motionssl extract" in message
         assert "\n" not in message
-    check_store(mv_store, Needs(modalities=("rgb", "mv"), future_mv=2, motion_stats=True))
-
-
-def test_motion_stats(stores, mv_store):
-    """From boundary when the store has it (its mean over the clip), else the mean speed of valid vectors."""
-    store = stores["zarr"]
-    ds = ClipDataset(store, Needs(modalities=("rgb",), clip_len=4, stride=2, views=2, motion_stats=True), size=16)
-    s = ds[(1, 3)]
-    for v, view in enumerate(s["views"]):
-        boundary = store.read_at("right", "boundary", view["frames"].numpy()).astype(np.float32)
-        np.testing.assert_allclose(s["motion"][v], boundary.mean(), rtol=1e-6)
-    ds = ClipDataset(mv_store, Needs(modalities=("rgb",), clip_len=4, stride=2, motion_stats=True), size=16)
-    np.testing.assert_allclose(ds[(0, 1)]["motion"], [4.0], atol=0.25)  # 4 px/frame to the right
+    with pytest.raises(MissingModality, match="has no edges;"):
+        ClipDataset(mv_store, Needs(modalities=("rgb", "edges")))
+    check_store(mv_store, ("rgb", "mv"))
 
 
 def test_short_video_repeats_its_last_frame(stores):

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from motionssl.cli import app
-from motionssl.eval.features import clip_dataset, clip_outputs, load_backbone
+from motionssl.train.features import clip_dataset, clip_outputs, load_backbone
 from motionssl.eval.metrics import retrieval
 from motionssl.train.labels import load_split
 from motionssl.preprocess.motion_classes import DIRECTIONS, write_motion_classes
@@ -34,7 +34,7 @@ def chain(tmp_path_factory) -> dict:
     store = root / "store.zarr"
     cli("extract", root / "videos", "-o", store, "--spec", write_spec(root), "--workers", 1, "--no-progress")
     pre = root / "pretrain"
-    cli("pretrain", "--store", store, "-o", pre, *TINY, "--option", "hidden=16", "--option", "dim=8",
+    cli("pretrain", store, "-o", pre, *TINY, "--option", "hidden=16", "--option", "dim=8",
         "--option", "queue_size=8", "--steps", 2, "--batch-size", 4, "--workers", 0, "--no-progress")
     return {"root": root, "labels": labels, "store": store, "pretrain": pre / "checkpoint.pt"}
 
@@ -66,7 +66,7 @@ def test_motion_classes_differ_only_in_motion(chain):
 
 def test_retrieval_report_matches_a_recomputation(chain):
     out = chain["root"] / "retrieval"
-    text = cli("evaluate", "retrieve", "--checkpoint", chain["pretrain"], "--store", chain["store"],
+    text = cli("evaluate", "retrieve", "--checkpoint", chain["pretrain"], chain["store"],
                "--labels", chain["labels"], "-o", out, "--views", 3)
     assert "| R@1 | R@5 | R@10 | R@20 | R@50 |" in text and str(out / "retrieval_grid.png") in text
     result = json.loads((out / "retrieval.json").read_text())
@@ -88,7 +88,7 @@ def test_retrieval_report_matches_a_recomputation(chain):
 
 def test_linear_probe_on_cached_features_then_classify(chain):
     run, out = chain["root"] / "linear", chain["root"] / "classify"
-    cli("finetune", "--checkpoint", chain["pretrain"], "--store", chain["store"], "--labels", chain["labels"],
+    cli("finetune", "--checkpoint", chain["pretrain"], chain["store"], "--labels", chain["labels"],
         "-o", run, "--linear-probe", "--cached-features", "--views", 2, "--steps", 40, "--lr", 0.05,
         "--log-every", 10, "--workers", 0)
     log = read_log(run)
@@ -97,7 +97,7 @@ def test_linear_probe_on_cached_features_then_classify(chain):
     _, pretrained, _ = load_backbone(chain["pretrain"])
     assert all(np.array_equal(v, state["backbone"]["state_dict"][k])  # cached path: the backbone is untouched
                for k, v in pretrained["backbone"]["state_dict"].items())
-    text = cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", chain["store"],
+    text = cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", chain["store"],
                "--labels", chain["labels"], "-o", out, "--views", 2)
     result = json.loads((out / "classification.json").read_text())
     matrix = np.array(result["confusion"])
@@ -105,7 +105,7 @@ def test_linear_probe_on_cached_features_then_classify(chain):
     assert result["accuracy"]["top1"] == np.trace(matrix) / 8 and "top5" not in result["accuracy"]  # 4 classes
     assert f"| {100 * result['accuracy']['top1']:.1f} |" in text
     assert cv2.imread(str(out / "confusion.png")).shape[0] > 300
-    cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", "--store", chain["store"],
+    cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", chain["store"],
         "--labels", chain["labels"], "-o", out / "crops", "--views", 2, "--crops", 3)
     three = json.loads((out / "crops" / "classification.json").read_text())
     assert (three["views"], three["crops"], np.array(three["confusion"]).sum()) == (2, 3, 8)
@@ -113,7 +113,7 @@ def test_linear_probe_on_cached_features_then_classify(chain):
 
 def test_full_finetune_resumes_and_plot_overlays(chain):
     run = chain["root"] / "full"
-    common = ["--store", chain["store"], "--labels", chain["labels"], "-o", run, "--steps", 4, "--batch-size", 4,
+    common = [chain["store"], "--labels", chain["labels"], "-o", run, "--steps", 4, "--batch-size", 4,
               "--workers", 0, "--log-every", 1, "--no-progress"]
     assert "halted at step 2 of 4" in cli("finetune", "--checkpoint", chain["pretrain"], *common, "--halt-after", 2)
     assert "finished" in cli("finetune", *common, "--resume", "auto")
@@ -126,19 +126,19 @@ def test_full_finetune_resumes_and_plot_overlays(chain):
     cli("plot", chain["root"] / "pretrain", run, chain["root"] / "linear", "-o", png)
     image = cv2.imread(str(png))
     assert image.shape[1] == 4 * 480  # loss, lr, clips_per_s, acc
-    assert (np.abs(image.astype(int) - (31, 119, 180)).sum(-1) < 30).any()  # the first run's colour (BGR)
+    assert (np.abs(image.astype(int) - (180, 119, 31)).sum(-1) < 30).any()  # the first run's colour, #1f77b4 (BGR)
 
 
 def test_errors_are_one_line(chain, tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("video_id,label,split\nright/right_000,right,train\nsideways/s_000,sideways,test\n")
-    r = CliRunner().invoke(app, ["evaluate", "retrieve", "--checkpoint", str(chain["pretrain"]), "--store",
+    r = CliRunner().invoke(app, ["evaluate", "retrieve", "--checkpoint", str(chain["pretrain"]), 
                                  str(chain["store"]), "--labels", str(bad), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "1 of the videos in csv labels" in r.output and "sideways/s_000" in r.output
-    r = CliRunner().invoke(app, ["evaluate", "classify", "--checkpoint", str(chain["pretrain"]), "--store",
+    r = CliRunner().invoke(app, ["evaluate", "classify", "--checkpoint", str(chain["pretrain"]), 
                                  str(chain["store"]), "--labels", str(chain["labels"]), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "is not a finetune checkpoint" in r.output
-    r = CliRunner().invoke(app, ["finetune", "--store", str(chain["store"]), "--labels", str(chain["labels"]),
+    r = CliRunner().invoke(app, ["finetune", str(chain["store"]), "--labels", str(chain["labels"]),
                                  "-o", str(tmp_path / "f"), "--steps", "1", "--batch-size", "4"])
     assert r.exit_code == 2 and "pass --checkpoint CKPT" in r.output
     r = CliRunner().invoke(app, ["finetune", "--aux-motion", "-0.2", "-o", str(tmp_path / "f")])

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from motionssl.eval.features import load_backbone, load_mapped, map_keys
-from motionssl.eval.finetune import Finetune, load_classifier
+from motionssl.train.features import load_backbone, load_mapped, map_keys
+from motionssl.train.finetune import Finetune, load_classifier
 from motionssl.train import checkpoint
 from motionssl.train.backbones import BACKBONES
 from motionssl.train.checkpoint import CheckpointError

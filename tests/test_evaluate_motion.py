@@ -13,7 +13,7 @@ from motionssl.eval.motion import (
     LearnedMotion, backward_warp, cells_to_pixels, clip_blocks, evaluate_motion, pair_errors, to_signed,
 )
 from motionssl.preprocess.synthetic import translating_frames
-from motionssl.show import render_panel_with_boxes
+from motionssl.pictures.frames import render_panel_with_boxes
 from motionssl.stores import open_store
 from motionssl.train import checkpoint
 
@@ -70,7 +70,7 @@ def test_clip_blocks_put_every_pair_in_exactly_one_clip(n, clip_len):
 @pytest.fixture(scope="module")
 def cgm_checkpoint(tiny_stores, tmp_path_factory):
     run = tmp_path_factory.mktemp("cgm_eval") / "run"
-    r = cli("pretrain", "--method", "cgm", "--store", tiny_stores["zarr"], "-o", run, *TINY, "--steps", "2",
+    r = cli("pretrain", "--method", "cgm", tiny_stores["zarr"], "-o", run, *TINY, "--steps", "2",
             "--batch-size", "3")
     assert r.exit_code == 0, r.output
     return run / "checkpoint.pt"
@@ -101,7 +101,7 @@ def test_stored_flow_and_motion_vectors_beat_no_motion_by_far(tiny_stores, tmp_p
 
 def test_the_cgm_row_and_one_line_errors(tiny_stores, cgm_checkpoint, tmp_path):
     r = cli("evaluate", "motion", tiny_stores["zarr"], "-o", tmp_path / "m", "--checkpoint", cgm_checkpoint,
-            "--video", "right", "--no-progress")
+            "--video-id", "right", "--no-progress")
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "m" / "motion.json").read_text())
     cgm = result["rows"][-1]
@@ -110,7 +110,7 @@ def test_the_cgm_row_and_one_line_errors(tiny_stores, cgm_checkpoint, tmp_path):
     not_cgm = tmp_path / "moco.pt"
     checkpoint.save(not_cgm, {"config": {"method": "rgb-moco"}, "method": {}})
     cases = [(["--checkpoint", not_cgm], "takes one written by `motionssl pretrain --method cgm`"),
-             (["--video", "nope"], "videos not in"), (["--margin", "40"], "leaves no interior"),
+             (["--video-id", "nope"], "videos not in"), (["--margin", "40"], "leaves no interior"),
              (["--flow-store", tmp_path / "m"], "is not a motionssl store")]
     for extra, message in cases:
         r = cli("evaluate", "motion", tiny_stores["zarr"], "-o", tmp_path / "e", *extra, "--no-progress")

@@ -1,6 +1,6 @@
 """Extraction under real faults: poison videos, killed decoders and Dask workers, a full disk, an unwritable output,
 two runs on one store. Faults come from real signals, real mounts and real processes; the decoder's test hooks
-(motionssl/fault_injection.py) only choose which video crashes, stalls or hits ENOSPC."""
+(stores/fault_injection.py) only choose which video crashes, stalls or hits ENOSPC."""
 import json
 import os
 import signal

@@ -105,7 +105,7 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_losses(store8, tmp_path):
     assert straight["finished"]
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "motionssl.cli", "pretrain", "--store", str(store8), "-o", str(run),
+    proc = subprocess.Popen([sys.executable, "-m", "motionssl.cli", "pretrain", str(store8), "-o", str(run),
                              *TINY_CLI, "--steps", str(steps), "--workers", "2", "--deterministic", "--lr", "0.05",
                              "--option", "queue_size=262144", "--log-every", "1", "--save-every", str(save_every)],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
@@ -139,7 +139,7 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_losses(store8, tmp_path):
 
 def test_a_non_finite_loss_stops_with_the_step_and_the_videos(store8, tmp_path):
     """A real blow-up: Adam at lr 1e30 makes every weight ~1e30 after one step, so step 1's loss is NaN."""
-    r = cli("pretrain", "--store", store8, "-o", tmp_path / "run", *TINY_CLI, "--steps", "4", "--workers", "0",
+    r = cli("pretrain", store8, "-o", tmp_path / "run", *TINY_CLI, "--steps", "4", "--workers", "0",
             "--lr", "1e30", "--log-every", "1")
     assert r.exit_code == 1, r.output
     lines = r.stderr.strip().splitlines()
@@ -236,12 +236,10 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
     run = tmp_path / "runs"
     pretrain = ["pretrain", "--steps", "1", *TINY_CLI]
     cases = {  # name: (arguments, what the line must say); each exits 2
-        "unknown backbone": ([*pretrain, "--store", store8, "-o", run / "a", "--backbone", "resnet9000"],
-                             "unknown backbone 'resnet9000'; choose one of r3d18,"),
-        "missing modality": ([*pretrain, "--store", mv_only, "-o", run / "b"],
+        "missing modality": ([*pretrain, mv_only, "-o", run / "b"],
                              "has no rgb; extract one that does with `motionssl extract VIDEOS -o STORE` and "
                              "`--spec compressed`"),
-        "labels": (["finetune", "--from-scratch", "--backbone", "r3d10", "--store", store8, "--labels", labels,
+        "labels": (["finetune", "--from-scratch", "--backbone", "r3d10", store8, "--labels", labels,
                     "-o", run / "c", "--steps", "1"],
                    "are not in the store (its ids look like v0, v1, v2): class_x/v_9; extract them or fix the labels"),
         "empty video dir": (["extract", empty, "-o", tmp_path / "e.zarr"], "no video files found under"),
@@ -256,6 +254,10 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
         lines = err.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, out, err)
         assert cases[name][1] in lines[0], (name, lines[0])
+    # a closed choice: typer refuses it before anything runs, listing the choices
+    r = subprocess.run([sys.executable, "-m", "motionssl.cli", *map(str, [*pretrain, store8, "-o", run / "a",
+                        "--backbone", "resnet9000"])], capture_output=True, text=True)
+    assert r.returncode == 2 and "'resnet9000' is not one of" in r.stderr and "'r3d18'" in r.stderr, r.stderr
     for name in "abc":  # nothing was trained or written
         assert not (run / name / checkpoint.LAST).exists() and not (run / name / "log.csv").exists()
     assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "f.zarr").exists()
@@ -265,7 +267,7 @@ def test_bad_configuration_is_one_line_before_any_work(store8, tmp_path):
 
 def start_pretrain(store: Path, run: Path, *extra) -> subprocess.Popen:
     """A real `pretrain` process with 2 DataLoader workers, in its own process group."""
-    return subprocess.Popen([sys.executable, "-m", "motionssl.cli", "pretrain", "--store", str(store), "-o", str(run),
+    return subprocess.Popen([sys.executable, "-m", "motionssl.cli", "pretrain", str(store), "-o", str(run),
                              *TINY_CLI, "--option", "queue_size=8", "--workers", "2", "--deterministic", "--lr", "0.05",
                              "--log-every", "1", *map(str, extra)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             start_new_session=True,
@@ -334,7 +336,7 @@ def test_a_second_pretrain_on_the_same_run_directory_is_refused_naming_the_first
     run = tmp_path / "run"
     first = start_pretrain(store8, run, "--steps", 2000, "--save-every", 5000)
     workers = wait_for_step(first, run, 1)
-    second = subprocess.run([sys.executable, "-m", "motionssl.cli", "pretrain", "--store", str(store8), "-o",
+    second = subprocess.run([sys.executable, "-m", "motionssl.cli", "pretrain", str(store8), "-o",
                              str(run), *TINY_CLI, "--steps", "4", "--workers", "0"], capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     lines = second.stderr.strip().splitlines()

@@ -272,7 +272,7 @@ def test_pretrain_lowers_nce_and_mal(motion_store, tmp_path):
 
 
 def test_resume_continues_exactly(motion_store, tmp_path):
-    common = ["--method", "mcl", "--store", motion_store, "--backbone", "r3d10", "--backbone-width", "4",
+    common = ["--method", "mcl", motion_store, "--backbone", "r3d10", "--backbone-width", "4",
               "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "6", "--batch-size", "2",
               "--log-every", "1", "--save-every", "100", "--deterministic", "--no-progress", "--lr", "0.05",
               *[f"--option={k}={v}" for k, v in {**TINY_OPTIONS, "queue_size": 8}.items()]]
@@ -280,7 +280,7 @@ def test_resume_continues_exactly(motion_store, tmp_path):
 
 
 def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):
-    r = motionssl("pretrain", "--method", "mcl", "--store", compressed_store, "-o", tmp_path / "run", "--steps", "1",
+    r = motionssl("pretrain", "--method", "mcl", compressed_store, "-o", tmp_path / "run", "--steps", "1",
                   env=ONE_THREAD)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

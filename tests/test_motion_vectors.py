@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from motionssl.data_specs import hflip_motion, stored_size
-from motionssl.preprocess import decode
-from motionssl.preprocess.decode import decode_frames, open_video
-from motionssl.preprocess.motion_vectors import ReferenceGaps, pool_motion_vectors
+from motionssl.stores import decode
+from motionssl.stores.decode import decode_frames, open_video
+from motionssl.stores.motion_vectors import ReferenceGaps, pool_motion_vectors
 from motionssl.preprocess.synthetic import encode, moving_square_frames, translating_frames
 
 MV_DTYPE = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"),

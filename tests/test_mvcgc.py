@@ -196,7 +196,7 @@ def test_pretrain_lowers_the_loss_of_both_stages(moco_store, tmp_path):
     config = tmp_path / "constant.yaml"
     config.write_text(yaml.safe_dump({"min_lr_ratio": 1.0}))
     run = tmp_path / "run"
-    r = pretrain("--store", moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
+    r = pretrain(moco_store, "-o", run, *TINY_CLI, "--backbone-width", "8", "--option", "hidden=32",
                  "--option", "dim=16", "--option", "queue_size=16", "--option", "tau=0.2", "--option", "momentum=0.9",
                  "--option", "init_steps=20", "--steps", "40", "--batch-size", "8", "--workers", "0", "--lr", "0.003",
                  "--log-every", "1", "--config", config)
@@ -217,7 +217,7 @@ def test_pretrain_lowers_the_loss_of_both_stages(moco_store, tmp_path):
 
 
 def test_resume_continues_exactly_in_either_stage(moco_store, tmp_path):
-    common = ["--store", moco_store, *TINY_CLI, "--steps", "8", "--batch-size", "2", "--log-every", "1",
+    common = [moco_store, *TINY_CLI, "--steps", "8", "--batch-size", "2", "--log-every", "1",
               "--save-every", "100", "--deterministic", "--lr", "0.01", "--option", "init_steps=4"]
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     assert pretrain("-o", straight, *common, "--workers", "0").returncode == 0
@@ -240,9 +240,9 @@ def test_decode_mode_trains_from_a_store_without_motion_vectors(moco_store, rgb_
     """The rgb-only store holds the same videos: decoding their vectors gives the store run's losses exactly."""
     common = [*TINY_CLI, "--steps", "3", "--batch-size", "4", "--workers", "0", "--log-every", "1",
               "--option", "init_steps=1", "--deterministic"]
-    r = pretrain("--store", moco_store, "-o", tmp_path / "store", *common)
+    r = pretrain(moco_store, "-o", tmp_path / "store", *common)
     assert r.returncode == 0, r.stderr
-    r = pretrain("--store", rgb_only_store, "-o", tmp_path / "decode", *common, "--mv-source", "decode")
+    r = pretrain(rgb_only_store, "-o", tmp_path / "decode", *common, "--mv-source", "decode")
     assert r.returncode == 0, r.stderr
     losses = {source: [row["loss"] for row in read_log(tmp_path / source)] for source in ("store", "decode")}
     assert losses["store"] == losses["decode"]
@@ -250,10 +250,10 @@ def test_decode_mode_trains_from_a_store_without_motion_vectors(moco_store, rgb_
 
 def test_errors_are_one_line(rgb_only_store, tmp_path):
     for extra, message in [((), "has no mv;"), (("--mv-source", "nearby"), "mv_source must be one of store, decode")]:
-        r = pretrain("--store", rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", *extra)
+        r = pretrain(rgb_only_store, "-o", tmp_path / "r", *TINY_CLI, "--steps", "1", *extra)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "--spec compressed" in pretrain("--store", rgb_only_store, "-o", tmp_path / "r", *TINY_CLI,
+    assert "--spec compressed" in pretrain(rgb_only_store, "-o", tmp_path / "r", *TINY_CLI,
                                            "--steps", "1").stderr
-    r = motionssl("pretrain", "--method", "rgb-moco", "--store", rgb_only_store, "-o", tmp_path / "m", "--steps", "1",
+    r = motionssl("pretrain", "--method", "rgb-moco", rgb_only_store, "-o", tmp_path / "m", "--steps", "1",
                   "--mv-source", "decode")
     assert r.returncode == 2 and "unknown method_options mv_source" in r.stderr

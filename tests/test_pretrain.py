@@ -12,7 +12,7 @@ import torch
 
 from motionssl.preprocess.synthetic import encode, translating_frames
 from motionssl.train import checkpoint
-from motionssl.train.curves import smooth
+from motionssl.pictures.curves import smooth
 from motionssl.train.run_log import read_log
 from conftest import write_spec
 from test_extract import extract, motionssl
@@ -44,7 +44,7 @@ def pretrain(*args, env=None) -> subprocess.CompletedProcess:
 
 def test_rgb_moco_loss_goes_down(moco_store, tmp_path):
     run = tmp_path / "run"
-    r = pretrain("--store", moco_store, "-o", run, *TINY, "--steps", "50", "--batch-size", "8", "--workers", "0",
+    r = pretrain(moco_store, "-o", run, *TINY, "--steps", "50", "--batch-size", "8", "--workers", "0",
                  "--lr", "0.003", "--backbone-width", "8", "--option", "queue_size=16", "--option", "tau=0.2",
                  "--option", "momentum=0.9", "--log-every", "1", "--save-every", "25")
     assert r.returncode == 0, r.stderr
@@ -66,7 +66,7 @@ def test_rgb_moco_loss_goes_down(moco_store, tmp_path):
 
 def test_resume_continues_exactly(moco_store, tmp_path):
     """Halted at step 3 and resumed, a run logs the same losses as one that never stopped."""
-    common = ["--store", moco_store, *TINY, "--steps", "6", "--batch-size", "2", "--log-every", "1",
+    common = [moco_store, *TINY, "--steps", "6", "--batch-size", "2", "--log-every", "1",
               "--save-every", "100", "--deterministic", "--option", "queue_size=8", "--lr", "0.05"]
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     assert pretrain("-o", straight, *common, "--workers", "0").returncode == 0
@@ -85,7 +85,7 @@ def test_resume_continues_exactly(moco_store, tmp_path):
 
 def test_resume_refuses_a_different_experiment(moco_store, tmp_path):
     run = tmp_path / "run"
-    common = ["--store", moco_store, *TINY, "--steps", "2", "--batch-size", "2", "--workers", "0"]
+    common = [moco_store, *TINY, "--steps", "2", "--batch-size", "2", "--workers", "0"]
     assert pretrain("-o", run, *common).returncode == 0
     r = pretrain("-o", run, *common, "--lr", "0.5", "--resume", "auto")
     assert r.returncode == 2 and "cannot resume with a different config (lr:" in r.stderr
@@ -100,7 +100,7 @@ def test_ddp_two_processes_on_gloo(moco_store, tmp_path):
     # gloo forced: on a host with one GPU, NCCL would be chosen and rank 1 would ask for a missing cuda:1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MOTIONSSL_DIST_BACKEND": "gloo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(BIN / "motionssl"), "pretrain", "--store", str(moco_store), "-o", str(run), *TINY, "--steps", "3",
+           str(BIN / "motionssl"), "pretrain", str(moco_store), "-o", str(run), *TINY, "--steps", "3",
            "--batch-size", "2", "--workers", "0", "--log-every", "1", "--option", "queue_size=8"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -117,16 +117,15 @@ def test_ddp_two_processes_on_gloo(moco_store, tmp_path):
 
 def test_pretrain_errors_are_one_line(moco_store, tmp_path):
     results = []
-    r = pretrain("--store", tmp_path / "nothing", "-o", tmp_path / "r", "--steps", "1")
+    r = pretrain(tmp_path / "nothing", "-o", tmp_path / "r", "--steps", "1")
     assert r.returncode == 2 and "is not a motionssl store" in r.stderr
     results.append(r)
-    r = pretrain("--store", moco_store, "-o", tmp_path / "r", "--steps", "1", "--method", "simclr")
-    assert r.returncode == 2 and "unknown method 'simclr'; choose one of rgb-moco" in r.stderr
-    results.append(r)
-    r = pretrain("--store", moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--batch-size", "64")
+    r = pretrain(moco_store, "-o", tmp_path / "r", "--steps", "1", "--method", "simclr")  # a typed choice: typer's
+    assert r.returncode == 2 and "'simclr' is not one of" in r.stderr and "'rgb-moco', 'cmd'" in r.stderr  # usage error
+    r = pretrain(moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--batch-size", "64")
     assert r.returncode == 2 and "too few for batch size 64" in r.stderr
     results.append(r)
-    r = pretrain("--store", moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--option", "temperature=1")
+    r = pretrain(moco_store, "-o", tmp_path / "r", *TINY, "--steps", "1", "--option", "temperature=1")
     assert r.returncode == 2 and "unknown method_options temperature" in r.stderr
     results.append(r)
     for r in results:

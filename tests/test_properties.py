@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from conftest import TINY_SPEC
 from motionssl.data_specs import hflip_motion, spec_from_dict
-from motionssl.preprocess.motion_vectors import pool_motion_vectors
+from motionssl.stores.motion_vectors import pool_motion_vectors
 from motionssl.stores import init_store, make_writer, open_store, write_index
 from motionssl.train.sampling import candidate_starts, clip_at, clip_span, evenly_spaced_clips, random_clip
 from test_motion_vectors import MV_DTYPE

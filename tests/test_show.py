@@ -5,10 +5,11 @@ import pytest
 
 from conftest import TINY_SPEC
 from motionssl.data_specs import spec_from_dict
-from motionssl.show import (
+from motionssl.pictures.frames import (
     IFRAME_RGB, INVALID_RGB, choose_steps, colour_wheel, motion_to_rgb, panel_columns, render_panel,
-    render_panel_with_boxes, write_png, write_video,
+    render_panel_with_boxes, write_video,
 )
+from motionssl.pictures import write_png
 from motionssl.stores import init_store, make_writer, open_store, write_index
 
 H, W, CELL, T = 16, 24, 4, 10

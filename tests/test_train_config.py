@@ -25,7 +25,7 @@ def test_layers_override_in_order(tmp_path):
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key.*clip_length"):
         config_from_dict({"clip_length": 3}, source="x.yaml")
-    with pytest.raises(ConfigError, match="--store"):
+    with pytest.raises(ConfigError, match="no store given: pass STORE"):
         resolve({}, {}, {"out": "o", "steps": 1})
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         resolve({}, {}, {"store": "s", "out": "o", "steps": 1, "batch_size": 0})
@@ -112,3 +112,11 @@ def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path):
     check_resume_config({**cfg.to_dict(), "method_options": {"tau": 0.2}}, cfg)  # an option added since
     with pytest.raises(ConfigError, match="method_options"):
         check_resume_config({**cfg.to_dict(), "method_options": {"tau": 0.1}}, cfg)
+
+
+def test_the_named_choices_are_the_registries():
+    from motionssl.train.backbones import BACKBONES
+    from motionssl.train.config import BACKBONE_NAMES, METHOD_NAMES
+    from motionssl.train.methods import METHODS
+
+    assert METHOD_NAMES == tuple(METHODS) and BACKBONE_NAMES == tuple(BACKBONES)

@@ -3,9 +3,8 @@
 torch sends each tensor of a worker's batch to the main process on its own: one shared-memory file created per
 tensor, and one file descriptor passed per tensor, each over a new authenticated socket connection (Python's
 resource_sharer). A training batch of rgb + mv carries eight tensors (index, video, label, frames, rgb, its colour
-vector, mv, mv_valid); at batch 8 on 2 cores that cost the main process 0.5 ms a clip. And every batch is written
-into freshly created shared memory, whose pages fault in one by one: most of a worker's 1 ms a clip beyond making
-the clip (benchmarks/README.md, "Trainer: loader throughput").
+vector, mv, mv_valid), each paid for by the main process. And every batch is written into freshly created shared
+memory, whose pages fault in one by one (what both cost: benchmarks/README.md, "Trainer: loader throughput").
 
 `collate` stacks a batch exactly as `default_collate` does (same structure, dtypes and values). In a worker it
 stacks every tensor into one shared block, and the batch crosses the process boundary as that block and a small

@@ -13,6 +13,13 @@ from pathlib import Path
 import yaml
 
 
+# The closed choices of the config, by name, so that the command line can list them without importing torch;
+# tests/test_train_config.py checks them against train.methods.METHODS and train.backbones.BACKBONES.
+METHOD_NAMES = ("rgb-moco", "cmd", "mvcgc", "mcl", "modist", "cgm")
+BACKBONE_NAMES = ("r3d18", "r2plus1d18", "r3d10", "r2d10", "r2d18", "s3d", "c3d")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 class ConfigError(Exception):
     """A configuration that cannot run; the message says what to change."""
 
@@ -102,7 +109,7 @@ def resolve(method_defaults: dict, yaml_values: dict, cli_values: dict, *, sourc
 
 def _validate(cfg: PretrainConfig) -> None:
     if not cfg.store:
-        raise ConfigError("no store given: pass --store STORE (made by `motionssl extract`)")
+        raise ConfigError("no store given: pass STORE (made by `motionssl extract`) as the first argument")
     if not cfg.out:
         raise ConfigError("no run directory given: pass -o RUN_DIR")
     for name in ("clip_len", "stride", "size", "batch_size", "log_every", "save_every"):
@@ -111,8 +118,8 @@ def _validate(cfg: PretrainConfig) -> None:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if cfg.steps is None and cfg.epochs is None:
         raise ConfigError("give --steps or --epochs")
-    if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {cfg.precision!r}")
     if cfg.optimizer not in (None, "sgd", "adam", "adamw"):
         raise ConfigError(f"optimizer must be sgd, adam or adamw, got {cfg.optimizer!r}")
 

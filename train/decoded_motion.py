@@ -1,7 +1,7 @@
 """Motion vectors decoded from the original videos while loading: MVCGC's storage-light mode (`--mv-source decode`).
 
 `DecodedMotionStore` wraps a store and serves `mv` and `mv_valid` by decoding each video's `source` file (recorded
-in its meta by `extract`) with the extractor's own decoder (`preprocess.decode`: PyAV, FFmpeg's exported vectors,
+in its meta by `extract`) with the extractor's own decoder (`stores.decode`: PyAV, FFmpeg's exported vectors,
 pooled onto the spec's grid at the stored size), so the values equal the stored ones exactly; every other array
 comes from the store. The store need not hold `mv` at all: only the videos must still be where `extract` read
 them. A video is decoded from its first frame up to the last frame asked for (vectors need their references), once
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from motionssl.data_specs import mv_grid
-from motionssl.preprocess.decode import BadVideo, decode_frames, open_video
+from motionssl.stores.decode import BadVideo, decode_frames, open_video
 from motionssl.stores import Store, StoreError
 
 DECODED = ("mv", "mv_valid")

@@ -7,15 +7,19 @@
   statistics, MoCo queues) put back, so one bad batch leaves no trace. The step still counts, so the data order
   and a resume stay exact. Ranks agree on it (one all-reduce), so DDP never deadlocks on it.
 - `TrackedDataset` + `next_batch`: each DataLoader worker notes in shared memory which sample it is working on, so
-  a worker stuck past `data_timeout` is reported with the sample and video it is stuck on.
+  a worker stuck past `data_timeout` is reported with the sample and video it is stuck on; and a StoreError raised
+  in a worker is written there as a record (its type and one-line message), which the main process raises again as
+  a StoreError. Nothing is recognised by the wording of torch's messages: a timeout is a failed wait of at least
+  `data_timeout` seconds with no worker record.
 - `Termination`: SIGTERM (what SLURM sends before its kill) makes the loop save after the step it is in and stop;
   `stop_workers` then shuts the DataLoader workers down, which ignore the signal themselves.
 
-Test hooks (`motionssl.fault_injection`): `hang-sample:ID` hangs a worker in that video's sample; `inf-sample:ID`
+Test hooks (`motionssl.stores.fault_injection`): `hang-sample:ID` hangs a worker in that video's sample; `inf-sample:ID`
 makes that sample's RGB clips +inf, a real non-finite forward.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import signal
 import sys
@@ -24,7 +28,7 @@ import time
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from motionssl import fault_injection
+from motionssl.stores import fault_injection
 from motionssl.stores import Store, StoreError
 
 
@@ -40,13 +44,17 @@ class DataTimeout(TrainingFault):
     pass
 
 
+RECORD_BYTES = 4096  # per worker: one JSON fault record {"type", "message", "index"}
+WORKER_ERRORS = {"StoreError": StoreError}  # what a worker's record may raise again in the main process
+
+
 # -- broken videos --------------------------------------------------------------------------------------------
 
 def usable_store(store: Store, *, skip_broken: bool, announce: bool = True) -> tuple[Store, dict[str, str]]:
     """(the store to train on, {broken video: problem}). Raises StoreError on a broken video unless `skip_broken`.
 
-    About 0.6 ms per video for Zarr, 1.5 for HDF5 (benchmarks/README.md, "Reliability"); under DDP rank 0 checks
-    and the others take its answer, so a shared filesystem sees the check once."""
+    Its cost per video is in benchmarks/README.md, "Reliability". Under DDP rank 0 checks and the others take its
+    answer, so a shared filesystem sees the check once."""
     from motionssl.stores.verify import broken_videos
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -121,6 +129,7 @@ class TrackedDataset(Dataset):
     def __init__(self, dataset, *, workers: int):
         self.dataset = dataset
         self.working = multiprocessing.RawArray("q", [-1] * max(workers, 1))
+        self.records = multiprocessing.RawArray("c", RECORD_BYTES * max(workers, 1))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -138,7 +147,11 @@ class TrackedDataset(Dataset):
         if "hang-sample" in faults:
             fault_injection.record("hang-sample", self.video(index))
             time.sleep(10**6)
-        sample = self.dataset[key]
+        try:
+            sample = self.dataset[key]
+        except tuple(WORKER_ERRORS.values()) as e:
+            self._record(slot, e, index)
+            raise
         if "inf-sample" in faults:
             fault_injection.record("inf-sample", self.video(index))
             for view in sample["views"]:
@@ -147,18 +160,37 @@ class TrackedDataset(Dataset):
         self.working[slot] = -1
         return sample
 
+    def _record(self, slot: int, error: Exception, index: int) -> None:
+        record = {"type": type(error).__name__, "message": str(error).strip(), "index": index}
+        raw = json.dumps(record).encode()
+        if len(raw) > RECORD_BYTES:  # a long message loses its tail, never the record's shape
+            record["message"] = record["message"][:RECORD_BYTES // 2] + " ..."
+            raw = json.dumps(record).encode()[:RECORD_BYTES]
+        self.records[slot * RECORD_BYTES:(slot + 1) * RECORD_BYTES] = raw.ljust(RECORD_BYTES, b"\0")
+
+    def worker_error(self) -> Exception | None:
+        """The first worker's recorded error, as its own exception type; None when no worker recorded one."""
+        for slot in range(len(self.working)):
+            raw = bytes(self.records[slot * RECORD_BYTES:(slot + 1) * RECORD_BYTES]).rstrip(b"\0")
+            if raw:
+                record = json.loads(raw)
+                return WORKER_ERRORS[record["type"]](record["message"])
+        return None
+
     def stuck(self) -> list[str]:
         return [f"worker {w} on sample {i} (video {self.video(i)!r})" for w, i in enumerate(self.working) if i >= 0]
 
 
 def next_batch(batches, tracked: TrackedDataset, *, timeout: float, store_path) -> object:
     """next(batches), with a stuck worker and a damaged store reported in one line."""
+    started = time.monotonic()
     try:
         return next(batches)
-    except StoreError as e:  # raised in a worker: the message carries the worker's traceback; keep its last line
-        raise StoreError(str(e).strip().splitlines()[-1].split("StoreError: ", 1)[-1]) from None
-    except RuntimeError as e:
-        if timeout and str(e).startswith("DataLoader timed out"):
+    except Exception:
+        error = tracked.worker_error()
+        if error is not None:  # raised in a worker: torch re-raises it with the worker's traceback in the text
+            raise error from None
+        if timeout and time.monotonic() - started >= timeout:  # the DataLoader waited `timeout` and gave up
             stuck = "; ".join(tracked.stuck()) or "no worker is inside a sample"
             raise DataTimeout(f"no batch from the DataLoader workers for {timeout:g}s: {stuck}; check that video "
                               f"(`motionssl verify {store_path}`), or raise --data-timeout if samples are this "

@@ -23,7 +23,6 @@ from tqdm import tqdm
 from motionssl.stores import open_store
 from motionssl.stores.lock import Locked, acquire_lock
 from motionssl.train import checkpoint
-from motionssl.train.curves import plot_run
 from motionssl.train.collate import collate
 from motionssl.train.config import ConfigError, PretrainConfig, write_yaml
 from motionssl.train.datasets import finish_batch, seed_worker
@@ -33,7 +32,7 @@ from motionssl.train.faults import (NonFiniteGuard, Termination, TrackedDataset,
 from motionssl.train.methods import METHODS
 from motionssl.train.methods.base import Method, parse_options
 from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
-from motionssl.train.run_log import RunLog
+from motionssl.train.run_log import RunLog, plot_run
 
 # Config fields a resumed run may change; any other difference means a different experiment.
 RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after",

@@ -50,3 +50,15 @@ class RunLog:
 def read_log(run_dir: Path) -> list[dict[str, float]]:
     with open(Path(run_dir) / "log.csv", newline="") as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """RUN_DIR/curves.png from RUN_DIR/log.csv. None when nothing is logged yet."""
+    from motionssl.pictures import write_png
+    from motionssl.pictures.curves import run_curves
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "log.csv").exists():
+        return None
+    image = run_curves(read_log(run_dir))
+    return None if image is None else write_png(image, run_dir / "curves.png")

@@ -25,17 +25,19 @@ centred in the clip) instead of the future; `predictor=convgru` swaps the Transf
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from motionssl.stores import Store
+from motionssl.train.augment import ColorParams, SpatialParams, center_params, draw_color, draw_spatial
 from motionssl.train.backbones import r2d_10
 from motionssl.train.config import ConfigError, PretrainConfig
 from motionssl.train.contrastive import info_nce, similarities
-from motionssl.train.datasets import Needs
+from motionssl.train.datasets import ClipDataset, Needs, View0, check_store
 from motionssl.train.methods.base import Method, build_backbone, parse_options
 from motionssl.train.motion_prediction import PREDICTORS, MotionPrediction, bn_head
 from motionssl.train.sampling import clip_span
@@ -64,10 +66,30 @@ class CMDOptions:
     net_width: int | None = None  # I- and M-network base channels; None: --backbone-width, else 64
 
 
-def motion_needs(needs: Needs, o: CMDOptions) -> Needs:
-    """`needs` plus the motion target and hard negatives of CMD's motion prediction with the settings `o` (for
-    `cmd` and `finetune --aux-motion`): `future_frames` consecutive frames `future_gap` frames after the clip's
-    last one, or (period=current) as many frames centred on the clip's span."""
+@dataclass(frozen=True)
+class MotionTarget:
+    """Where the motion target lies, relative to the clip (view 0), and how many hard negatives come with it.
+
+    frames: motion-vector frames of the target. stride: between them; 0 = the clip stride. offset: the first target
+    frame minus the clip's last frame; None = stride (the next one); zero or negative puts the window inside the clip
+    (period=current). negatives: more windows like it from the same video, apart from it where the video is long
+    enough, each with its own crop and flip."""
+    frames: int
+    stride: int = 0
+    offset: int | None = None
+    negatives: int = 0
+
+    def window(self, needs: Needs) -> np.ndarray:
+        """(frames,) offsets of the target frames from the clip's first frame."""
+        step = self.stride or needs.stride
+        offset = step if self.offset is None else self.offset
+        return needs.stride * (needs.clip_len - 1) + offset + step * np.arange(self.frames, dtype=np.int64)
+
+
+def motion_target(needs: Needs, o: CMDOptions) -> MotionTarget:
+    """The motion target and hard negatives of CMD's motion prediction with the settings `o` (for `cmd` and
+    `finetune --aux-motion`): `future_frames` consecutive frames `future_gap` frames after the clip's last one, or
+    (period=current) as many frames centred on the clip's span."""
     if o.period not in PERIODS:
         raise ConfigError(f"period must be one of {', '.join(PERIODS)}, got {o.period!r}")
     if o.future_frames < 1 or o.future_gap < 0 or o.negatives < 0:
@@ -78,8 +100,94 @@ def motion_needs(needs: Needs, o: CMDOptions) -> Needs:
         if o.future_frames > clip:
             raise ConfigError(f"period=current: {o.future_frames} frames do not fit in a clip spanning {clip} frames")
         offset = -(clip - 1) + (clip - o.future_frames) // 2
-    return dataclasses.replace(needs, future_mv=o.future_frames, future_stride=1, future_offset=offset,
-                               mv_negatives=o.negatives)
+    return MotionTarget(frames=o.future_frames, stride=1, offset=offset, negatives=o.negatives)
+
+
+class CMDClips(ClipDataset):
+    """ClipDataset plus what CMD reads beyond the views, all placed by view 0 (the clip):
+    - `future_mv` (2, F, g, g), `future_mv_valid` (1, F, g, g): the motion target, with the clip's crop and flip;
+      frames past the video's end (read clamped to its last frame) are invalid;
+    - `negative_mv` (N, 2, F, g, g), `negative_mv_valid`, `negative_frames` (N, F, unclamped): the hard negatives;
+    - with `iframe_window` w: `iframe` (3, S, S) uint8 and `iframe_color` (finished with the views), `iframe_frame`:
+      a random I-frame within [first - w, last + w] of the clip's frames (the last one at or before its first frame
+      when there is none), with its own crop, flip and colour (train; eval: the middle one, centre crop).
+    Its random draws follow the views' from the same generator: negatives, then the I-frame."""
+
+    def __init__(self, store: Store, needs: Needs, *, target: MotionTarget, iframe_window: int | None = None,
+                 **kwargs):
+        if target.frames < 1 or target.stride < 0 or target.negatives < 0 or (iframe_window or 0) < 0:
+            raise ValueError(f"need target frames >= 1, stride, negatives and iframe_window >= 0: {target}")
+        if target.window(needs)[0] < 0:
+            raise ValueError(f"the motion target starts before the clip's first frame: {target}")
+        check_store(store, ["mv"] + ["iframes"] * (iframe_window is not None))
+        super().__init__(store, needs, **kwargs)
+        if self.crops != 1:
+            raise ValueError("CMD's clips take no test crops")
+        if self.size % self.cell:
+            raise ValueError(f"size {self.size} is not a multiple of the store's mv cell {self.cell}")
+        self.target, self.iframe_window = target, iframe_window
+        self._iframe_index: dict[str, np.ndarray] = {}
+
+    def view_span(self, v: int) -> int:
+        span = super().view_span(v)
+        return max(span, int(self.target.window(self.needs).max()) + 1) if v == 0 else span
+
+    def add_to_sample(self, sample: dict, *, vid: str, view0: View0, frames_total: int, hw: tuple[int, int],
+                      rng: np.random.Generator) -> None:
+        aspect = hw[1] / hw[0]
+        window = self.target.window(self.needs)
+        sample["future_mv"], sample["future_mv_valid"] = self._motion_window(vid, view0.start + window, frames_total,
+                                                                             view0.spatial, hw)
+        if self.target.negatives:
+            sample["negative_mv"], sample["negative_mv_valid"], sample["negative_frames"] = self._negatives(
+                vid, int(view0.frames[0]) + window, frames_total, hw, aspect, rng)
+        if self.iframe_window is not None:
+            sample["iframe"], sample["iframe_color"], sample["iframe_frame"] = self._iframe_near(
+                vid, int(view0.frames[0]), int(view0.frames[-1]), aspect, rng)
+
+    def _motion_window(self, vid: str, frames: np.ndarray, frames_total: int, spatial: SpatialParams,
+                       hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        read = np.minimum(frames, frames_total - 1)
+        mv, valid = self.motion_tensors(self._read(vid, "mv", read), self._read(vid, "mv_valid", read), spatial, hw)
+        return mv, valid * torch.from_numpy(frames < frames_total).float()[None, :, None, None]
+
+    def _negatives(self, vid: str, target: np.ndarray, frames_total: int, hw: tuple[int, int], aspect: float,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`negatives` windows shaped like `target` (its frame indices, unclamped), each starting uniformly among
+        the starts whose window fits and does not overlap the target's; any start that fits when none does."""
+        offsets = target - target[0]
+        span = int(offsets[-1]) + 1
+        starts = np.arange(max(frames_total - span, 0) + 1)
+        apart = starts[(starts + span <= target[0]) | (starts > target[-1])]
+        starts = apart if len(apart) else starts
+        mvs, valids, windows = [], [], []
+        for _ in range(self.target.negatives):
+            frames = int(starts[rng.integers(len(starts))]) + offsets
+            windows.append(frames)
+            spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p) if self.train \
+                else center_params(aspect)
+            mv, valid = self._motion_window(vid, frames, frames_total, spatial, hw)
+            mvs.append(mv)
+            valids.append(valid)
+        return torch.stack(mvs), torch.stack(valids), torch.from_numpy(np.stack(windows))
+
+    def _iframe_near(self, vid: str, first: int, last: int, aspect: float,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if vid not in self._iframe_index:
+            self._iframe_index[vid] = self.store.read(vid, "iframe_index")
+        iframe_index, w = self._iframe_index[vid], self.iframe_window
+        near = np.flatnonzero((iframe_index >= first - w) & (iframe_index <= last + w))
+        if not len(near):
+            near = [max(int(np.searchsorted(iframe_index, first, side="right")) - 1, 0)]
+        color: ColorParams | None
+        if self.train:
+            k = int(near[rng.integers(len(near))])
+            spatial = draw_spatial(rng, aspect=aspect, scale=self.scale, flip_p=self.flip_p)
+            color = draw_color(rng)
+        else:
+            k, spatial, color = int(near[len(near) // 2]), center_params(aspect), None
+        rgb, vector = self._rgb(self.store.read_at(vid, "iframes", [k]), spatial, color)
+        return rgb[:, 0], vector, int(iframe_index[k])
 
 
 def clip_map_shape(backbone: nn.Module, *, clip_len: int, size: int) -> tuple[int, int, int, int]:
@@ -123,9 +231,14 @@ class CMD(Method):
 
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
+        return Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride)
+
+    @classmethod
+    def dataset(cls, cfg: PretrainConfig, store: Store) -> CMDClips:
         o = parse_options(cls.Options, cfg.method_options, method=cfg.method)
-        return motion_needs(Needs(modalities=("rgb",), clip_len=cfg.clip_len, stride=cfg.stride,
-                                  iframe_window=o.iframe_window), o)
+        needs = cls.needs(cfg)
+        return CMDClips(store, needs, target=motion_target(needs, o), iframe_window=o.iframe_window, size=cfg.size,
+                        seed=cfg.seed, flip_p=cfg.flip_p)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         clip_map = self.backbone.forward_features(batch["views"][0]["rgb"])

@@ -82,7 +82,7 @@ class MoDistClips(ClipDataset):
 
     def __init__(self, store: Store, needs: Needs, *, size: int, seed: int, motion_clip_len: int, motion_stride: int,
                  gamma: float, sync: bool, flip_p: float = 0.5):
-        check_store(store, Needs(modalities=("rgb", "edges")))
+        check_store(store, ("rgb", "edges"))
         super().__init__(store, needs, size=size, seed=seed, flip_p=flip_p)
         self.motion_clip_len, self.motion_stride, self.sync = motion_clip_len, motion_stride, sync
         self.clamp = float(store.spec.flow.edges_clamp)

@@ -1,0 +1,225 @@
+"""The one reader API over both backends, and store creation for `extract`.
+
+    store = open_store("data.zarr")          # or an HDF5 store directory
+    store.videos                             # ['class_a/v1', ...]
+    store.meta("class_a/v1")["frames"]
+    store.read("class_a/v1", "rgb", 10, 26)  # (16, H, W, 3) uint8
+    store.read_at("class_a/v1", "mv", [3, 7, 11])
+
+File handles open lazily and per process: a reader pickled into a DataLoader worker or a
+forked process reopens its own handles instead of sharing the parent's (which corrupts HDF5).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from motionssl.data_specs import Spec, SpecError, spec_from_dict
+from motionssl.stores.layout import (
+    FORMAT_VERSION, INDEX, ROOT_META, read_json, scan_videos, video_path, write_json_atomic,
+)
+
+FORMATS = ("zarr", "hdf5")
+
+try:  # recorded in every store's and video's meta; the package metadata is the one source of the number
+    __version__ = version("motionssl")
+except PackageNotFoundError:  # a source tree used without `pip install`
+    __version__ = "0+unknown"
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+def _backend(fmt: str):
+    if fmt == "zarr":
+        from motionssl.stores.zarr_backend import ZarrVideoReader, ZarrVideoWriter
+        return ZarrVideoReader, ZarrVideoWriter
+    from motionssl.stores.hdf5_backend import HDF5VideoReader, HDF5VideoWriter
+    return HDF5VideoReader, HDF5VideoWriter
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / ROOT_META
+        if not meta_file.is_file():
+            raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
+        try:
+            self.root_meta = read_json(meta_file)
+        except ValueError as e:
+            raise StoreError(f"{meta_file} is not valid JSON ({e}); the store is damaged") from None
+        version = self.root_meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {__version__} "
+                             f"(knows {FORMAT_VERSION}); upgrade motionssl or re-extract")
+        self.format = self.root_meta["format"]
+        if self.format not in FORMATS:
+            raise StoreError(f"{self.path}: unknown store format {self.format!r}")
+        try:
+            self.spec: Spec = spec_from_dict(self.root_meta["spec"], source=f"{self.path} (recorded spec)")
+        except SpecError as e:
+            raise StoreError(str(e)) from None
+        self._reader_cls = _backend(self.format)[0]
+        self._readers: dict[str, object] = {}
+        self._pid = os.getpid()
+        self._index: dict[str, dict] | None = None
+
+    # -- listing
+    @property
+    def index(self) -> dict[str, dict]:
+        if self._index is None:
+            index_file = self.path / INDEX
+            if index_file.is_file():
+                self._index = read_json(index_file)["videos"]
+            else:  # no index yet (extract never finished): fall back to the slow scan
+                ids, _ = scan_videos(self.path, self.format)
+                self._index = {vid: self._open(vid).meta() for vid in ids}
+        return self._index
+
+    @property
+    def videos(self) -> list[str]:
+        return sorted(self.index)
+
+    def meta(self, video_id: str) -> dict:
+        if video_id not in self.index:
+            raise KeyError(f"video {video_id!r} is not in store {self.path}")
+        return self.index[video_id]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.index
+
+    # -- reading
+    def _open(self, video_id: str):
+        if os.getpid() != self._pid:  # forked: never reuse the parent's handles
+            self._readers = {}
+            self._pid = os.getpid()
+        reader = self._readers.get(video_id)
+        if reader is None:
+            path = video_path(self.path, self.format, video_id)
+            if not path.exists():
+                raise KeyError(f"video {video_id!r} is not in store {self.path}")
+            reader = self._readers[video_id] = self._reader_cls(path)
+        return reader
+
+    def _damaged(self, video_id: str, name: str, e: Exception) -> StoreError:
+        """A read that failed on the data itself (a truncated or corrupt chunk): one line naming video and array."""
+        detail = str(e).splitlines()[0] if str(e) else ""
+        return StoreError(f"cannot read {name} of video {video_id!r} in {self.path} ({type(e).__name__}: {detail}); "
+                          f"`motionssl verify {self.path}` lists the damage")
+
+    def arrays(self, video_id: str) -> dict[str, tuple[tuple, np.dtype]]:
+        """{array name: (shape, dtype)} for one video."""
+        return self._open(video_id).arrays()
+
+    def read(self, video_id: str, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """A time slice [start, stop) of one array (all of it by default), in data_specs units."""
+        return self._read(video_id, name, slice(start, stop))
+
+    def read_at(self, video_id: str, name: str, indices) -> np.ndarray:
+        """Frames at arbitrary time indices (any order, repeats allowed), in data_specs units."""
+        return self._read(video_id, name, indices)
+
+    def _read(self, video_id: str, name: str, sel) -> np.ndarray:
+        reader = self._open(video_id)
+        try:
+            raw = reader.read(name, sel)
+        except (IndexError, KeyError):  # the caller's mistake, not damage
+            raise
+        except Exception as e:
+            raise self._damaged(video_id, name, e) from e
+        return _decode(raw, reader.attrs(name))
+
+    def without(self, video_ids) -> "Store":
+        """This store with `video_ids` left out of its listing (e.g. broken videos a run skips)."""
+        drop = set(video_ids)
+        other = copy.copy(self)
+        other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
+        other._readers = {}
+        return other
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers = {}
+
+    def __getstate__(self):  # picklable into DataLoader workers / Dask tasks without handles
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, format={self.format}, spec={self.spec.name}, videos={len(self.index)})"
+
+
+def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
+    """Undo storage quantisation: uint8 q over [-bound, bound] -> float32 q * 2 bound / 255 - bound (kind
+    linear); over [min, max] -> q * (max - min) / 255 + min (kind range)."""
+    quant = attrs.get("quantization")
+    if quant is None:
+        return raw
+    if quant["kind"] == "range":
+        lo, hi = np.float32(quant["min"]), np.float32(quant["max"])
+        return raw.astype(np.float32) * ((hi - lo) / np.float32(255)) + lo
+    bound = np.float32(quant["bound"])
+    return raw.astype(np.float32) * (2 * bound / np.float32(255)) - bound
+
+
+def open_store(path: str | Path) -> Store:
+    return Store(path)
+
+
+def init_store(path: Path, fmt: str, spec: Spec) -> None:
+    """Create the store root, or check that an existing one matches `fmt` and `spec`."""
+    meta_file = path / ROOT_META
+    if meta_file.exists():
+        existing = Store(path)
+        if existing.format != fmt:
+            raise StoreError(f"{path} is a {existing.format} store; pass --format {existing.format} or choose a new -o")
+        if existing.spec.digest != spec.digest:
+            raise StoreError(f"{path} was made with spec {existing.spec.name!r} ({existing.spec.digest}), not "
+                             f"{spec.name!r} ({spec.digest}); extract into a new -o, or delete the store first")
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if fmt == "zarr":
+        from motionssl.stores.zarr_writer import write_group
+        write_group(path)
+    (path / "videos").mkdir(exist_ok=True)
+    write_json_atomic(meta_file, {
+        "format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),
+        "spec_digest": spec.digest, "motionssl_version": __version__,
+    })
+
+
+def make_writer(store_path: Path, fmt: str, video_id: str, spec: Spec):
+    if fmt == "zarr":  # not through _backend: the writer needs numcodecs only, and decoders start faster without zarr
+        from motionssl.stores.zarr_writer import ZarrVideoWriter as writer
+    else:
+        writer = _backend(fmt)[1]
+    return writer(video_path(store_path, fmt, video_id), spec)
+
+
+def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
+    """The committed meta of one video on disk, or None when it is absent or unreadable."""
+    path = video_path(store_path, fmt, video_id)
+    if not path.exists():
+        return None
+    try:
+        reader = _backend(fmt)[0](path)
+        try:
+            return reader.meta()
+        finally:
+            reader.close()
+    except Exception:  # a damaged video is simply not complete; extract redoes it
+        return None
+
+
+def write_index(store_path: Path, metas: dict[str, dict]) -> None:
+    write_json_atomic(store_path / INDEX, {"videos": metas})
