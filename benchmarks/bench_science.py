@@ -188,12 +188,16 @@ def run_one(name: str, stores: dict[str, Path], labels: Path, out: Path, *, seed
 def classifier_accuracy(run: Path, test_store: Path) -> float:
     """Top-1 of the supervised run's own classifier on the test videos (clip probabilities averaged)."""
     from motionssl.train.features import clip_dataset, clip_outputs
-    from motionssl.train.finetune import load_classifier
     from motionssl.eval.metrics import average_clip_probabilities, topk_accuracy
     from motionssl.stores import open_store
+    from motionssl.train.finetune import load_classifier
+    from motionssl.train.labels import load_split
 
-    model, _ = load_classifier(run / "checkpoint.pt")
-    videos, labels, _ = split_of(test_store)
+    model, payload = load_classifier(run / "checkpoint.pt")
+    trained_on = load_split([Path(p) for p in payload["config"]["method_options"]["labels"]],
+                            open_store(payload["config"]["store"]).videos)
+    videos, _, _ = split_of(test_store)
+    labels = [trained_on.classes.index(v.split("/")[0]) for v in videos]  # in the classifier's class order
     ds = clip_dataset(open_store(test_store), videos, labels, clip_len=COMMON["clip_len"], stride=COMMON["stride"],
                       size=COMMON["size"], views=VIEWS)
     return topk_accuracy(average_clip_probabilities(clip_outputs(model, ds, batch_size=32)), np.array(labels),

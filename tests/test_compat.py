@@ -1,6 +1,7 @@
 """Stores and a checkpoint written before the layer refactor (commit 60e63ba; tests/fixtures/make_old_fixtures.py)
-read and load with today's code: every array byte for byte, the checkpoint's backbone giving the same output, the
-trainer's resume and the evaluation's loader accepting it."""
+read and load with today's code: every array byte for byte; the checkpoint, once through `convert-checkpoint` (the
+safe loader refuses its numpy RNG state), giving the same backbone output and accepted by the trainer's resume and
+the evaluation's loader."""
 import hashlib
 import json
 import shutil
@@ -38,8 +39,16 @@ def test_an_old_store_reads_byte_for_byte(name):
     assert sample["views"][0]["mv"].shape == (2, 2, 4, 4)
 
 
-def test_an_old_checkpoint_loads_for_evaluation_and_resume():
-    path = FIXTURES / "old_pretrain.pt"
+def converted(tmp_path: Path) -> Path:
+    """The old checkpoint (format 1: numpy RNG state, which the safe loader refuses) through the converter."""
+    with pytest.raises(checkpoint.CheckpointError, match="convert-checkpoint"):
+        checkpoint.load(FIXTURES / "old_pretrain.pt")
+    checkpoint.convert(FIXTURES / "old_pretrain.pt", tmp_path / "converted.pt", trust=True)
+    return tmp_path / "converted.pt"
+
+
+def test_an_old_checkpoint_loads_for_evaluation_and_resume(tmp_path):
+    path = converted(tmp_path)
     payload = checkpoint.load(path)
     want = EXPECTED["checkpoint"]
     assert sorted(payload) == want["keys"] and payload["step"] == want["step"]
@@ -57,10 +66,11 @@ def test_an_old_run_resumes_with_todays_trainer(tmp_path):
 
     store = tmp_path / "store.zarr"
     shutil.copytree(FIXTURES / "old_store.zarr", store)
-    payload = checkpoint.load(FIXTURES / "old_pretrain.pt")
+    path = converted(tmp_path)
+    payload = checkpoint.load(path)
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copyfile(FIXTURES / "old_pretrain.pt", run / "checkpoint.pt")
+    shutil.copyfile(path, run / "checkpoint.pt")
     values = {**payload["config"], "store": str(store), "out": str(run), "halt_after": None}
     summary = train(config_from_dict(values, source="old run"), resume=str(run / "checkpoint.pt"))
     assert summary["finished"] and summary["steps"] == 2
