@@ -85,11 +85,13 @@ class Storage:
     rgb_crf: int = 12               # h264: libx264 constant rate factor
     flow_codec: str = "blosc"       # blosc | h264: uint8 flow/boundary/edges chunks as lossless H.264
     hdf5_chunk_frames: int = 0      # HDF5 chunks of per-frame arrays (not H.264 ones); 0: chunk_frames
+    checksums: bool = True          # each chunk checked on read: crc32c codec (Zarr), fletcher32 filter (HDF5)
 
 
-# Keys added after stores were first written: hashed only when they differ from these defaults, so
-# older stores keep their digest.
-_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc", "hdf5_chunk_frames": 0},
+# Keys added after stores were first written, with what stores written before them did: hashed only when they
+# differ from that, so older stores keep their digest, and a recorded spec without one means that.
+_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc", "hdf5_chunk_frames": 0,
+                           "checksums": False},
                "flow": {"maps_store_as": "float16", "boundary_bound": 5.0}}
 
 
@@ -142,9 +144,13 @@ def _section(cls, raw, where: str):
     return cls(**raw)
 
 
-def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
+def spec_from_dict(raw: dict, *, source: str = "<dict>", recorded: bool = False) -> Spec:
+    """recorded: `raw` is what a store recorded; a key it lacks predates it, and means what stores did before."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a spec must be a YAML mapping")
+    if recorded:
+        raw = {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in _LATER_KEYS.items()
+                         if isinstance(raw.get(section, {}), dict)}}
     version = raw.get("spec_version")
     if version not in KNOWN_SPEC_VERSIONS:
         raise SpecError(
@@ -205,6 +211,8 @@ def _validate(spec: Spec, source: str) -> None:
             raise SpecError(f"{source}: storage.{key} must be blosc or h264, got {getattr(st, key)!r}")
     if isinstance(st.rgb_crf, bool) or not isinstance(st.rgb_crf, int) or not 0 <= st.rgb_crf <= 51:
         raise SpecError(f"{source}: storage.rgb_crf must be an integer in [0, 51] (libx264), got {st.rgb_crf!r}")
+    if not isinstance(st.checksums, bool):
+        raise SpecError(f"{source}: storage.checksums must be true or false, got {st.checksums!r}")
     if st.flow_codec == "h264" and spec.needs_flow and fl.store_as != "uint8":
         raise SpecError(f"{source}: storage.flow_codec h264 codes uint8 flow; set flow.store_as: uint8")
 

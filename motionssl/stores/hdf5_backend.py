@@ -14,6 +14,7 @@ import hdf5plugin  # registers the Blosc filter (32001), to write and to read
 import numpy as np
 
 from motionssl.stores.h264 import ChunkCoder, h264_coder
+from motionssl.stores.shard_reader import ChecksumError
 from motionssl.stores.writer import VideoWriter
 
 H264_ATTR = "motionssl_h264"
@@ -21,13 +22,15 @@ SLICE_COST_BYTES = 64 * 1024  # one h5py slice read costs about as much as decod
 
 
 def hdf5_filter(storage) -> dict:
-    """create_dataset's keywords for storage.hdf5_compression; Blosc shuffles inside the filter."""
+    """create_dataset's keywords for storage.hdf5_compression (Blosc shuffles inside the filter) and
+    storage.checksums: HDF5's fletcher32 filter, over each chunk as stored, checked by every read."""
+    checksum = {"fletcher32": True} if storage.checksums else {}
     if storage.hdf5_compression == "blosc":
         return dict(hdf5plugin.Blosc(cname=storage.zarr_codec, clevel=storage.zarr_level,
-                                     shuffle=hdf5plugin.Blosc.SHUFFLE))
+                                     shuffle=hdf5plugin.Blosc.SHUFFLE)) | checksum
     if storage.hdf5_compression == "none":
-        return {}
-    return {"compression": storage.hdf5_compression, "shuffle": True}
+        return checksum
+    return {"compression": storage.hdf5_compression, "shuffle": True} | checksum
 
 
 class HDF5VideoWriter(VideoWriter):
@@ -122,6 +125,15 @@ class HDF5VideoReader:
         frames = self.h264_frames(name)
         if frames is not None:
             return frames.read(np.arange(*sel.indices(frames.shape[0])) if isinstance(sel, slice) else sel)
+        try:
+            return self._read(ds, sel)
+        except OSError as e:
+            if ds.fletcher32 and "filter returned failure" in str(e):
+                raise ChecksumError(f"{self.path}: {name}: a chunk fails its fletcher32 checksum (bytes changed on "
+                                    f"disk) or its decompression; run `motionssl verify`") from None
+            raise
+
+    def _read(self, ds, sel) -> np.ndarray:
         if isinstance(sel, slice):
             return ds[sel]
         idx, n = np.asarray(sel, np.int64), len(ds)
