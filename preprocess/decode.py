@@ -68,7 +68,7 @@ def open_video(path: str | Path, *, max_pixels: int) -> tuple[av.container.Input
     ctx = stream.codec_context
     if ctx is None:  # a stream FFmpeg has no decoder for (or whose codec id is damaged)
         container.close()
-        raise BadVideo(f"no decoder for the video stream (codec {stream.codec.name if stream.codec else '?'})")
+        raise BadVideo("no decoder for the video stream (an unknown or damaged codec id)")
     w, h = ctx.width, ctx.height
     if w <= 0 or h <= 0:
         container.close()
@@ -126,7 +126,8 @@ def decode_frames(
     except av.error.FFmpegError as e:
         damage = f"decoding failed ({e.strerror or type(e).__name__})"
     if damage is not None or probe.cut is not None:
-        raise Truncated(f"truncated or corrupt after {index} good frames: {damage or probe.cut}", frames=index)
+        where = f"after {index} good frames" if index else "before any good frame"
+        raise Truncated(f"truncated or corrupt {where}: {damage or probe.cut}", frames=index)
 
 
 def _convert(frame, index, probe, size, mv_cell, gaps, tb, reformatter) -> Frame:
