@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench fuzz venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tvl1_torch.py --out bench_out
 	$(BIN)/python benchmarks/bench_motion_sampling.py --out bench_out
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
+
+# The long fuzz campaign of the decoder path (a short fixed one runs in `make test`); figures in benchmarks/README.md.
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_extract.py --mutants 600 --out bench_out
 
 clean:
 	rm -rf demo_out bench_out
