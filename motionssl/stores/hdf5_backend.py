@@ -2,13 +2,16 @@
 
 h5py cannot run Python filters, so an array coded with H.264 (`motionssl.stores.h264`) is stored as a
 variable-length uint8 dataset with one entry per chunk (its H.264 stream) and the attribute `motionssl_h264`
-giving the logical shape, dtype, frames per chunk and codec; the reader decodes it back to that shape.
+giving the logical shape, dtype, frames per chunk and codec (and, with spec storage.checksums, each entry's
+crc32c: HDF5's fletcher32 filter, which checks the other arrays' chunks, never sees variable-length data); the
+reader decodes it back to that shape.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import hdf5plugin  # registers the Blosc filter (32001), to write and to read
 import numpy as np
@@ -61,6 +64,8 @@ class HDF5VideoWriter(VideoWriter):
             coder, chunk, doc = self.h264[name]
             ds, first = self.file[name], start // chunk
             coded = [np.frombuffer(coder.encode(block[i:i + chunk]), np.uint8) for i in range(0, len(block), chunk)]
+            if self.spec.storage.checksums:  # HDF5 filters never see variable-length data (it lives in the heap)
+                doc.setdefault("crc32c", []).extend(google_crc32c.value(c.tobytes()) for c in coded)
             ds.resize(first + len(coded), axis=0)
             ds[first:first + len(coded)] = coded
             doc["shape"][0] = start + len(block)
@@ -188,6 +193,7 @@ class H264Frames:
         self.shape, self.dtype = tuple(doc["shape"]), np.dtype(doc["dtype"])
         self.chunk_t = int(doc["chunk_frames"])
         self.coder = ChunkCoder.from_dict(doc["codec"])
+        self.crc32c = doc.get("crc32c")  # per chunk, with spec storage.checksums
 
     def read(self, indices) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed); each chunk decoded once, up to its last frame asked for."""
@@ -202,5 +208,8 @@ class H264Frames:
             rows = np.flatnonzero(chunks == chunk)
             offsets = indices[rows] - chunk * self.chunk_t
             data = self.ds[int(chunk)].tobytes()
+            if self.crc32c is not None and google_crc32c.value(data) != self.crc32c[int(chunk)]:
+                raise ChecksumError(f"{self.ds.file.filename}: {self.ds.name.lstrip('/')}: chunk {int(chunk)}: "
+                                    f"checksum mismatch (bytes changed on disk); run `motionssl verify`")
             out[rows] = self.coder.decode(data, (self.chunk_t, *self.shape[1:]), int(offsets.max()) + 1)[offsets]
         return out
