@@ -81,7 +81,7 @@ def decoders_with(marker: str) -> list[int]:
 
 
 def run_batch(srcs: dict[str, Path], seeds: list[int], work: Path, *, fmt: str, timeout: float, workers: int,
-              run_limit: float) -> dict:
+              run_limit: float, env: dict | None = None) -> dict:
     """Mutants `seeds` (seed s mutates source s % len(srcs)) through one extract run; the invariants checked."""
     names = sorted(srcs)
     videos = work / "in"
@@ -99,7 +99,7 @@ def run_batch(srcs: dict[str, Path], seeds: list[int], work: Path, *, fmt: str, 
     spec_yaml.write_text(spec.read_text())  # JSON is YAML
     store = work / f"store.{fmt}"
     marker = uuid.uuid4().hex
-    env = {**os.environ, MARKER: marker}
+    env = {**os.environ, **(env or {}), MARKER: marker}
     cmd = [sys.executable, "-m", "motionssl.cli", "extract", str(videos), "-o", str(store), "--spec", str(spec_yaml),
            "--format", fmt, "--workers", str(workers), "--timeout", str(timeout), "--no-progress"]
     bugs = []
@@ -163,14 +163,16 @@ def summarize(batches: list[dict]) -> dict:
 
 
 def campaign(srcs: dict[str, Path], *, mutants: int, seed: int, batch: int, work: Path, timeout: float,
-             workers: int, run_limit: float, progress: bool = False) -> dict:
+             workers: int, run_limit: float, progress: bool = False, env: dict | None = None) -> dict:
+    """env: added to extract's environment (tests arm MOTIONSSL_FAULT there to check that crashes and hangs are
+    caught and counted)."""
     t0 = time.perf_counter()
     batches = []
     seeds = list(range(seed, seed + mutants))
     for i in range(0, len(seeds), batch):
         fmt = ("zarr", "hdf5")[(i // batch) % 2]
         b = run_batch(srcs, seeds[i:i + batch], work / f"batch{i // batch:03d}", fmt=fmt, timeout=timeout,
-                      workers=workers, run_limit=run_limit)
+                      workers=workers, run_limit=run_limit, env=env)
         batches.append(b)
         if progress:
             s = summarize(batches)
