@@ -53,11 +53,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
     if mv_on and not probe.has_mv_export:
         notes.append(f"no motion vectors for codec {probe.codec}; re-extract with --reencode to get them")
 
-    try:
-        writer = make_writer(Path(job["store"]), job["format"], job["video_id"], spec)
-    except BaseException:
-        container.close()
-        raise
+    writer = make_writer(Path(job["store"]), job["format"], job["video_id"], spec)
     try:
         frame_shape = (size[1], size[0], 3)
         small = 4096
@@ -144,7 +140,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
         writer.abort()
         raise
     finally:
-        container.close()  # the decoder process outlives this video: no descriptor may leak
+        container.close()  # now, not when collected: the decoder process goes on to the next video
 
 
 def maps_bounds(spec) -> dict[str, float | None]:
