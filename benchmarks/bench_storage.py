@@ -14,7 +14,7 @@ Measured side by side in one run, on this machine (definitions in benchmarks/REA
   5. boundary and edges quantised to uint8: bytes and error.
 Writes OUT/bench_storage.json and prints the tables.
 
-    .venv/bin/python benchmarks/bench_storage.py --only checksums --out bench_out   # ~2 min on 2 cores
+    .venv/bin/python benchmarks/bench_storage.py --only checksums --out bench_out   # ~4 min on 2 cores
 
   6. chunk checksums (storage.checksums: crc32c per Zarr chunk, fletcher32 per HDF5 chunk) on and off, side by side:
      the full clips extracted with `compressed` (rgb + mv, one-frame lz4 chunks: the trainer's read, the most
