@@ -235,8 +235,6 @@ def _validate(spec: Spec, source: str) -> None:
             raise SpecError(f"{source}: storage.{key} must be blosc or h264, got {getattr(st, key)!r}")
     if isinstance(st.rgb_crf, bool) or not isinstance(st.rgb_crf, int) or not 0 <= st.rgb_crf <= 51:
         raise SpecError(f"{source}: storage.rgb_crf must be an integer in [0, 51] (libx264), got {st.rgb_crf!r}")
-    if not isinstance(st.checksums, bool):
-        raise SpecError(f"{source}: storage.checksums must be true or false, got {st.checksums!r}")
     if st.flow_codec == "h264" and spec.needs_flow and fl.store_as != "uint8":
         raise SpecError(f"{source}: storage.flow_codec h264 codes uint8 flow; set flow.store_as: uint8")
 
