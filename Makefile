@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check venv clean
+.PHONY: demo test bench fuzz gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: $(STAMP)
 # The device check: every CUDA path, timed, in about 8 minutes on one H100 (benchmarks/README.md, "GPU").
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --out gpu_out
+
+# The long fuzz campaign of the decoder path (a short fixed one runs in `make test`); figures in benchmarks/README.md.
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_extract.py --mutants 600 --out bench_out
 
 clean:
 	rm -rf demo_out bench_out gpu_out

@@ -13,6 +13,13 @@ Measured side by side in one run, on this machine (definitions in benchmarks/REA
   4. random 16-frame clip reads through `open_store` (rgb; rgb + flow), blosc vs h264, zarr and HDF5.
   5. boundary and edges quantised to uint8: bytes and error.
 Writes OUT/bench_storage.json and prints the tables.
+
+    .venv/bin/python benchmarks/bench_storage.py --only checksums --out bench_out   # ~4 min on 2 cores
+
+  6. chunk checksums (storage.checksums: crc32c per Zarr chunk, fletcher32 per HDF5 chunk) on and off, side by side:
+     the full clips extracted with `compressed` (rgb + mv, one-frame lz4 chunks: the trainer's read, the most
+     chunks per clip) and `fast` (H.264 rgb + flow), then random 16-frame clip reads, interleaved in rounds.
+     Writes OUT/bench_checksums.json.
 """
 from __future__ import annotations
 
@@ -143,13 +150,63 @@ def quantised_maps(store: Path, bounds: dict[str, float]) -> list[dict]:
     return rows
 
 
+def checksum_cost(tmp: Path, clips: int, rounds: int = 5) -> dict:
+    """ms per 16-frame clip with chunk checksums on and off, per spec and backend; rounds alternate the stores so
+    that load from other processes falls on both alike."""
+    videos = tmp / "full"
+    videos.mkdir(exist_ok=True)
+    for path in find_clips().values():
+        shutil.copy(path, videos / path.name)
+    result = {}
+    for spec, names in (("compressed", ("rgb", "mv")), ("fast", ("rgb", "flow"))):
+        stores = {}
+        for fmt in ("zarr", "hdf5"):
+            for checksums in (False, True):
+                raw = yaml.safe_load(resources_spec(spec))
+                raw["name"] = f"{spec}-{'crc' if checksums else 'plain'}"
+                raw["storage"] = {**raw["storage"], "checksums": checksums}
+                spec_path = tmp / f"{raw['name']}.yaml"
+                spec_path.write_text(yaml.safe_dump(raw))
+                store = tmp / f"{raw['name']}.{fmt}"
+                subprocess.run(motionssl_cmd() + ["extract", str(videos), "-o", str(store), "--spec", str(spec_path),
+                                                  "--workers", "2", "--no-progress", "--format", fmt],
+                               check=True, capture_output=True)
+                stores[(fmt, checksums)] = store
+                print(f"  extract {spec} {fmt} checksums={checksums}", flush=True)
+        times = {key: [] for key in stores}
+        for r in range(rounds):
+            for key, store in stores.items():
+                lat = read_latency(store, names, max(1, clips // rounds), seed=r)
+                times[key].append(lat["median_ms"])
+        for fmt in ("zarr", "hdf5"):
+            off, on = float(np.median(times[(fmt, False)])), float(np.median(times[(fmt, True)]))
+            result[f"{spec} {fmt} {'+'.join(names)}"] = {"off_ms": off, "on_ms": on, "ratio": on / off,
+                                                          "cost_ms": on - off}
+    return result
+
+
+def resources_spec(name: str) -> str:
+    from importlib import resources
+
+    return resources.files("motionssl.data_specs").joinpath(f"{name}.yaml").read_text()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--trim-frames", type=int, default=24, help="frames of each clip for the default (TV-L1) spec")
     ap.add_argument("--clips", type=int, default=200, help="random clip reads per store")
+    ap.add_argument("--only", choices=["checksums"], help="run only this part")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only == "checksums":
+        with tempfile.TemporaryDirectory() as tmp_s:
+            result = {"machine": machine_info(), "read": checksum_cost(Path(tmp_s), args.clips)}
+        (args.out / "bench_checksums.json").write_text(json.dumps(result, indent=1))
+        table(["16-frame clip read", "checksums off ms", "on ms", "on / off", "cost ms/clip"],
+              [[k, f"{v['off_ms']:.3f}", f"{v['on_ms']:.3f}", f"{v['ratio']:.3f}", f"{v['cost_ms']:.3f}"]
+               for k, v in result["read"].items()], "chunk checksums, side by side (median of round medians)")
+        return
     result = {"machine": machine_info(), "runs": {}}
     from motionssl.preprocess.flow import DISFlow
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -85,11 +86,13 @@ class Storage:
     rgb_crf: int = 12               # h264: libx264 constant rate factor
     flow_codec: str = "blosc"       # blosc | h264: uint8 flow/boundary/edges chunks as lossless H.264
     hdf5_chunk_frames: int = 0      # HDF5 chunks of per-frame arrays (not H.264 ones); 0: chunk_frames
+    checksums: bool = True          # each chunk checked on read: crc32c codec (Zarr), fletcher32 filter (HDF5)
 
 
-# Keys added after stores were first written: hashed only when they differ from these defaults, so
-# older stores keep their digest.
-_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc", "hdf5_chunk_frames": 0},
+# Keys added after stores were first written, with what stores written before them did: hashed only when they
+# differ from that, so older stores keep their digest, and a recorded spec without one means that.
+_LATER_KEYS = {"storage": {"rgb_codec": "blosc", "rgb_crf": 12, "flow_codec": "blosc", "hdf5_chunk_frames": 0,
+                           "checksums": False},
                "flow": {"maps_store_as": "float16", "boundary_bound": 5.0}}
 
 
@@ -138,13 +141,37 @@ def _section(cls, raw, where: str):
     known = set(cls.__dataclass_fields__)
     unknown = set(raw) - known
     if unknown:
-        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        raise SpecError(f"{where}: unknown keys {sorted(map(str, unknown))}; known: {sorted(known)}")
+    defaults = cls()
+    for key, value in raw.items():
+        _check_type(value, getattr(defaults, key), f"{where}.{key}")
     return cls(**raw)
 
 
-def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
+def _check_type(value, default, where: str) -> None:
+    """`value` has the type of the field's default (an int for a float; a str or null where the default is null)."""
+    if default is None:
+        ok, kind = value is None or isinstance(value, str), "a string or null"
+    elif isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), \
+            "a finite number"
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    if not ok:
+        raise SpecError(f"{where} must be {kind}, got {value!r}"[:300])
+
+
+def spec_from_dict(raw: dict, *, source: str = "<dict>", recorded: bool = False) -> Spec:
+    """recorded: `raw` is what a store recorded; a key it lacks predates it, and means what stores did before."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a spec must be a YAML mapping")
+    if recorded:
+        raw = {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in _LATER_KEYS.items()
+                         if isinstance(raw.get(section, {}), dict)}}
     version = raw.get("spec_version")
     if version not in KNOWN_SPEC_VERSIONS:
         raise SpecError(
@@ -153,8 +180,11 @@ def spec_from_dict(raw: dict, *, source: str = "<dict>") -> Spec:
         )
     unknown = set(raw) - {"spec_version", "name", "modalities", "resolution", "decode", "mv", "flow", "storage"}
     if unknown:
-        raise SpecError(f"{source}: unknown keys {sorted(unknown)}")
-    mods = tuple(raw.get("modalities") or ())
+        raise SpecError(f"{source}: unknown keys {sorted(map(str, unknown))}")
+    mods = raw.get("modalities") or ()
+    if not isinstance(mods, (list, tuple)) or not all(isinstance(m, str) for m in mods):
+        raise SpecError(f"{source}: modalities must be a list of names from {list(MODALITIES)}, got {mods!r}"[:300])
+    mods = tuple(mods)
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
         raise SpecError(f"{source}: modalities must be a non-empty subset of {list(MODALITIES)}, got {list(mods)}")
@@ -220,7 +250,10 @@ def load_spec(name_or_path: str | Path) -> Spec:
         path = Path(s)
         if not path.is_file():
             raise SpecError(f"spec file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as e:
+            raise SpecError(f"spec file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     else:
         if s not in builtin_specs():
             raise SpecError(f"unknown spec {s!r}; choose one of {builtin_specs()} or give a path to a YAML file")
@@ -228,7 +261,7 @@ def load_spec(name_or_path: str | Path) -> Spec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{source}: not valid YAML ({e})") from None
+        raise SpecError(f"{source}: not valid YAML ({' '.join(str(e).split())})") from None  # one line
     return spec_from_dict(raw, source=source)
 
 

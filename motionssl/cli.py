@@ -144,6 +144,8 @@ def extract(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     start_timeout: Optional[float] = typer.Option(None, min=0.001, help="Seconds for the local Dask cluster to start "
                                                   "(default 60 + 1 per worker); tried again with twice that."),
+    keep_partial: bool = typer.Option(False, "--keep-partial", help="Keep the good frames of a video that a decode "
+                                      "error or a cut ends early, marked partial (default: it fails)."),
 ):
     """Decode every video once and write its modalities (RGB, I-frames, motion vectors) into a store.
 
@@ -157,7 +159,7 @@ def extract(
         opts = ExtractOptions(
             video_dir=video_dir, store=output, spec=load_spec(spec), fmt=format.value, workers=workers,
             scheduler=scheduler, report=report, overwrite=overwrite, timeout=timeout, reencode=reencode,
-            progress=progress, start_timeout=start_timeout,
+            progress=progress, start_timeout=start_timeout, keep_partial=keep_partial,
         )
         code = run_extract(opts)
     except (SpecError, FatalError) as e:
@@ -186,7 +188,7 @@ def info(
                f"mv cell {s.spec.mv.cell}px")
     t = summary["totals"]
     typer.echo(f"videos  {t['videos']}, {t['frames']} frames, {t['bytes'] / 1e6:.1f} MB on disk "
-               f"({t['bytes_per_frame']:.0f} B/frame)")
+               f"({t['bytes_per_frame']:.0f} B/frame)" + (f"; {t['partial']} partial" if t["partial"] else ""))
     if summary["videos"]:
         first = summary["videos"][0]
         typer.echo(f"arrays  (shapes of {first['id']}; T = its frames; MB over all videos)")

@@ -49,6 +49,7 @@ class ExtractOptions:
     reencode: bool = False
     progress: bool = True
     start_timeout: float | None = None  # seconds for the local cluster to start; None: START_BASE_S + per worker
+    keep_partial: bool = False
 
 
 def scan_video_dir(video_dir: Path) -> dict[str, Path]:
@@ -133,7 +134,8 @@ def extract_task(job: dict, timeout: float) -> dict:
     record["attempts"] = attempt
     if result["ok"]:
         meta = result["meta"]
-        record.update(status="ok", frames=meta["frames"], meta=meta, notes=meta.get("notes", []))
+        record.update(status="ok", frames=meta["frames"], meta=meta, notes=meta.get("notes", []),
+                      partial=meta.get("partial"))
     else:
         record["error"] = result["error"]
         record["quarantined"] = bool(result.get("quarantined"))
@@ -367,7 +369,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             jobs = [{
                 "path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
                 "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
-                "reencode": opts.reencode, "gpus": gpus,
+                "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
             } | ({"device": "cpu"} if _uses_gpu(spec) and not needs_gpu else {}) for vid in todo]
             run = uuid.uuid4().hex[:8]
             keys = [f"extract-{run}-{i}" for i in range(len(jobs))]
@@ -423,6 +425,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
         "frames_per_second": round(frames / seconds, 1) if seconds > 0 else None,
         "no_motion_vectors": [r["id"] for r in records if any("no motion vectors" in n for n in r.get("notes", []))],
         "quarantined": [r["id"] for r in records if r.get("quarantined")],
+        "partial": [r["id"] for r in records if r.get("partial")],
         "spec": spec.name, "spec_digest": spec.digest, "format": fmt, "store": str(store),
     }
     report = {"videos": records, "summary": summary}
@@ -431,6 +434,9 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
     os.replace(tmp, report_path)
     print(f"extract: {summary['ok']} ok, {summary['skipped']} skipped, {failures} failed, "
           f"{frames} frames in {seconds:.1f}s; report {report_path}")
+    if summary["partial"]:
+        print(f"note: {len(summary['partial'])} partial video(s), kept up to their damage: "
+              f"{', '.join(summary['partial'][:5])}" + (" ..." if len(summary["partial"]) > 5 else ""))
     for vid in summary["no_motion_vectors"]:
         print(f"note: {vid}: {index[vid]['notes'][0] if vid in index else 'no motion vectors'}")
     return EXIT_SOME_FAILED if failures else EXIT_OK

@@ -70,3 +70,27 @@ def encode(path: Path, frames: list[np.ndarray], kind: str = "x264-nob", fps: in
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def encode_codec(path: Path, frames: list[np.ndarray], codec: str, pix_fmt: str = "yuv420p", *, fps: int = 25,
+                 ms_timestamps: bool = False) -> Path:
+    """Any encoder FFmpeg has (cinepak, mjpeg, ffv1, ...) into any container its suffix names. ms_timestamps: the
+    encoder's time base is 1 ms and frames carry their time in ms, as muxed from variable-rate sources; an AVI
+    then fills the gaps with empty chunks and declares 40 frames per second of video, not `fps`."""
+    from fractions import Fraction
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if ms_timestamps:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if ms_timestamps:
+                frame.pts = round(i * 1000 / fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

@@ -14,12 +14,15 @@ from typing import Callable
 import numpy as np
 
 from motionssl.data_specs import Spec, mv_grid, spec_from_dict, stored_size
-from motionssl.stores.decode import BadVideo, decode_frames, open_video
+from motionssl.stores.decode import BadVideo, Truncated, decode_frames, open_video
 from motionssl.stores import __version__, make_writer
 
 
 def extract_video(job: dict, *, progress: Callable[[int], None] | None = None) -> dict:
-    """job: {path, video_id, store, format, spec (dict), reencode}. Returns the committed meta.
+    """job: {path, video_id, store, format, spec (dict), reencode, keep_partial}. Returns the committed meta.
+
+    A video the decoder or demuxer finds damaged after N good frames fails (`Truncated`), or with
+    job["keep_partial"] keeps those N frames, its meta's `partial` saying why.
 
     `progress(frames_done)` is called after every frame (the caller rate-limits it)."""
     spec = spec_from_dict(job["spec"])
@@ -83,41 +86,50 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
         n = n_iframes = 0
         no_mv = (np.zeros((gh, gw, 2), np.float16), np.zeros((gh, gw), bool))
         rotation = 0
-        for frame in decode_frames(container, probe, size=size, mv_cell=spec.mv.cell if mv_on else None):
+        partial = None
+        try:
+            for frame in decode_frames(container, probe, size=size, mv_cell=spec.mv.cell if mv_on else None):
+                if n == 0:
+                    rotation = frame.rotation
+                writer.append("pts", np.float64(frame.pts))
+                writer.append("frame_type", np.uint8(ord(frame.frame_type)))
+                if "rgb" in want:
+                    writer.append("rgb", frame.rgb)
+                if frame.frame_type == "I" and "iframes" in want:
+                    writer.append("iframes", frame.rgb)
+                    writer.append("iframe_index", np.int32(frame.index))
+                    n_iframes += 1
+                if mv_on:
+                    # I-frames carry no inter prediction: all-invalid by convention.
+                    mv, valid = (frame.mv, frame.mv_valid) if frame.mv is not None and frame.frame_type != "I" else no_mv
+                    writer.append("mv", mv.astype(np.float16))
+                    writer.append("mv_valid", valid)
+                if maps is not None:
+                    _write_maps(writer, maps.push(frame.rgb), want, flow_bound, maps_bounds(spec))
+                n += 1
+                progress(n)
+        except Truncated as e:
             if n == 0:
-                rotation = frame.rotation
-            writer.append("pts", np.float64(frame.pts))
-            writer.append("frame_type", np.uint8(ord(frame.frame_type)))
-            if "rgb" in want:
-                writer.append("rgb", frame.rgb)
-            if frame.frame_type == "I" and "iframes" in want:
-                writer.append("iframes", frame.rgb)
-                writer.append("iframe_index", np.int32(frame.index))
-                n_iframes += 1
-            if mv_on:
-                # I-frames carry no inter prediction: all-invalid by convention.
-                mv, valid = (frame.mv, frame.mv_valid) if frame.mv is not None and frame.frame_type != "I" else no_mv
-                writer.append("mv", mv.astype(np.float16))
-                writer.append("mv_valid", valid)
-            if maps is not None:
-                _write_maps(writer, maps.push(frame.rgb), want, flow_bound, maps_bounds(spec))
-            n += 1
-            progress(n)
-        container.close()
+                raise
+            if not job.get("keep_partial"):
+                raise BadVideo(f"{e}; `extract --keep-partial` keeps those frames") from None
+            partial = str(e)
+            notes.append(f"partial: kept the {n} frames before the damage ({e})")
         if maps is not None:
             _write_maps(writer, maps.finish(), want, flow_bound, maps_bounds(spec))
             notes += maps.notes
         if n == 0:
             raise BadVideo("no frames could be decoded")
         declared = probe.frames_declared
-        if declared and declared - n > max(2, declared // 100):
-            raise BadVideo(f"truncated or corrupt: decoded {n} of {declared} frames the container declares")
+        if partial is None and declared and abs(declared - n) > max(2, declared // 100):
+            # A hint only: AVI counts its empty filler chunks, edit lists hide frames; damage is judged above.
+            notes.append(f"the container declares {declared} frames; {n} decoded")
         meta = {
             "id": job["video_id"], "source": str(job.get("source", job["path"])), "frames": n,
             "fps": probe.fps, "codec": probe.codec, "width": probe.width, "height": probe.height,
             "rotation": rotation, "stored_width": size[0], "stored_height": size[1],
             "mv_grid": [gh, gw] if mv_on else None, "has_mv": bool(mv_on and probe.has_mv_export),
-            "iframes": n_iframes, "reencoded": bool(job.get("reencode")), "notes": notes,
+            "iframes": n_iframes, "reencoded": bool(job.get("reencode")), "partial": partial, "notes": notes,
             "spec_digest": spec.digest, "motionssl_version": __version__,
             "seconds": round(time.perf_counter() - t0, 4),
         }
@@ -126,6 +138,8 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
     except BaseException:
         writer.abort()
         raise
+    finally:
+        container.close()  # now, not when collected: the decoder process goes on to the next video
 
 
 def maps_bounds(spec) -> dict[str, float | None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class Store:
         if self.format not in FORMATS:
             raise StoreError(f"{self.path}: unknown store format {self.format!r}")
         try:
-            self.spec: Spec = spec_from_dict(self.root_meta["spec"], source=f"{self.path} (recorded spec)")
+            self.spec: Spec = spec_from_dict(self.root_meta["spec"], source=f"{self.path} (recorded spec)",
+                                             recorded=True)
         except SpecError as e:
             raise StoreError(str(e)) from None
         self._reader_cls = _backend(self.format)[0]
@@ -183,6 +185,12 @@ def init_store(path: Path, fmt: str, spec: Spec) -> None:
         existing = Store(path)
         if existing.format != fmt:
             raise StoreError(f"{path} is a {existing.format} store; pass --format {existing.format} or choose a new -o")
+        if existing.spec.storage.checksums != spec.storage.checksums and \
+                replace(existing.spec, storage=replace(existing.spec.storage, checksums=spec.storage.checksums),
+                        name=spec.name).digest == spec.digest:
+            raise StoreError(f"{path} was made {'without' if spec.storage.checksums else 'with'} chunk checksums "
+                             f"(storage.checksums); to add videos to it, pass a spec file with storage: "
+                             f"{{checksums: {str(existing.spec.storage.checksums).lower()}}}, or extract into a new -o")
         if existing.spec.digest != spec.digest:
             raise StoreError(f"{path} was made with spec {existing.spec.name!r} ({existing.spec.digest}), not "
                              f"{spec.name!r} ({spec.digest}); extract into a new -o, or delete the store first")

@@ -2,18 +2,22 @@
 
 h5py cannot run Python filters, so an array coded with H.264 (`motionssl.stores.h264`) is stored as a
 variable-length uint8 dataset with one entry per chunk (its H.264 stream) and the attribute `motionssl_h264`
-giving the logical shape, dtype, frames per chunk and codec; the reader decodes it back to that shape.
+giving the logical shape, dtype, frames per chunk and codec (and, with spec storage.checksums, each entry's
+crc32c: HDF5's fletcher32 filter, which checks the other arrays' chunks, never sees variable-length data); the
+reader decodes it back to that shape.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import hdf5plugin  # registers the Blosc filter (32001), to write and to read
 import numpy as np
 
 from motionssl.stores.h264 import ChunkCoder, h264_coder
+from motionssl.stores.shard_reader import ChecksumError
 from motionssl.stores.writer import VideoWriter
 
 H264_ATTR = "motionssl_h264"
@@ -21,13 +25,15 @@ SLICE_COST_BYTES = 64 * 1024  # one h5py slice read costs about as much as decod
 
 
 def hdf5_filter(storage) -> dict:
-    """create_dataset's keywords for storage.hdf5_compression; Blosc shuffles inside the filter."""
+    """create_dataset's keywords for storage.hdf5_compression (Blosc shuffles inside the filter) and
+    storage.checksums: HDF5's fletcher32 filter, over each chunk as stored, checked by every read."""
+    checksum = {"fletcher32": True} if storage.checksums else {}
     if storage.hdf5_compression == "blosc":
         return dict(hdf5plugin.Blosc(cname=storage.zarr_codec, clevel=storage.zarr_level,
-                                     shuffle=hdf5plugin.Blosc.SHUFFLE))
+                                     shuffle=hdf5plugin.Blosc.SHUFFLE)) | checksum
     if storage.hdf5_compression == "none":
-        return {}
-    return {"compression": storage.hdf5_compression, "shuffle": True}
+        return checksum
+    return {"compression": storage.hdf5_compression, "shuffle": True} | checksum
 
 
 class HDF5VideoWriter(VideoWriter):
@@ -58,6 +64,8 @@ class HDF5VideoWriter(VideoWriter):
             coder, chunk, doc = self.h264[name]
             ds, first = self.file[name], start // chunk
             coded = [np.frombuffer(coder.encode(block[i:i + chunk]), np.uint8) for i in range(0, len(block), chunk)]
+            if self.spec.storage.checksums:  # HDF5 filters never see variable-length data (it lives in the heap)
+                doc.setdefault("crc32c", []).extend(google_crc32c.value(c.tobytes()) for c in coded)
             ds.resize(first + len(coded), axis=0)
             ds[first:first + len(coded)] = coded
             doc["shape"][0] = start + len(block)
@@ -122,6 +130,15 @@ class HDF5VideoReader:
         frames = self.h264_frames(name)
         if frames is not None:
             return frames.read(np.arange(*sel.indices(frames.shape[0])) if isinstance(sel, slice) else sel)
+        try:
+            return self._read(ds, sel)
+        except OSError as e:
+            if ds.fletcher32 and "filter returned failure" in str(e):
+                raise ChecksumError(f"{self.path}: {name}: a chunk fails its fletcher32 checksum (bytes changed on "
+                                    f"disk) or its decompression; run `motionssl verify`") from None
+            raise
+
+    def _read(self, ds, sel) -> np.ndarray:
         if isinstance(sel, slice):
             return ds[sel]
         idx, n = np.asarray(sel, np.int64), len(ds)
@@ -176,6 +193,7 @@ class H264Frames:
         self.shape, self.dtype = tuple(doc["shape"]), np.dtype(doc["dtype"])
         self.chunk_t = int(doc["chunk_frames"])
         self.coder = ChunkCoder.from_dict(doc["codec"])
+        self.crc32c = doc.get("crc32c")  # per chunk, with spec storage.checksums
 
     def read(self, indices) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed); each chunk decoded once, up to its last frame asked for."""
@@ -190,5 +208,8 @@ class H264Frames:
             rows = np.flatnonzero(chunks == chunk)
             offsets = indices[rows] - chunk * self.chunk_t
             data = self.ds[int(chunk)].tobytes()
+            if self.crc32c is not None and google_crc32c.value(data) != self.crc32c[int(chunk)]:
+                raise ChecksumError(f"{self.ds.file.filename}: {self.ds.name.lstrip('/')}: chunk {int(chunk)}: "
+                                    f"checksum mismatch (bytes changed on disk); run `motionssl verify`")
             out[rows] = self.coder.decode(data, (self.chunk_t, *self.shape[1:]), int(offsets.max()) + 1)[offsets]
         return out

@@ -36,13 +36,15 @@ def summarize(store: Store) -> dict:
         total_frames += meta["frames"]
         videos.append({**{k: meta[k] for k in ("id", "frames", "fps", "codec", "width", "height", "rotation",
                                                 "stored_width", "stored_height", "iframes", "has_mv", "notes")},
+                       "partial": meta.get("partial"),
                        "bytes": size, "arrays": arrays})
     store.close()
     return {
         "store": str(store.path), "format": store.format, "spec": store.spec.to_dict(),
         "spec_digest": store.spec.digest, "motionssl_version": store.root_meta["motionssl_version"],
         "totals": {"videos": len(videos), "frames": total_frames, "bytes": total_bytes,
-                   "bytes_per_frame": total_bytes / max(total_frames, 1)},
+                   "bytes_per_frame": total_bytes / max(total_frames, 1),
+                   "partial": sum(bool(v["partial"]) for v in videos)},
         "array_bytes": array_bytes,
         "array_bytes_per_frame": {k: v / max(total_frames, 1) for k, v in array_bytes.items()},
         "videos": videos,

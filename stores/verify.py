@@ -81,7 +81,7 @@ def _check_video(store: Store, vid: str, *, read_through: bool) -> list[str]:
                     out.append(_missing_line(store, path, name, missing))
                     continue
             if read_through:
-                out += _read_through(reader, name)
+                out += _read_through(reader, name, shapes[name][0])
         return out
     finally:
         reader.close()
@@ -144,12 +144,13 @@ def _missing_line(store: Store, path: Path, name: str, missing: list[Path]) -> s
     return f"{name}: chunk files missing or empty ({len(missing)}): {shown}; {_redo(store, path)}"
 
 
-def _read_through(reader, name: str) -> list[str]:
+def _read_through(reader, name: str, frames: int) -> list[str]:
+    """Every frame, through the path training reads: chunk checksums (storage.checksums) checked, H.264 decoded."""
     arr = reader.array(name)
     try:
         step = max(1, (arr.chunks[0] if getattr(arr, "chunks", None) else 64) * 8)
-        for s in range(0, arr.shape[0], step):
-            np.asarray(arr[s:s + step])
+        for s in range(0, frames, step):
+            np.asarray(reader.read(name, slice(s, min(s + step, frames))))
     except Exception as e:
         return [f"{name}: unreadable ({type(e).__name__}: {_first_line(e)})"]
     return []

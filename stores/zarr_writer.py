@@ -5,8 +5,9 @@ A video's writer fills every shard completely, once, in order, so zarr-python's 
 metadata rewrite per resize) costs time and buys nothing here: about 0.4 ms per frame on top of
 compression (benchmarks/README.md). This module writes the layout `shard_reader.py` reads, which
 is the one zarr-python itself writes for these arrays: chunks of whole frames along time coded
-`bytes` + `blosc` (the same numcodecs Blosc zarr-python uses), each shard's index (offset, nbytes
-as little-endian uint64 per chunk, then a crc32c) at its end, and the same `zarr.json` documents
+`bytes` + `blosc` (the same numcodecs Blosc zarr-python uses) and, with spec storage.checksums, `crc32c`;
+each shard's index (offset, nbytes as little-endian uint64 per chunk, then a crc32c) at its end, and the
+same `zarr.json` documents
 [test_store.py::test_zarr_writer_writes_what_zarr_python_writes]. It never imports zarr, which
 keeps it out of every decoder process's start-up.
 """
@@ -24,7 +25,8 @@ from motionssl.stores.h264 import ChunkCoder, h264_coder
 from motionssl.stores.writer import VideoWriter
 
 MISSING = np.iinfo(np.uint64).max  # shard index entry of a chunk beyond the end of the array
-INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+CHECKSUM_CODEC = {"name": "crc32c"}
+INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, CHECKSUM_CODEC]
 
 
 @dataclass
@@ -36,6 +38,7 @@ class _Array:
     blosc: Blosc
     attrs: dict = field(default_factory=dict)
     h264: ChunkCoder | None = None  # chunks coded as H.264 streams instead of Blosc
+    checksum: bool = False  # each chunk ends in its crc32c (zarr's `crc32c` codec), checked on read
 
     def chunk_file(self, root: Path, index: int) -> Path:
         return root / "c" / "/".join([str(index)] + ["0"] * len(self.frame_shape))
@@ -52,6 +55,8 @@ class _Array:
                 block = np.concatenate([block, np.zeros((n_chunks * self.chunk - len(block), *self.frame_shape),
                                                         block.dtype)])
             chunks = [self.blosc.encode(block[i:i + self.chunk]) for i in range(0, len(block), self.chunk)]
+        if self.checksum:
+            chunks = [CRC32C().encode(c) for c in chunks]
         if self.shard == self.chunk:
             return chunks[0]
         index = np.full((self.shard // self.chunk, 2), MISSING, "<u8")
@@ -67,6 +72,8 @@ class _Array:
                                                     "clevel": self.blosc.clevel, "shuffle": "shuffle",
                                                     "blocksize": self.blosc.blocksize}}
         codecs = [data_bytes, blosc] if self.h264 is None else [self.h264.to_dict()]
+        if self.checksum:
+            codecs.append(CHECKSUM_CODEC)
         if self.shard > self.chunk:
             codecs = [{"name": "sharding_indexed", "configuration": {
                 "chunk_shape": [self.chunk, *self.frame_shape], "codecs": codecs,
@@ -94,7 +101,7 @@ class ZarrVideoWriter(VideoWriter):
         block = chunk * int(np.prod(frame_shape, dtype=np.int64)) * dtype.itemsize
         blosc = Blosc(cname=st.zarr_codec, clevel=st.zarr_level, shuffle=Blosc.SHUFFLE, blocksize=block)
         self.arrays[name] = _Array(frame_shape, dtype, chunk, max(shard, chunk), blosc,
-                                   h264=h264_coder(self.spec, name, dtype))
+                                   h264=h264_coder(self.spec, name, dtype), checksum=st.checksums)
         (self.tmp / name / "c").mkdir(parents=True)
 
     def _write(self, name, start, block):

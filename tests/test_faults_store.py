@@ -105,3 +105,55 @@ def test_the_trainer_refuses_broken_videos_or_leaves_them_out(tmp_path, fmt, cap
     np.testing.assert_array_equal(kept.read("c", "rgb", 3, 4)[0, 0, 0], [3, 3, 3])
     sound = build_store(tmp_path / "t", fmt)
     assert usable_store(sound, skip_broken=False) == (sound, {})
+
+
+def flip_inside_chunk(store, fmt: str, vid: str, name: str, chunk: int) -> None:
+    """Flip one bit in the middle of chunk `chunk` of one array, where its bytes lie on disk."""
+    if fmt == "zarr":
+        shard = store / "videos" / vid / name / "c" / "0" / "0" / "0" / "0"  # chunks of 4 frames, shards of 16
+        raw = shard.read_bytes()
+        offset, size = np.frombuffer(raw[-(16 * 4 + 4):-4], "<u8").reshape(-1, 2)[chunk]
+    else:
+        shard = store / "videos" / f"{vid}.h5"
+        with h5py.File(shard, "r") as f:
+            if f[name].dtype.kind == "O":  # H.264: one variable-length entry per chunk, in the file's heap
+                entry = f[name][chunk].tobytes()
+                offset, size = shard.read_bytes().find(entry), len(entry)
+            else:
+                info = f[name].id.get_chunk_info(chunk)
+                offset, size = info.byte_offset, info.size
+    with open(shard, "r+b") as f:
+        f.seek(int(offset + size // 2))
+        byte = f.read(1)[0]
+        f.seek(int(offset + size // 2))
+        f.write(bytes([byte ^ 0x10]))
+
+
+@pytest.mark.parametrize("codec", ["blosc", "h264"])
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_flipped_bytes_inside_a_chunk_fail_the_read_naming_video_and_array(tmp_path, fmt, codec):
+    """A real clip's store with one bit flipped inside an rgb chunk: without checksums (stores before them) the read
+    returns silently changed pixels; with them (the default) it fails naming video and array, and verify names it."""
+    from conftest import TINY_SPEC, extract_in_process
+    from motionssl.preprocess.synthetic import encode, translating_frames
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode(videos / "clip.mp4", translating_frames(24, size=(96, 64), velocity=(3, 1), seed=9), "x264-nob")
+    stores = {}
+    for checksums in (False, True):
+        spec = {**TINY_SPEC, "storage": {**TINY_SPEC["storage"], "checksums": checksums, "rgb_codec": codec}}
+        stores[checksums] = extract_in_process(videos, tmp_path / f"{checksums}.{fmt}", spec, fmt)
+    clean = open_store(stores[True]).read("clip", "rgb")
+    for path in stores.values():
+        flip_inside_chunk(path, fmt, "clip", "rgb", 1)
+    garbage = open_store(stores[False]).read("clip", "rgb")  # the fault: no error, different pixels
+    assert (garbage != clean).any() and (garbage[:4] == clean[:4]).all()
+    s = open_store(stores[True])
+    with pytest.raises(StoreError, match=r"cannot read rgb of video 'clip' .*checksum.*motionssl verify"):
+        s.read("clip", "rgb", 4, 8)
+    with pytest.raises(StoreError, match="checksum"):
+        s.read_at("clip", "rgb", [2, 5])  # a clip's gather, the trainer's read
+    np.testing.assert_array_equal(s.read("clip", "rgb", 8, 24), clean[8:])  # the sound chunks still read
+    problems = verify_store(s)
+    assert len(problems) == 1 and problems[0].startswith("clip: rgb: unreadable") and "checksum" in problems[0]

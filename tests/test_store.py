@@ -1,4 +1,5 @@
 """The reader API over both backends, store metadata checks, verify on damaged stores, and specs."""
+import ast
 import json
 import multiprocessing as mp
 import pickle
@@ -82,7 +83,9 @@ def test_hdf5_blosc_is_the_standard_filter(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     filters, total = out.rsplit(" ", 1)
     lz4 = 1  # Blosc's compressor code for lz4
-    assert filters.startswith("{'32001': (2, 2, 1, ") and filters.endswith(f"5, 1, {lz4})}}")
+    filters = ast.literal_eval(filters)
+    assert filters["32001"][:3] == (2, 2, 1) and filters["32001"][-3:] == (5, 1, lz4)
+    assert list(filters) == ["32001", "fletcher32"]  # storage.checksums: after compression, over the stored bytes
     assert int(total) == sum(t * 8 * 12 * 3 for t in range(40))
     np.testing.assert_array_equal(blosc.read("nested/b", "rgb"), lzf.read("nested/b", "rgb"))
 
@@ -113,10 +116,12 @@ def test_quantized_arrays_read_back_in_pixels(tmp_path, fmt):
 
 def test_one_frame_chunk_with_a_wrong_size_is_damage(tmp_path):
     """A one-frame Blosc chunk that decodes to fewer bytes than a frame would leave part of the output unset
-    where it is decoded in place: the read fails and points at verify instead."""
+    where it is decoded in place: the read fails and points at verify instead. (Without chunk checksums, as in
+    stores written before them: with them, the checksum catches the change first.)"""
     from numcodecs import blosc
+    from numcodecs.checksum32 import CRC32C
 
-    s = build_store(tmp_path / "s", "zarr", chunk_frames=1)
+    s = build_store(tmp_path / "s", "zarr", chunk_frames=1, checksums=False)
     shard = tmp_path / "s" / "videos" / "a" / "rgb" / "c" / "0" / "0" / "0" / "0"
     raw = bytearray(shard.read_bytes())
     index = np.frombuffer(bytes(raw[-(16 * 16 + 4):-4]), "<u8").reshape(-1, 2).copy()
@@ -124,7 +129,7 @@ def test_one_frame_chunk_with_a_wrong_size_is_damage(tmp_path):
     assert len(short) <= index[5, 1]
     raw[int(index[5, 0]):int(index[5, 0]) + len(short)] = short
     index[5, 1] = len(short)
-    raw[-(16 * 16 + 4):-4] = index.astype("<u8").tobytes()  # the reader does not check the index's crc32c
+    raw[-(16 * 16 + 4):] = bytes(CRC32C().encode(index.astype("<u8").tobytes()))  # the index and its crc32c
     shard.write_bytes(bytes(raw))
     np.testing.assert_array_equal(s.read_at("a", "rgb", [4, 6])[:, 0, 0, 0], [4, 6])
     with pytest.raises(StoreError, match="verify"):
@@ -135,7 +140,7 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
     """The writer's files (shards with a short last one, unsharded chunks, one-frame chunks, attrs)
     are byte for byte what zarr-python writes for the same arrays, and read back through zarr."""
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     from motionssl.stores.zarr_writer import write_group
 
@@ -162,7 +167,8 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
         codec = BloscCodec(cname=spec.storage.zarr_codec, clevel=spec.storage.zarr_level, shuffle="shuffle",
                            blocksize=chunk * data[0].nbytes)  # the writer's: one Blosc block per chunk
         a = theirs.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]),
-                                shards=(shard, *data.shape[1:]) if shard > chunk else None, compressors=codec,
+                                shards=(shard, *data.shape[1:]) if shard > chunk else None,
+                                compressors=(codec, Crc32cCodec()),  # spec storage.checksums
                                 fill_value=0, dimension_names=("t", *[f"d{i}" for i in range(data.ndim - 1)]),
                                 attributes=attrs, config={"write_empty_chunks": True})
         a[:] = data
@@ -283,3 +289,24 @@ def test_every_command_has_help():
         assert proc.returncode == 0 and "Usage" in proc.stdout, cmd
     proc = subprocess.run([sys.executable, "-m", "motionssl.cli", "pretrain"], capture_output=True, text=True)
     assert proc.returncode == 2 and "-o" in proc.stderr  # a usage error names the missing option
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_store_written_before_chunk_checksums_still_reads(tmp_path, fmt):
+    """Stores recorded their spec before storage.checksums existed: that means no checksums, the digest they
+    recorded (the shipped `default` spec's was e0e9011bb4076c8e), and a one-line refusal to mix in new videos."""
+    from dataclasses import replace
+
+    default = load_spec("default")
+    assert default.storage.checksums and default.digest != "e0e9011bb4076c8e"
+    assert replace(default, storage=replace(default.storage, checksums=False)).digest == "e0e9011bb4076c8e"
+    build_store(tmp_path / "s", fmt, checksums=False)
+    root = json.loads((tmp_path / "s" / ROOT_META).read_text())
+    del root["spec"]["storage"]["checksums"]  # as written before the key
+    (tmp_path / "s" / ROOT_META).write_text(json.dumps(root))
+    s = open_store(tmp_path / "s")
+    assert s.spec.storage.checksums is False and s.spec.digest == root["spec_digest"]
+    assert verify_store(s) == []
+    assert s.read("a", "rgb", 5, 7)[:, 0, 0, 0].tolist() == [5, 6]
+    with pytest.raises(StoreError, match="made without chunk checksums .*checksums: false"):
+        init_store(tmp_path / "s", fmt, spec_from_dict({**TINY_SPEC, "modalities": ["rgb"]}))

@@ -75,10 +75,10 @@ def decode_motion(meta: dict, *, cell: int, max_pixels: int, last: int) -> tuple
         container, probe = open_video(meta["source"], max_pixels=max_pixels)
         try:
             for frame in decode_frames(container, probe, size=size, mv_cell=cell, rgb=False):
-                if frame.index >= n:
-                    break
                 if frame.mv is not None and frame.frame_type != "I":  # the store's convention (video_job)
                     mv[frame.index], valid[frame.index] = frame.mv, frame.mv_valid
+                if frame.index + 1 >= n:  # a partial video's source is damaged past its last stored frame
+                    break
         finally:
             container.close()
     except BadVideo as e:

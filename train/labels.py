@@ -11,6 +11,7 @@ Entries that match nothing are listed in one error; nothing is dropped silently.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -53,13 +54,16 @@ def ucf101(directory: Path, *, split: int = 1) -> tuple[list[Entry], list[str]]:
     directory = Path(directory)
     classes: dict[int, str] = {}
     for line in _lines(directory / "classInd.txt"):
-        index, name = line.split()
-        classes[int(index)] = name
+        index, name = _fields(directory / "classInd.txt", line, 2, "INDEX CLASS")
+        classes[_int(directory / "classInd.txt", line, index)] = name
     names = [classes[i] for i in sorted(classes)]
     by_lower = {n.lower(): n for n in names}
     entries = []
-    for line in _lines(directory / f"trainlist{split:02d}.txt"):
-        path, index = line.split()
+    train = directory / f"trainlist{split:02d}.txt"
+    for line in _lines(train):
+        path, index = _fields(train, line, 2, "PATH CLASS_INDEX")
+        if _int(train, line, index) not in classes:
+            raise SplitError(f"{train}: class index {index} of {path} is not in classInd.txt")
         entries.append(Entry(_stem_forms(path), classes[int(index)], "train"))
     for line in _lines(directory / f"testlist{split:02d}.txt"):
         path = line.split()[0]
@@ -81,7 +85,7 @@ def hmdb51(directory: Path, *, split: int = 1) -> tuple[list[Entry], list[str]]:
     for f in files:
         label = f.name[: -len(f"_test_split{split}.txt")]
         for line in _lines(f):
-            name, mark = line.split()
+            name, mark = _fields(f, line, 2, "VIDEO MARK")
             if mark not in ("0", "1", "2"):
                 raise SplitError(f"{f}: mark {mark!r} of {name} is not 0, 1 or 2")
             if mark != "0":
@@ -101,7 +105,8 @@ def kinetics400(files: Sequence[Path]) -> tuple[list[Entry], list[str]]:
         for row in _csv_rows(f, ("label", "youtube_id", "time_start", "time_end", "split")):
             if row["split"] not in KINETICS_PARTS:
                 raise SplitError(f"{f}: split {row['split']!r} is not one of {', '.join(KINETICS_PARTS)}")
-            clip = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+            start, end = (_int(f, f"{row['youtube_id']},{row[k]}", row[k]) for k in ("time_start", "time_end"))
+            clip = f"{row['youtube_id']}_{start:06d}_{end:06d}"
             forms = (f"{row['label']}/{clip}", clip, row["youtube_id"])
             entries.append(Entry(forms, row["label"], KINETICS_PARTS[row["split"]]))
     return entries, sorted({e.label for e in entries})
@@ -176,8 +181,10 @@ def detect(paths: Sequence[Path]) -> str:
     for p in paths:
         if not p.is_file():
             raise SplitError(f"label file {p} does not exist")
-        with open(p, newline="") as f:
-            header = set(next(csv.reader(f), []))
+        try:
+            header = set(next(csv.reader(io.StringIO(_text(p), newline="")), []))
+        except csv.Error as e:
+            raise SplitError(f"{p}: not a readable CSV ({e})") from None
         kinds.add("kinetics400" if "youtube_id" in header else "csv" if "video_id" in header else None)
     if None in kinds or len(kinds) != 1:
         raise SplitError(f"{', '.join(map(str, paths))}: expected CSVs with a header of video_id,label,split or "
@@ -200,19 +207,41 @@ def load_split(paths: Sequence[Path], store_ids: Iterable[str], *, split: int = 
     return resolve(entries, classes, store_ids, source=f"{kind} labels {', '.join(map(str, paths))}")
 
 
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
+def _text(path: Path) -> str:
+    if not Path(path).is_file():
         raise SplitError(f"label file {path} does not exist")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SplitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a label file?") from None
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in _text(path).splitlines() if line.strip()]
+
+
+def _fields(path: Path, line: str, n: int, expected: str) -> list[str]:
+    fields = line.split()
+    if len(fields) != n:
+        raise SplitError(f"{path}: line {line[:80]!r} is not '{expected}'")
+    return fields
+
+
+def _int(path: Path, line: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SplitError(f"{path}: {value[:40]!r} in line {line[:80]!r} is not an integer") from None
 
 
 def _csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    if not Path(path).is_file():
-        raise SplitError(f"label file {path} does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        reader = csv.DictReader(io.StringIO(_text(path), newline=""))
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise SplitError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(columns)}")
+        # A row with more fields than the header puts the rest under None (dropped); fewer leaves None values.
         return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except csv.Error as e:
+        raise SplitError(f"{path}: not a readable CSV ({e})") from None
 
