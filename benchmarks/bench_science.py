@@ -17,7 +17,9 @@ video: retrieval R@1 and R@5 (test videos query the training videos, CoCLR's pro
 linear probe (top-1 of a linear classifier trained on the training videos' clip features, clips averaged at test,
 as `finetune --linear-probe --cached-features` then `evaluate classify`). Baselines at the same budget: `random`
 (an untrained backbone) and `supervised` (the same backbone trained on the labels with cross entropy, as `finetune
---from-scratch`; its own classifier's top-1 is the upper bound). Writes OUT/bench_science.json and .md.
+--from-scratch`; its own classifier's top-1 is the upper bound). Writes OUT/bench_science.json and .md after every
+run; each run's figures are kept in OUT/science/NAME-sSEED/result.json, so a benchmark stopped part way continues
+where it was (delete OUT/science to start over).
 """
 from __future__ import annotations
 
@@ -165,6 +167,9 @@ def run_one(name: str, stores: dict[str, Path], labels: Path, out: Path, *, seed
 
     torch.manual_seed(seed)
     run = out / f"{name}-s{seed}"
+    done = run / "result.json"
+    if done.exists():  # a benchmark stopped part way continues where it was
+        return json.loads(done.read_text())
     t0 = time.perf_counter()
     if name == "random":
         backbone, _ = build_backbone(COMMON["backbone"], in_channels=3, width=COMMON["backbone_width"])
@@ -182,7 +187,10 @@ def run_one(name: str, stores: dict[str, Path], labels: Path, out: Path, *, seed
     result = measure(backbone, stores, seed=seed)
     if classifier_top1 is not None:
         result["classifier_top1"] = classifier_top1
-    return {**result, "seconds_train": seconds_train, "seconds": time.perf_counter() - t0, "last_log": logs}
+    result = {**result, "seconds_train": seconds_train, "seconds": time.perf_counter() - t0, "last_log": logs}
+    run.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def classifier_accuracy(run: Path, test_store: Path) -> float:
@@ -266,6 +274,8 @@ def main() -> None:
     stores = build_stores(a.out / "science_data", per_class=a.per_class, test_per_class=a.test_per_class)
     labels = labels_csv(a.out / "science_data", stores)
     results: dict[str, list[dict]] = {}
+    machine = machine_info(("torch", "av", "zarr"))
+    md = ""
     for seed in seeds:
         for name in a.methods.split(","):
             r = run_one(name, stores, labels, out, seed=seed, steps=a.steps)
@@ -273,15 +283,19 @@ def main() -> None:
             print(f"{name} seed {seed}: R@1 {100 * r['R@1']:.1f}, linear {100 * r['linear_top1']:.1f}"
                   + (f", classifier {100 * r['classifier_top1']:.1f}" if "classifier_top1" in r else "")
                   + f" ({r['seconds']:.0f} s)", flush=True)
-    wall = time.perf_counter() - t0
+            md = write_report(a, results, machine, seeds=seeds, wall=time.perf_counter() - t0)  # after every run
+    print(md)
+
+
+def write_report(a: argparse.Namespace, results: dict, machine: dict, *, seeds: list[int], wall: float) -> str:
     table = summarise(results)
     md = markdown(table, steps=a.steps, seeds=seeds, wall=wall)
-    report = {"machine": machine_info(("torch", "av", "zarr")), "steps": a.steps, "seeds": seeds,
-              "per_class": a.per_class, "test_per_class": a.test_per_class, "common": COMMON,
-              "method_options": METHOD_OPTIONS, "views": VIEWS, "wall_s": wall, "summary": table, "runs": results}
+    report = {"machine": machine, "steps": a.steps, "seeds": seeds, "per_class": a.per_class,
+              "test_per_class": a.test_per_class, "common": COMMON, "method_options": METHOD_OPTIONS, "views": VIEWS,
+              "wall_s": wall, "summary": table, "runs": results}
     (a.out / "bench_science.json").write_text(json.dumps(report, indent=1))
     (a.out / "bench_science.md").write_text(md)
-    print(md)
+    return md
 
 
 if __name__ == "__main__":
