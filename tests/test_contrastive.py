@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from motionssl.train.contrastive import (MoCoQueue, info_nce, info_nce_multi, info_nce_pointwise, mil_nce,
+from motionssl.train.contrastive import (MoCoQueue, info_nce, info_nce_multi, mil_nce,
                                          momentum_at, momentum_update, projection_head)
 from motionssl.train.distributed import DistInfo, barrier, cleanup, gather, init_from_env, is_main
 
@@ -48,17 +48,6 @@ def naive_multi(q, keys, pos_mask, tau, *, sum_inside_log: bool) -> float:
             losses.append(-math.log(sum(e[p] for p in positives) / sum(e)))
         else:
             losses.append(-sum(math.log(e[p] / sum(e)) for p in positives) / len(positives))
-    return sum(losses) / len(losses)
-
-
-def naive_pointwise(q, k, tau) -> float:
-    B, _, N = q.shape
-    losses = []
-    for b in range(B):
-        qb, kb = q[b].T.double().tolist(), k[b].T.double().tolist()  # N vectors of D
-        for n in range(N):
-            e = [math.exp(dot(qb[n], kb[m]) / tau) for m in range(N)]
-            losses.append(-math.log(e[n] / sum(e)))
     return sum(losses) / len(losses)
 
 
@@ -124,7 +113,7 @@ def test_queue_mask_needs_queue():
         info_nce(q, q, None, queue_mask=torch.zeros(2, 3, dtype=torch.bool))
 
 
-# --- multi-positive and pointwise ---------------------------------------------------------------------------------
+# --- multi-positive ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,N,tau", [(3, 7, 0.07), (5, 20, 0.5)])
 def test_multi_positive_losses_match_naive(B, N, tau):
@@ -152,18 +141,6 @@ def test_multi_positive_rejects_rows_without_positive():
     for loss in (info_nce_multi, mil_nce):
         with pytest.raises(ValueError, match="positive"):
             loss(q, q, mask, 0.1)
-
-
-@pytest.mark.parametrize("B,D,N,tau", [(1, 4, 5, 0.07), (3, 8, 12, 0.2)])
-def test_pointwise_matches_naive(B, D, N, tau):
-    q, k = unit(B, D, N, seed=16, dim=1), unit(B, D, N, seed=17, dim=1)
-    assert info_nce_pointwise(q, k, tau).item() == pytest.approx(naive_pointwise(q, k, tau), rel=1e-5)
-
-
-def test_pointwise_collapsed_is_log_positions():
-    v = unit(1, 8, 1, seed=0, dim=1)
-    q = v.expand(2, 8, 9)
-    assert info_nce_pointwise(q, q, 0.07).item() == pytest.approx(math.log(9), rel=1e-5)
 
 
 # --- queue, momentum, head ------------------------------------------------------------------------------------------

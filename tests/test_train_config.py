@@ -53,6 +53,8 @@ def test_no_weight_decay_on_biases_and_norms():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert sorted(p.shape for p in decay["params"]) == sorted([model[0].weight.shape, model[2].weight.shape])
     assert len(no_decay["params"]) == 4  # conv bias, bn weight and bias, linear bias
+    decay, no_decay = param_groups(model, 0.1, decay_biases_and_norms=True)
+    assert len(decay["params"]) == 6 and not no_decay["params"]
 
 
 def test_checkpoint_save_is_atomic_and_load_checks(tmp_path):

@@ -43,6 +43,7 @@ class PretrainConfig:
     optimizer: str | None = None        # sgd | adam | adamw
     lr: float | None = None             # at batch_size * world_size; not rescaled automatically
     weight_decay: float | None = None
+    decay_biases_and_norms: bool = False  # weight decay on biases and norm parameters too (the papers' code does)
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0           # cosine floor, as a fraction of lr
     grad_clip: float | None = None      # max global grad norm; None = no clipping

@@ -87,21 +87,6 @@ def mil_nce(q: Tensor, keys: Tensor, pos_mask: Tensor, tau: float) -> Tensor:
     return -torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1).mean()
 
 
-def info_nce_pointwise(q: Tensor, k: Tensor, tau: float) -> Tensor:
-    """Dense InfoNCE between feature maps q, k (B, D, N), each L2-normalised along D at every position.
-
-    Position n of sample b has k[b, :, n] as its positive and the other N - 1 positions of the same sample's k as
-    negatives; positions of other samples are not used: the loss asks where in its own clip a feature belongs,
-    not which clip it comes from (the clip-level losses above do that). So for every sample, cross entropy over the
-    (N, N) logits q[b].T @ k[b] / tau with targets arange(N); the mean over the B * N positions.
-    """
-    B, _, N = q.shape
-    with torch.autocast(q.device.type, enabled=False):
-        logits = torch.bmm(q.float().transpose(1, 2), k.float()) / tau  # (B, N, N): [b, n, m] = q_bn . k_bm
-    targets = torch.arange(N, device=q.device).expand(B, N)
-    return F.cross_entropy(logits.reshape(B * N, N), targets.reshape(B * N))
-
-
 class MoCoQueue(nn.Module):
     """A ring buffer of the last `size` keys and the video each came from, checkpointed with the model.
 

@@ -150,7 +150,9 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
     method = method_cls(cfg, total_steps=total_steps).to(dist.device)
-    optimizer = make_optimizer(param_groups(method, cfg.weight_decay), name=cfg.optimizer, lr=cfg.lr)
+    optimizer = make_optimizer(param_groups(method, cfg.weight_decay,
+                                          decay_biases_and_norms=cfg.decay_biases_and_norms),
+                             name=cfg.optimizer, lr=cfg.lr)
     precision = Precision.choose(cfg.precision, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.dtype == torch.float16)
 

@@ -20,13 +20,15 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights of convs and linears only; never on biases and norm parameters."""
+def param_groups(model: torch.nn.Module, weight_decay: float, *, decay_biases_and_norms: bool = False) -> list[dict]:
+    """Weight decay on the weights of convs and linears; on biases and normalisation parameters (every parameter of
+    one dimension or none) only with `decay_biases_and_norms`. The default keeps decay from shrinking BatchNorm's
+    scales, as timm and MoCo v3 do; the five papers' PyTorch code (MoCo v2's recipe) decays every parameter."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        (no_decay if p.ndim <= 1 and not decay_biases_and_norms else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
