@@ -91,11 +91,12 @@ class MissingWeights(FileNotFoundError):
 
 
 def _raft(model: str):
-    """(builder, the checkpoint torchvision's own pretrained builder would fetch). MoDist used RAFT-things; the
-    C_T checkpoints are trained on FlyingChairs + FlyingThings only, i.e. synthetic data."""
+    """(builder, the checkpoint looked for by default). MoDist distils from RAFT "trained on synthetic data only":
+    the C_T checkpoints (FlyingChairs + FlyingThings), not C_T_SKHT (also fine-tuned on Sintel, KITTI and HD1K, the
+    one torchvision's `DEFAULT` names); another checkpoint is a spec's `flow.raft_weights`."""
     from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-    return {"large": (raft_large, Raft_Large_Weights.C_T_SKHT_V2),
+    return {"large": (raft_large, Raft_Large_Weights.C_T_V2),
             "small": (raft_small, Raft_Small_Weights.C_T_V2)}[model]
 
 

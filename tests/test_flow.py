@@ -264,7 +264,7 @@ def test_raft_missing_weights_names_the_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(MissingWeights) as info:
         RAFTFlow(model="large")
-    cached = tmp_path / "hub" / "checkpoints" / "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    cached = tmp_path / "hub" / "checkpoints" / "raft_large_C_T_V2-1bb1363a.pth"
     assert str(cached) in str(info.value) and "\n" not in str(info.value)
 
 
