@@ -122,3 +122,11 @@ def test_the_named_choices_are_the_registries():
     from motionssl.train.methods import METHODS
 
     assert METHOD_NAMES == tuple(METHODS) and BACKBONE_NAMES == tuple(BACKBONES)
+
+
+def test_upsampled_crops_are_named():
+    from motionssl.train.loop import upsampling_note
+
+    assert upsampling_note(112, 128) is None and upsampling_note(192, 128) is None  # at most 1.5x
+    note = upsampling_note(224, 128)  # MCL's 224 px from a 128 px store
+    assert note.startswith("warning:") and "1.75x" in note and "\n" not in note

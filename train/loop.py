@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,18 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+UPSAMPLING_LIMIT = 1.5
+
+
+def upsampling_note(size: int, short_side: int) -> str | None:
+    """A warning when even a whole-frame crop (the largest a training view takes) is resized up by more than
+    UPSAMPLING_LIMIT: the clips then hold less detail than their size says, and smaller crops are upsampled more."""
+    if size <= UPSAMPLING_LIMIT * short_side:
+        return None
+    return (f"warning: --size {size} from a store of short side {short_side} px upsamples every crop at least "
+            f"{size / short_side:.2f}x; extract with a larger resolution.short_side (>= {size}) or lower --size")
+
+
 def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
     # A config field newer than the run holds its default there; a method option newer than the run is not compared.
     now, default = cfg.to_dict(), PretrainConfig().to_dict()
@@ -140,6 +153,8 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
     cfg.method_options = dataclasses.asdict(parse_options(method_cls.Options, cfg.method_options, method=cfg.method))
     store, broken = usable_store(open_store(cfg.store), skip_broken=cfg.skip_broken, announce=main)
     dataset = method_cls.dataset(cfg, store)
+    if main and (note := upsampling_note(cfg.size, store.spec.resolution.short_side)):
+        print(note, file=sys.stderr)
     sampler = KeySampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed,
                          drop_last=True)
     steps_per_epoch = sampler.num_samples // cfg.batch_size
