@@ -276,8 +276,8 @@ class CGM(Method):
         if opts.labels:
             videos, labels = _split(store, opts).part("train")
             labelled = {"videos": videos, "labels": labels}
-        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p, scale=CROP_SCALE, color_jitter=False,
-                           **labelled)
+        return ClipDataset(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p, scale=CROP_SCALE,
+                           color_jitter=False, **labelled)
 
     def motion_maps(self, clip: Tensor) -> MotionMaps:
         """(B, 3, T, H, W) ImageNet-normalised clip, H and W multiples of 4 -> its T LR and HR motion maps."""
