@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -227,6 +228,7 @@ def _start_client(opts: ExtractOptions, gpus: int):
 
     n = local_workers(opts, gpus)
     budget = opts.start_timeout if opts.start_timeout is not None else START_BASE_S + START_PER_WORKER_S * n
+    _quiet_dask(logging.ERROR)  # a slow start logs its comms' INFO records (tracebacks included) otherwise
     for timeout in (budget, 2 * budget):
         cluster = None
         # A worker only hands videos to its decoder process, which does the work on one core (pinned,
@@ -242,11 +244,18 @@ def _start_client(opts: ExtractOptions, gpus: int):
                 return Client(cluster, timeout=timeout), cluster
         except (OSError, RuntimeError) as e:  # TimeoutError is an OSError; RuntimeError: "Cluster failed to start"
             error = e
+            _quiet_dask(logging.CRITICAL + 1)  # its teardown logs errors too: the one line below says it all
             if cluster is not None:
                 cluster.close()
     raise FatalError(f"the local Dask cluster ({n} workers) did not start, in {budget:g}s nor in {2 * budget:g}s "
                      f"({type(error).__name__}: {error}); the machine is busy: retry when it is quieter, with fewer "
                      f"--workers, or with a larger --start-timeout")
+
+
+def _quiet_dask(level: int) -> None:
+    """Only records of `level` or above from every `distributed` logger, from here on."""
+    for name in ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]:
+        logging.getLogger(name).setLevel(level)
 
 
 def _gpu_workers(client) -> bool:
