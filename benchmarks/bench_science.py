@@ -1,7 +1,7 @@
 """Does each method learn motion? Every method against rgb-moco, a random backbone and a supervised bound, 3 seeds.
 
     .venv/bin/python benchmarks/bench_science.py --out bench_out            # about an hour on 2 CPU cores
-    .venv/bin/python benchmarks/bench_science.py --out bench_out --seeds 0 --steps 40 --per-class 8   # a smoke run
+    .venv/bin/python benchmarks/bench_science.py --out bench_out --seeds 0 --steps 4 --per-class 4 --test-per-class 1  # smoke
 
 The data: `preprocess/motion_classes.py --classes motions`, 8 classes that differ only in how one textured square
 moves over a textured static background (right, left, down, up, rotating clockwise and counter-clockwise, growing,
@@ -18,8 +18,8 @@ linear probe (top-1 of a linear classifier trained on the training videos' clip 
 as `finetune --linear-probe --cached-features` then `evaluate classify`). Baselines at the same budget: `random`
 (an untrained backbone) and `supervised` (the same backbone trained on the labels with cross entropy, as `finetune
 --from-scratch`; its own classifier's top-1 is the upper bound). Writes OUT/bench_science.json and .md after every
-run; each run's figures are kept in OUT/science/NAME-sSEED/result.json, so a benchmark stopped part way continues
-where it was (delete OUT/science to start over).
+run; each run's figures are kept in OUT/science_STEPS_PERCLASS_TEST/NAME-sSEED/result.json, so a benchmark stopped part way
+continues where it was (delete that folder to start over).
 """
 from __future__ import annotations
 
@@ -270,12 +270,13 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS + BASELINES))
     a = ap.parse_args()
     torch.set_num_threads(2)
-    out = a.out / "science"
+    out = a.out / f"science_{a.steps}_{a.per_class}_{a.test_per_class}"  # runs are reused only for the same budget
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
     t0 = time.perf_counter()
-    stores = build_stores(a.out / "science_data", per_class=a.per_class, test_per_class=a.test_per_class)
-    labels = labels_csv(a.out / "science_data", stores)
+    data = a.out / f"science_data_{a.per_class}_{a.test_per_class}"  # stores are reused only at the same size
+    stores = build_stores(data, per_class=a.per_class, test_per_class=a.test_per_class)
+    labels = labels_csv(data, stores)
     results: dict[str, list[dict]] = {}
     machine = machine_info(("torch", "av", "zarr"))
     md = ""
