@@ -46,7 +46,7 @@ COMMON = {"backbone": "r3d10", "backbone_width": 16, "clip_len": 8, "stride": 1,
 METHOD_OPTIONS: dict[str, dict] = {
     "rgb-moco": {"queue_size": 256, "hidden": 256},
     "cmd": {"hidden": 128, "heads": 4, "head_hidden": 256, "dim": 64, "encoder_layers": 1, "decoder_layers": 1,
-            "future_frames": 4},
+            "future_frames": 4, "future_gap": 0},  # the 4 frames after the clip: inside a 12-frame video
     "mvcgc": {"queue_size": 256, "hidden": 256},
     "mcl": {"queue_size": 256, "hidden": 256},
     "modist": {"queue_size": 256, "hidden": 256, "motion_clip_len": 8, "motion_stride": 1},
@@ -137,14 +137,19 @@ def features(backbone: torch.nn.Module, store_path: Path) -> tuple[np.ndarray, n
 
 def measure(backbone: torch.nn.Module, stores: dict[str, Path], *, seed: int) -> dict:
     """R@1, R@5 and linear-probe top-1 of a frozen backbone."""
+    return probe(features(backbone, stores["train"]), features(backbone, stores["test"]), seed=seed)
+
+
+def probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, seed: int) -> dict:
+    """R@1, R@5 and linear-probe top-1 of (videos, views, D) clip features with their labels."""
     from motionssl.train.finetune import fit_linear
     from motionssl.eval.metrics import average_clip_probabilities, retrieval, topk_accuracy
 
-    (f_train, y_train), (f_test, y_test) = features(backbone, stores["train"]), features(backbone, stores["test"])
+    (f_train, y_train), (f_test, y_test) = train, test
     recall, _ = retrieval(f_train, y_train, f_test, y_test, ks=(1, 5))
     torch.manual_seed(seed)
     x = torch.from_numpy(f_train).flatten(0, 1)
-    head = torch.nn.Linear(x.shape[1], 8)
+    head = torch.nn.Linear(x.shape[1], int(y_train.max()) + 1)
     fit_linear(head, x, torch.from_numpy(y_train).repeat_interleave(VIEWS), steps=300, lr=0.01)
     with torch.no_grad():
         logits = head(torch.from_numpy(f_test)).numpy()
