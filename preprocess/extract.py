@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -76,13 +77,13 @@ _started: queue.SimpleQueue = queue.SimpleQueue()  # decoder processes started a
 _all_decoders: list = []
 
 
-def start_decoders(n: int) -> None:
+def start_decoders(n: int, *, preload: tuple[str, ...] = ()) -> None:
     """Start n decoder processes now, for the workers of a local cluster to take, so that their
-    start-up (an interpreter, numpy, PyAV) overlaps this process's own (Dask, the cluster)."""
+    start-up (an interpreter, numpy, PyAV, `preload`) overlaps this process's own (Dask, the cluster)."""
     from motionssl.preprocess.isolation import DecoderProcess
 
     for _ in range(n):
-        decoder = DecoderProcess()
+        decoder = DecoderProcess(preload=preload)
         decoder.start()
         _all_decoders.append(decoder)
         _started.put(decoder)
@@ -190,6 +191,14 @@ def _uses_gpu(spec: Spec) -> bool:
     return spec.needs_flow and spec.flow.method in ("raft", "tvl1-torch")
 
 
+def _flow_modules(spec: Spec) -> tuple[str, ...]:
+    """What a decoder imports for the spec's flow beyond OpenCV: torch for tvl1-torch, torchvision for RAFT."""
+    if not spec.needs_flow:
+        return ()
+    return {"tvl1-torch": ("motionssl.preprocess.tvl1_torch",),
+            "raft": ("torchvision.models.optical_flow",)}.get(spec.flow.method, ())
+
+
 def _needs_gpu(spec: Spec) -> bool:
     return spec.needs_flow and spec.flow.method == "raft"
 
@@ -206,6 +215,9 @@ def _check_flow_setup(spec: Spec) -> None:
 
 
 def _local_gpus() -> int:
+    # Linux without an NVIDIA (or ROCm) driver has no device torch.cuda could see: skip importing torch (~1 s).
+    if sys.platform == "linux" and not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/kfd")):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -357,7 +369,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             todo.append(vid)
     gpus = _local_gpus() if todo and _uses_gpu(spec) and not opts.scheduler else 0
     if todo and not opts.scheduler and not gpus:
-        start_decoders(local_workers(opts, 0))
+        start_decoders(local_workers(opts, 0), preload=_flow_modules(spec))
     if fmt == "zarr":
         _ensure_zarr_parents(store, todo)
 

@@ -11,6 +11,7 @@ Protocol: one JSON job per line on the child's stdin, one JSON result per line o
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import select
@@ -40,9 +41,11 @@ class DecoderFailed(Exception):
 
 
 class DecoderProcess:
-    def __init__(self):
+    def __init__(self, *, preload: tuple[str, ...] = ()):
+        """preload: modules the process imports as it starts, before its first job (torch: seconds)."""
         self.proc: subprocess.Popen | None = None
         self._results = None
+        self.preload = preload
 
     def start(self) -> None:
         """Start the process (also done by `run` when needed): its imports then overlap the caller's work."""
@@ -50,7 +53,7 @@ class DecoderProcess:
         # One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so set them before
         # it starts (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
         env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
+                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1", MOTIONSSL_PRELOAD=",".join(self.preload))
         # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
         # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
         env.pop("MALLOC_TRIM_THRESHOLD_", None)
@@ -157,6 +160,8 @@ def _serve() -> None:
 
     _die_with_parent()
     limit_threads()
+    for module in filter(None, os.environ.get("MOTIONSSL_PRELOAD", "").split(",")):
+        importlib.import_module(module)
     out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
     last, slow = [0.0], [False]
 

@@ -33,10 +33,10 @@ def libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize("spec,torch_expected", [("compressed", False), ("fast", False), ("default-gpu", True)])
+@pytest.mark.parametrize("spec,torch_expected", [("compressed", False), ("fast", False), ("default", True)])
 def test_a_decoder_imports_torch_only_for_a_spec_that_runs_on_it(spec, torch_expected, tmp_path):
     """A real decoder process extracts a video with the shipped spec; torch, once imported, maps libtorch_cpu into
-    the process. `fast` (OpenCV DIS) and `compressed` never import it; `default-gpu` (tvl1-torch) does, which
+    the process. `fast` (OpenCV DIS) and `compressed` never import it; `default` (tvl1-torch) does, which
     shows the check sees an import."""
     video = encode(tmp_path / "v.mp4", translating_frames(12, size=(96, 64), velocity=(2, 1)), "x264-nob")
     parsed = load_spec(spec)
@@ -51,3 +51,23 @@ def test_a_decoder_imports_torch_only_for_a_spec_that_runs_on_it(spec, torch_exp
     finally:
         decoder.stop()
     assert os.path.isdir(tmp_path / "s.zarr" / "videos" / "v")
+
+
+def test_a_decoder_preloads_what_the_spec_will_import(tmp_path):
+    """extract starts a tvl1-torch spec's decoders with torch preloaded, so that its import overlaps the cluster's
+    start: a decoder given the preload holds libtorch after a `compressed` job, which never imports it."""
+    from motionssl.preprocess.extract import _flow_modules
+
+    assert _flow_modules(load_spec("default")) == ("motionssl.preprocess.tvl1_torch",)
+    assert _flow_modules(load_spec("fast")) == _flow_modules(load_spec("compressed")) == ()
+    video = encode(tmp_path / "v.mp4", translating_frames(6, size=(64, 48), velocity=(2, 1)), "x264-nob")
+    parsed = load_spec("compressed")
+    init_store(tmp_path / "s.zarr", "zarr", parsed)
+    decoder = DecoderProcess(preload=_flow_modules(load_spec("default")))
+    try:
+        result = decoder.run({"path": str(video), "source": "v.mp4", "video_id": "v", "store": str(tmp_path / "s.zarr"),
+                              "format": "zarr", "spec": parsed.to_dict(), "reencode": False}, 300)
+        assert result["ok"], result
+        assert "libtorch_cpu" in libraries(decoder.proc.pid)
+    finally:
+        decoder.stop()
