@@ -45,6 +45,7 @@ class DecoderProcess:
         """preload: modules the process imports as it starts, before its first job (torch: seconds)."""
         self.proc: subprocess.Popen | None = None
         self._results = None
+        self._pending = b""
         self.preload = preload
 
     def start(self) -> None:
@@ -63,9 +64,15 @@ class DecoderProcess:
             pass_fds=(w,), env=env, text=True,
         )
         os.close(w)
-        self._results = os.fdopen(r, "r")
+        self._results = os.fdopen(r, "rb", buffering=0)  # unbuffered: select sees every byte not yet read
+        self._pending = b""
 
     def run(self, job: dict, timeout: float) -> dict:
+        self.submit(job)
+        return self.collect(timeout)
+
+    def submit(self, job: dict) -> None:
+        """Hand the process a job; `collect` waits for its result."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc.stdin is not None
@@ -75,14 +82,16 @@ class DecoderProcess:
         except BrokenPipeError:
             self.stop()
             raise DecoderFailed("decoder process exited before taking the job") from None
+
+    def collect(self, timeout: float) -> dict:
+        """The result of the job submitted last, or DecoderFailed."""
         frames = 0
         while True:  # progress lines reset the clock: the timeout catches hangs, not long videos
-            ready, _, _ = select.select([self._results], [], [], timeout)
-            if not ready:
+            line = self._read_line(timeout)
+            if line is None:
                 self.stop()
                 raise DecoderFailed(f"timed out: no progress for {timeout:g}s after {frames} frames "
                                     f"(decoder hung; raise --timeout if frames are very slow)", hung=True)
-            line = self._results.readline()
             if not line:
                 code = self.proc.wait()
                 self.stop()
@@ -92,6 +101,21 @@ class DecoderProcess:
             if "progress" not in message:
                 return message
             frames = message["progress"]
+
+    def _read_line(self, timeout: float) -> bytes | None:
+        """The next line from the result pipe (b"" at its end); None when nothing came for `timeout` s. A job
+        submitted ahead may have written its progress and its result before anyone reads: lines that one read
+        brought beyond the first wait in `_pending` (a buffered reader would hide them from select)."""
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([self._results], [], [], timeout)
+            if not ready:
+                return None
+            chunk = self._results.read(65536)
+            if not chunk:
+                return b""
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -103,6 +127,7 @@ class DecoderProcess:
         if self._results is not None:
             self._results.close()
         self.proc = self._results = None
+        self._pending = b""
 
 
 def _inject_faults(video_id: str) -> set[str]:
