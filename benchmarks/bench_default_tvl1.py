@@ -23,7 +23,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,7 +32,7 @@ import yaml  # noqa: E402
 
 from bench_flow import (  # noqa: E402
     SPEED_CLIPS, SPEED_OFFSET, decode_frames, find_clips, machine_info, read_store, run_extract, stored_wh, table,
-    trim_clips,
+    trim_clips, write_result,
 )
 
 
@@ -118,7 +117,8 @@ def main() -> None:
     args = ap.parse_args()
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(), "args": vars(args) | {"out": str(args.out)}}
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+                 "args": vars(args) | {"out": str(args.out)}}
     m = res["machine"]
     print(f"machine: {m['cpu_model']}, {m['cpus_usable']} cores, load {m['loadavg_at_start'][0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="motionssl-bench-default-") as tmp:
@@ -156,10 +156,7 @@ def main() -> None:
               f"{f['pairs_per_s']['tvl1-opencv']:.2f} ({f['speedup']:.2f}x); endpoint difference median "
               f"{e['median']:.4f} px, p95 {e['p95']:.3f}, p99 {e['p99']:.3f}, max {e['max']:.2f} "
               f"(OpenCV's median |flow| {f['opencv_median_flow_px']:.2f} px)")
-    res["total_seconds"] = time.perf_counter() - t_start
-    res["loadavg_at_end"] = os.getloadavg()
-    (args.out / "bench_default_tvl1.json").write_text(json.dumps(res, indent=1, default=float))
-    print(f"\nwrote {args.out / 'bench_default_tvl1.json'} ({res['total_seconds']:.0f} s)")
+    write_result(res, args.out / "bench_default_tvl1.json", t_start)
 
 
 if __name__ == "__main__":

@@ -302,7 +302,8 @@ def summarize_throughput(runs: list[dict], sides: list[str], workers: int) -> di
     fixed_of = {s: best["startup_zarr_before"]["wall_s"] if s.endswith("_before") else fixed for s in sides}
     out = {"runs": runs, "best": best, "ratio_vs_bare": {s: best[s]["fps"] / bare_fps for s in compared},
            "fixed_cost_s": fixed,
-           "ratio_vs_bare_without_fixed_cost": {s: best[s]["frames"] / max(best[s]["wall_s"] - fixed_of[s], 1e-9) / bare_fps
+           "ratio_vs_bare_without_fixed_cost": {s: best[s]["frames"] / max(best[s]["wall_s"] - fixed_of[s], 1e-9)
+                                                / bare_fps
                                                 for s in compared if s.startswith("extract_")}}
     if all(x["cpu_s"] is not None for x in runs):  # lowest CPU per frame per side, then bare / side
         cpu = {s: min(x["cpu_ms_per_frame"] for x in runs if x["side"] == s) for s in sides}

@@ -24,7 +24,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -33,7 +32,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from bench_flow import find_clips, machine_info, run_extract, table  # noqa: E402
+from bench_flow import find_clips, machine_info, run_extract, table, write_result  # noqa: E402
 
 LZ4 = {"zarr_codec": "lz4", "zarr_level": 5, "hdf5_compression": "blosc"}
 CANDIDATES = {  # name -> storage keys over the shipped `fast` spec's
@@ -140,10 +139,7 @@ def main() -> None:
           "flow-spec layouts (`fast` + storage), 622 frames; clips/s of one worker (rgb + the map, 16 x 112^2)")
     print("  flow identical to the lossless store in every candidate: "
           f"{all(c['flow_equals_lossless'] for c in res['candidates'].values())}")
-    res["total_seconds"] = time.perf_counter() - t_start
-    res["loadavg_at_end"] = os.getloadavg()
-    (args.out / "bench_layouts.json").write_text(json.dumps(res, indent=1, default=float))
-    print(f"\nwrote {args.out / 'bench_layouts.json'} ({res['total_seconds']:.0f} s)")
+    write_result(res, args.out / "bench_layouts.json", t_start)
 
 
 if __name__ == "__main__":

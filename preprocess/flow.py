@@ -12,7 +12,7 @@ Derived maps:
 
 OpenCV's thread count is global state: the caller pins it (cv2.setNumThreads), not this module.
 torch and torchvision are imported only by the methods that run on them (RAFT, tvl1-torch): a decoder process of
-an OpenCV spec (`fast`, or `flow.method: tvl1-opencv`) stays without them, about 0.8 GB less resident (benchmarks/README.md).
+an OpenCV flow (`fast`, `tvl1-opencv`) stays without them, about 0.8 GB less resident (benchmarks/README.md).
 """
 from __future__ import annotations
 
