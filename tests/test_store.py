@@ -295,6 +295,21 @@ def test_a_renamed_flow_method_reads_and_hashes_as_before():
         spec_from_dict({**TINY_SPEC, "flow": {"method": "opencv"}})
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_store_recording_the_old_flow_method_name_still_reads(tmp_path, fmt):
+    """A store whose recorded spec names `tvl1` (OpenCV's TV-L1 before issue 19) opens with tvl1-opencv, keeps the
+    digest it recorded, reads, verifies, and refuses to mix in videos of today's `default` (another flow)."""
+    build_store(tmp_path / "s", fmt)
+    root = json.loads((tmp_path / "s" / ROOT_META).read_text())
+    root["spec"]["flow"]["method"] = "tvl1"
+    (tmp_path / "s" / ROOT_META).write_text(json.dumps(root))
+    s = open_store(tmp_path / "s")
+    assert s.spec.flow.method == "tvl1-opencv" and s.spec.digest == root["spec_digest"]
+    assert verify_store(s) == [] and s.read("a", "rgb", 5, 7)[:, 0, 0, 0].tolist() == [5, 6]
+    with pytest.raises(StoreError):
+        init_store(tmp_path / "s", fmt, load_spec("default"))
+
+
 def test_every_command_has_help():
     for cmd in ("extract", "info", "verify", "dump", "pretrain", "finetune", "evaluate", "show", "plot",
                 "evaluate retrieve", "evaluate classify", "evaluate motion"):
