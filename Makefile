@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_methods.py --out bench_out
 	$(BIN)/python benchmarks/bench_faults.py --out bench_out
 	$(BIN)/python benchmarks/bench_tvl1_torch.py --out bench_out
+	$(BIN)/python benchmarks/bench_default_tvl1.py --out bench_out
+	$(BIN)/python benchmarks/bench_layouts.py --out bench_out
 	$(BIN)/python benchmarks/bench_motion_sampling.py --out bench_out
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 	$(BIN)/python benchmarks/bench_decoder_memory.py --out bench_out

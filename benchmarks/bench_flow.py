@@ -633,6 +633,14 @@ def tvl1_forward_parallel(videos: list[np.ndarray], workers: int) -> list[np.nda
 
 # -- printing -------------------------------------------------------------------------------------
 
+def write_result(res: dict, path: Path, t_start: float) -> None:
+    """The run's JSON, with its total seconds and the load at its end."""
+    res["total_seconds"] = time.perf_counter() - t_start
+    res["loadavg_at_end"] = os.getloadavg()
+    path.write_text(json.dumps(res, indent=1, default=float))
+    print(f"\nwrote {path} ({res['total_seconds']:.0f} s)")
+
+
 def table(headers: list[str], rows: list[list], title: str) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

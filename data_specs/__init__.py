@@ -27,7 +27,9 @@ ARRAYS = {
     "boundary": ("boundary",),
     "edges": ("edges",),
 }
-FLOW_METHOD_NAMES = ("tvl1", "dis", "raft", "tvl1-torch")
+FLOW_METHOD_NAMES = ("tvl1-opencv", "dis", "raft", "tvl1-torch")
+# Earlier names of flow methods: still read (older specs, stores' recorded specs) and hashed as they were.
+FLOW_METHOD_RENAMED = {"tvl1": "tvl1-opencv"}
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 ALWAYS_STORED = ("pts", "frame_type")
 
@@ -55,7 +57,7 @@ class MotionVectors:
 class Flow:
     """Optical flow and the maps derived from it (used when flow, boundary or edges is a modality)."""
 
-    method: str = "tvl1"            # tvl1 | dis | raft | tvl1-torch (TV-L1 as tvl1, batched in PyTorch)
+    method: str = "tvl1-opencv"     # tvl1-opencv | tvl1-torch (the same TV-L1, batched in PyTorch) | dis | raft
     dis_preset: str = "medium"      # ultrafast | fast | medium
     raft_model: str = "large"       # large | small
     raft_weights: str | None = None  # local state-dict file; None: torch hub cache
@@ -117,6 +119,8 @@ class Spec:
         """Short hash of everything that changes what is written; names do not count."""
         d = self.to_dict()
         d.pop("name")
+        old_names = {new: old for old, new in FLOW_METHOD_RENAMED.items()}
+        d["flow"]["method"] = old_names.get(d["flow"]["method"], d["flow"]["method"])
         for section, keys in _LATER_KEYS.items():
             for key, default in keys.items():
                 if d[section][key] == default:
@@ -185,6 +189,9 @@ def spec_from_dict(raw: dict, *, source: str = "<dict>", recorded: bool = False)
     if not isinstance(mods, (list, tuple)) or not all(isinstance(m, str) for m in mods):
         raise SpecError(f"{source}: modalities must be a list of names from {list(MODALITIES)}, got {mods!r}"[:300])
     mods = tuple(mods)
+    flow = raw.get("flow")
+    if isinstance(flow, dict) and isinstance(flow.get("method"), str) and flow["method"] in FLOW_METHOD_RENAMED:
+        flow = {**flow, "method": FLOW_METHOD_RENAMED[flow["method"]]}
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
         raise SpecError(f"{source}: modalities must be a non-empty subset of {list(MODALITIES)}, got {list(mods)}")
@@ -195,7 +202,7 @@ def spec_from_dict(raw: dict, *, source: str = "<dict>", recorded: bool = False)
         resolution=_section(Resolution, raw.get("resolution"), f"{source}: resolution"),
         decode=_section(Decode, raw.get("decode"), f"{source}: decode"),
         mv=_section(MotionVectors, raw.get("mv"), f"{source}: mv"),
-        flow=_section(Flow, raw.get("flow"), f"{source}: flow"),
+        flow=_section(Flow, flow, f"{source}: flow"),
         storage=_section(Storage, raw.get("storage"), f"{source}: storage"),
     )
     _validate(spec, source)

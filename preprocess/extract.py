@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -74,17 +75,26 @@ def default_report_path(store: Path) -> Path:
 _decoders = threading.local()  # per worker thread: its decoder process
 _started: queue.SimpleQueue = queue.SimpleQueue()  # decoder processes started ahead of a local cluster
 _all_decoders: list = []
+_first_jobs: dict = {}  # video id -> (the decoder process already extracting it, the job)
 
 
-def start_decoders(n: int) -> None:
+def start_decoders(n: int, *, preload: tuple[str, ...] = (), first_jobs: tuple[dict, ...] = ()) -> None:
     """Start n decoder processes now, for the workers of a local cluster to take, so that their
-    start-up (an interpreter, numpy, PyAV) overlaps this process's own (Dask, the cluster)."""
-    from motionssl.preprocess.isolation import DecoderProcess
+    start-up (an interpreter, numpy, PyAV, `preload`) overlaps this process's own (Dask, the cluster).
+    Decoder i starts on first_jobs[i] at once; the task of that video collects its result."""
+    from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess
 
-    for _ in range(n):
-        decoder = DecoderProcess()
+    for i in range(n):
+        decoder = DecoderProcess(preload=preload)
         decoder.start()
         _all_decoders.append(decoder)
+        try:
+            if i < len(first_jobs):
+                decoder.submit(first_jobs[i])
+                _first_jobs[first_jobs[i]["video_id"]] = decoder, first_jobs[i]
+                continue
+        except DecoderFailed:  # died at once: its task runs the job the usual way, with its retry
+            pass
         _started.put(decoder)
 
 
@@ -92,6 +102,9 @@ def stop_decoders() -> None:
     for decoder in _all_decoders:
         decoder.stop()
     _all_decoders.clear()
+    for _, job in _first_jobs.values():  # never collected (the cluster did not start): what a kill left
+        _remove_temps(video_path(Path(job["store"]), job["format"], job["video_id"]))
+    _first_jobs.clear()
 
 
 def _decoder():
@@ -122,7 +135,14 @@ def extract_task(job: dict, timeout: float) -> dict:
     final = video_path(Path(job["store"]), job["format"], job["video_id"])
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            result = _decoder().run(job, timeout)
+            started, _ = _first_jobs.pop(job["video_id"], (None, None))
+            if started is not None:  # its decoder took the job before the cluster was up: this thread's now
+                if getattr(_decoders, "decoder", None) is not None:
+                    _started.put(_decoders.decoder)
+                _decoders.decoder = started
+                result = started.collect(timeout)
+            else:
+                result = _decoder().run(job, timeout)
             break
         except DecoderFailed as e:
             _remove_temps(final)  # what the dead decoder had written
@@ -190,6 +210,14 @@ def _uses_gpu(spec: Spec) -> bool:
     return spec.needs_flow and spec.flow.method in ("raft", "tvl1-torch")
 
 
+def _flow_modules(spec: Spec) -> tuple[str, ...]:
+    """What a decoder imports for the spec's flow beyond OpenCV: torch for tvl1-torch, torchvision for RAFT."""
+    if not spec.needs_flow:
+        return ()
+    return {"tvl1-torch": ("motionssl.preprocess.tvl1_torch",),
+            "raft": ("torchvision.models.optical_flow",)}.get(spec.flow.method, ())
+
+
 def _needs_gpu(spec: Spec) -> bool:
     return spec.needs_flow and spec.flow.method == "raft"
 
@@ -206,6 +234,9 @@ def _check_flow_setup(spec: Spec) -> None:
 
 
 def _local_gpus() -> int:
+    # Linux without an NVIDIA (or ROCm) driver has no device torch.cuda could see: skip importing torch (~1 s).
+    if sys.platform == "linux" and not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/kfd")):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -356,10 +387,18 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
         else:
             todo.append(vid)
     gpus = _local_gpus() if todo and _uses_gpu(spec) and not opts.scheduler else 0
-    if todo and not opts.scheduler and not gpus:
-        start_decoders(local_workers(opts, 0))
+
+    def job_of(vid: str, cpu: bool) -> dict:
+        return {"path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
+                "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
+                "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
+                } | ({"device": "cpu"} if cpu else {})
+
     if fmt == "zarr":
         _ensure_zarr_parents(store, todo)
+    if todo and not opts.scheduler and not gpus:  # the first videos start while Dask imports and starts
+        n = local_workers(opts, 0)
+        start_decoders(n, preload=_flow_modules(spec), first_jobs=tuple(job_of(v, _uses_gpu(spec)) for v in todo[:n]))
 
     failures = frames = 0
     if todo:
@@ -375,11 +414,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
                       + (", slowly" if _needs_gpu(spec) else ", one thread per worker"))
             link = getattr(client, "dashboard_link", None)
             print(f"dask: {len(client.scheduler_info()['workers'])} workers" + (f", dashboard {link}" if link else ""))
-            jobs = [{
-                "path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
-                "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
-                "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
-            } | ({"device": "cpu"} if _uses_gpu(spec) and not needs_gpu else {}) for vid in todo]
+            jobs = [job_of(vid, _uses_gpu(spec) and not needs_gpu) for vid in todo]
             run = uuid.uuid4().hex[:8]
             keys = [f"extract-{run}-{i}" for i in range(len(jobs))]
             video_of = dict(zip(keys, todo))

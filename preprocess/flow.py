@@ -12,7 +12,7 @@ Derived maps:
 
 OpenCV's thread count is global state: the caller pins it (cv2.setNumThreads), not this module.
 torch and torchvision are imported only by the methods that run on them (RAFT, tvl1-torch): a decoder process of
-an OpenCV spec (`fast`, `default`) stays without them, about 0.8 GB less resident (benchmarks/README.md).
+an OpenCV flow (`fast`, `tvl1-opencv`) stays without them, about 0.8 GB less resident (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ class TVL1TorchFlow:
         return out
 
 
-FLOW_METHODS: dict[str, type] = {"tvl1": TVL1Flow, "dis": DISFlow, "raft": RAFTFlow, "tvl1-torch": TVL1TorchFlow}
+FLOW_METHODS: dict[str, type] = {"tvl1-opencv": TVL1Flow, "dis": DISFlow, "raft": RAFTFlow, "tvl1-torch": TVL1TorchFlow}
 
 
 def flow_pairs(

@@ -11,6 +11,7 @@ Protocol: one JSON job per line on the child's stdin, one JSON result per line o
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import select
@@ -40,9 +41,12 @@ class DecoderFailed(Exception):
 
 
 class DecoderProcess:
-    def __init__(self):
+    def __init__(self, *, preload: tuple[str, ...] = ()):
+        """preload: modules the process imports as it starts, before its first job (torch: seconds)."""
         self.proc: subprocess.Popen | None = None
         self._results = None
+        self._pending = b""
+        self.preload = preload
 
     def start(self) -> None:
         """Start the process (also done by `run` when needed): its imports then overlap the caller's work."""
@@ -50,7 +54,7 @@ class DecoderProcess:
         # One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so set them before
         # it starts (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
         env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
+                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1", MOTIONSSL_PRELOAD=",".join(self.preload))
         # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
         # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
         env.pop("MALLOC_TRIM_THRESHOLD_", None)
@@ -60,9 +64,15 @@ class DecoderProcess:
             pass_fds=(w,), env=env, text=True,
         )
         os.close(w)
-        self._results = os.fdopen(r, "r")
+        self._results = os.fdopen(r, "rb", buffering=0)  # unbuffered: select sees every byte not yet read
+        self._pending = b""
 
     def run(self, job: dict, timeout: float) -> dict:
+        self.submit(job)
+        return self.collect(timeout)
+
+    def submit(self, job: dict) -> None:
+        """Hand the process a job; `collect` waits for its result."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc.stdin is not None
@@ -72,14 +82,16 @@ class DecoderProcess:
         except BrokenPipeError:
             self.stop()
             raise DecoderFailed("decoder process exited before taking the job") from None
+
+    def collect(self, timeout: float) -> dict:
+        """The result of the job submitted last, or DecoderFailed."""
         frames = 0
         while True:  # progress lines reset the clock: the timeout catches hangs, not long videos
-            ready, _, _ = select.select([self._results], [], [], timeout)
-            if not ready:
+            line = self._read_line(timeout)
+            if line is None:
                 self.stop()
                 raise DecoderFailed(f"timed out: no progress for {timeout:g}s after {frames} frames "
                                     f"(decoder hung; raise --timeout if frames are very slow)", hung=True)
-            line = self._results.readline()
             if not line:
                 code = self.proc.wait()
                 self.stop()
@@ -89,6 +101,21 @@ class DecoderProcess:
             if "progress" not in message:
                 return message
             frames = message["progress"]
+
+    def _read_line(self, timeout: float) -> bytes | None:
+        """The next line from the result pipe (b"" at its end); None when nothing came for `timeout` s. A job
+        submitted ahead may have written its progress and its result before anyone reads: lines that one read
+        brought beyond the first wait in `_pending` (a buffered reader would hide them from select)."""
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([self._results], [], [], timeout)
+            if not ready:
+                return None
+            chunk = self._results.read(65536)
+            if not chunk:
+                return b""
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -100,6 +127,7 @@ class DecoderProcess:
         if self._results is not None:
             self._results.close()
         self.proc = self._results = None
+        self._pending = b""
 
 
 def _inject_faults(video_id: str) -> set[str]:
@@ -157,6 +185,8 @@ def _serve() -> None:
 
     _die_with_parent()
     limit_threads()
+    for module in filter(None, os.environ.get("MOTIONSSL_PRELOAD", "").split(",")):
+        importlib.import_module(module)
     out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
     last, slow = [0.0], [False]
 

@@ -46,7 +46,7 @@ def flow_method(cfg: Flow, *, device: str | None = None):
         elif cfg.method == "tvl1-torch":
             _methods[key] = FLOW_METHODS["tvl1-torch"](batch=cfg.batch, device=device)
         else:
-            _methods[key] = FLOW_METHODS["tvl1"]()
+            _methods[key] = FLOW_METHODS["tvl1-opencv"]()
     return _methods[key]
 
 
@@ -94,12 +94,17 @@ class MotionMapStream:
             paired = [t for t in ts if t + 1 < total]
             gap = self._edges_gap(total, final) if self.want_edges else 0
             separate = [t for t in ts if t >= gap] if self.want_edges and self.cfg.edges_flow == "separate" else []
-            pairs = [(t, t + 1) for t in paired] + [(t, t - gap) for t in separate]
+            # The frames with both flows first, each frame's two side by side: a solver batch of an even size
+            # computes both flows of its frames in one call (tvl1-torch: `flow.batch`).
+            both = set(paired) & set(separate)
+            pairs = [p for t in ts if t in both for p in ((t, t + 1), (t, t - gap))]
+            pairs += [(t, t + 1) for t in paired if t not in both] + [(t, t - gap) for t in separate if t not in both]
             flows = self._pairs(pairs) if pairs else []
-            fwd = dict(zip(paired, flows[:len(paired)]))
+            fwd = {a: f for (a, b), f in zip(pairs, flows) if b == a + 1}
             if final:
                 fwd[total - 1] = fwd.get(total - 2, self.fwd_history[-1] if self.fwd_history else None)
-            back = self._backward(ts, fwd, gap, dict(zip(separate, flows[len(paired):]))) if self.want_edges else {}
+            computed = {a: f for (a, b), f in zip(pairs, flows) if b == a - gap}
+            back = self._backward(ts, fwd, gap, computed) if self.want_edges else {}
 
         out = []
         for t in ts:

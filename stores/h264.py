@@ -77,8 +77,8 @@ def _pictures(frames: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _frame_array(frame: av.VideoFrame, shape: tuple[int, ...], layout: str) -> np.ndarray:
-    if layout == "rgb":
-        return frame.to_ndarray(format="rgb24")
+    if layout == "rgb":  # one swscale thread: its automatic count took 3x longer on small frames, same bytes
+        return frame.to_ndarray(format="rgb24", threads=1)
     h, w = shape[1:3]
     c = shape[3] if len(shape) == 4 else 1
     # 4:0:0 decodes as gray or as yuv420p with the picture in Y; format="gray" would rescale yuv420p's range

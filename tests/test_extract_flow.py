@@ -41,6 +41,24 @@ def test_stream_matches_whole_video(edges_flow, n_frames):
     np.testing.assert_allclose(np.stack([m.edges for m in out]), flow_edges(back), atol=1e-4)
 
 
+def test_a_frames_two_flows_go_to_the_solver_side_by_side():
+    """Each call gets a block's pairs, frames with both flows first (t -> t+1, then t -> t-5), so that a solver
+    batch of an even size computes both flows of a frame together; the frames without both follow."""
+    frames = np.stack([np.full((16, 24, 3), 10 * t, np.uint8) for t in range(14)])
+    calls = []
+
+    def method(src, dst):
+        calls.append([(a // 10, b // 10) for a, b in zip(src[:, 0, 0, 0].tolist(), dst[:, 0, 0, 0].tolist())])
+        return np.zeros(src.shape[:3] + (2,), np.float32)
+
+    stream = MotionMapStream(Flow(method="dis", block_frames=7, edges_gap=5), method, boundary=False, edges=True)
+    assert [m.t for f in frames for m in stream.push(f)] + [m.t for m in stream.finish()] == list(range(14))
+    assert calls[0] == [(5, 6), (5, 0), (6, 7), (6, 1), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert calls[1] == [(t, p) for t in range(7, 13) for p in (t + 1, t - 5)] + [(13, 8)]  # the last: no t+1
+    assert sorted(p for c in calls for p in c) == sorted([(t, t + 1) for t in range(13)]
+                                                        + [(t, t - 5) for t in range(5, 14)])
+
+
 @pytest.fixture(scope="module")
 def flow_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("flow")
@@ -89,7 +107,7 @@ def test_tvl1_default_spec_on_a_tiny_video(tmp_path):
     (tmp_path / "in").mkdir()
     encode(tmp_path / "in" / "v.mp4", translating_frames(8, size=(96, 64), velocity=(2, 0)), "x264-nob")
     spec = write_spec(tmp_path / "t.yaml", modalities=["rgb", "flow"], resolution={"short_side": 32})
-    assert load_spec(str(spec)).flow.method == "tvl1"
+    assert load_spec(str(spec)).flow.method == "tvl1-opencv"
     extract(tmp_path / "in", tmp_path / "s.zarr", spec)
     flow = open_store(tmp_path / "s.zarr").read("v", "flow").astype(np.float32)
     np.testing.assert_allclose(np.median(flow[:, 4:-4, 4:-4].reshape(8, -1, 2), axis=1), np.tile([1, 0], (8, 1)),

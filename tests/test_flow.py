@@ -34,7 +34,7 @@ def epe(flow, expected):
 
 # ---------------------------------------------------------------- flow methods on known motion
 
-@pytest.mark.parametrize("name", ["tvl1", "dis"])
+@pytest.mark.parametrize("name", ["tvl1-opencv", "dis"])
 @pytest.mark.parametrize("velocity,size", [((2, 1), (64, 48)), ((-3, 2), (96, 64))])
 def test_opencv_flow_recovers_translation(name, velocity, size):
     video = frames(3, size, velocity)
@@ -45,8 +45,8 @@ def test_opencv_flow_recovers_translation(name, velocity, size):
 
 
 def test_flow_methods_table():
-    assert set(FLOW_METHODS) == {"tvl1", "dis", "raft", "tvl1-torch"}
-    assert FLOW_METHODS["tvl1"] is TVL1Flow and FLOW_METHODS["dis"] is DISFlow and FLOW_METHODS["raft"] is RAFTFlow
+    assert set(FLOW_METHODS) == {"tvl1-opencv", "dis", "raft", "tvl1-torch"}
+    assert FLOW_METHODS["tvl1-opencv"] is TVL1Flow and FLOW_METHODS["dis"] is DISFlow and FLOW_METHODS["raft"] is RAFTFlow
     assert FLOW_METHODS["tvl1-torch"] is TVL1TorchFlow
 
 
@@ -99,7 +99,7 @@ def test_flow_pairs_rejects_short_video_and_bad_direction():
         flow_pairs(id_video(5), RecordPairs(), gap=1, direction="sideways")
 
 
-@pytest.mark.parametrize("name", ["tvl1", "dis"])
+@pytest.mark.parametrize("name", ["tvl1-opencv", "dis"])
 def test_flow_pairs_forward_gives_plus_velocity(name):
     v = (2, -1)
     out = flow_pairs(frames(4, (64, 48), v), FLOW_METHODS[name](), direction="forward")
@@ -110,7 +110,7 @@ def test_flow_pairs_forward_gives_plus_velocity(name):
 
 # TV-L1 at default parameters loses track of a 7 px diagonal jump on this fine texture at 96x64
 # (DIS does not); MCL only pairs consecutive frames, so TV-L1 is checked on a 5 px jump here.
-@pytest.mark.parametrize("name,v", [("tvl1", (1, 0)), ("dis", (1, 1)), ("dis", (0, -1))])
+@pytest.mark.parametrize("name,v", [("tvl1-opencv", (1, 0)), ("dis", (1, 1)), ("dis", (0, -1))])
 def test_flow_pairs_backward_gap5_gives_minus_five_velocity(name, v):
     out = flow_pairs(frames(7, (96, 64), v, seed=3), FLOW_METHODS[name](), gap=5, direction="backward")
     assert out.shape == (7, 64, 96, 2)

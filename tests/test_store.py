@@ -255,7 +255,7 @@ def test_specs():
     d = load_spec("default")
     every = ("rgb", "iframes", "mv", "flow", "boundary", "edges")
     assert d.modalities == every and d.resolution.short_side == 128 and d.mv.cell == 4
-    assert (d.flow.method, d.flow.edges_gap, d.flow.boundary_operator) == ("tvl1", 5, "prewitt")
+    assert (d.flow.method, d.flow.batch, d.flow.edges_gap, d.flow.boundary_operator) == ("tvl1-torch", 4, 5, "prewitt")
     assert load_spec("fast").flow.method == "dis" and load_spec("raft").flow.method == "raft"
     gpu = load_spec("default-gpu")
     assert (gpu.modalities, gpu.flow.method, gpu.flow.batch) == (every, "tvl1-torch", 64)
@@ -281,6 +281,35 @@ def test_specs():
     assert mv_grid(170, 128, 4) == (43, 32)
 
 
+def test_a_renamed_flow_method_reads_and_hashes_as_before():
+    """`tvl1` was OpenCV's TV-L1 until it became `tvl1-opencv`: a spec or a store's recorded spec naming it means
+    that method, and keeps the digest stores recorded (the shipped `default` spec's until issue 19: 3256876d95dde0d0),
+    so a resumed extract skips the videos it already holds."""
+    old_default = load_spec("default").to_dict()
+    old_default["flow"] |= {"method": "tvl1", "batch": 8}
+    old = spec_from_dict(old_default)
+    assert old.flow.method == "tvl1-opencv" and old.digest == "3256876d95dde0d0"
+    assert spec_from_dict(old.to_dict(), recorded=True) == old
+    assert load_spec("default").digest not in ("3256876d95dde0d0", old.digest)  # new flow: new digest
+    with pytest.raises(SpecError, match="flow.method must be one of .*'tvl1-opencv'"):
+        spec_from_dict({**TINY_SPEC, "flow": {"method": "opencv"}})
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_store_recording_the_old_flow_method_name_still_reads(tmp_path, fmt):
+    """A store whose recorded spec names `tvl1` (OpenCV's TV-L1 before issue 19) opens with tvl1-opencv, keeps the
+    digest it recorded, reads, verifies, and refuses to mix in videos of today's `default` (another flow)."""
+    build_store(tmp_path / "s", fmt)
+    root = json.loads((tmp_path / "s" / ROOT_META).read_text())
+    root["spec"]["flow"]["method"] = "tvl1"
+    (tmp_path / "s" / ROOT_META).write_text(json.dumps(root))
+    s = open_store(tmp_path / "s")
+    assert s.spec.flow.method == "tvl1-opencv" and s.spec.digest == root["spec_digest"]
+    assert verify_store(s) == [] and s.read("a", "rgb", 5, 7)[:, 0, 0, 0].tolist() == [5, 6]
+    with pytest.raises(StoreError):
+        init_store(tmp_path / "s", fmt, load_spec("default"))
+
+
 def test_every_command_has_help():
     for cmd in ("extract", "info", "verify", "dump", "pretrain", "finetune", "evaluate", "show", "plot",
                 "evaluate retrieve", "evaluate classify", "evaluate motion"):
@@ -298,6 +327,7 @@ def test_a_store_written_before_chunk_checksums_still_reads(tmp_path, fmt):
     from dataclasses import replace
 
     default = load_spec("default")
+    default = replace(default, flow=replace(default.flow, method="tvl1-opencv", batch=8))  # `default` until issue 19
     assert default.storage.checksums and default.digest != "e0e9011bb4076c8e"
     assert replace(default, storage=replace(default.storage, checksums=False)).digest == "e0e9011bb4076c8e"
     build_store(tmp_path / "s", fmt, checksums=False)
