@@ -17,7 +17,7 @@ import torch
 from motionssl.train.features import clip_dataset, clip_outputs, load_backbone
 from motionssl.train.finetune import load_stream_classifiers
 from motionssl.eval.metrics import (
-    RECALL_KS, average_clip_probabilities, confusion_matrix, retrieval, retrieval_features, topk_accuracy,
+    RECALL_KS, average_clip_probabilities, confusion_matrix, retrieval, retrieval_features, softmax, topk_accuracy,
 )
 from motionssl.pictures import write_png
 from motionssl.pictures.figures import confusion_image, recall_curve, retrieval_grid
@@ -119,8 +119,11 @@ def evaluate_classification(checkpoint: Path, store_path: Path, labels: Sequence
     if num_classes != len(s.classes):
         raise ValueError(f"{checkpoint} classifies {num_classes} classes, the labels have {len(s.classes)}")
     test, ytest = s.part("test")
-    probs = average_clip_probabilities(np.concatenate([_outputs(model, store, test, ytest, p, modality)
-                                                       for model, modality in streams], axis=1))
+    logits = np.concatenate([_outputs(model, store, test, ytest, p, modality) for model, modality in streams], axis=1)
+    if (payload["config"].get("method_options") or {}).get("classifier") == "svm":
+        probs = softmax(logits.mean(axis=1))  # the SVM on the mean feature: its decision values averaged
+    else:
+        probs = average_clip_probabilities(logits)
     ks = [k for k in (1, 5) if k <= num_classes]
     accuracy = topk_accuracy(probs, np.array(ytest), ks)
     matrix = confusion_matrix(probs.argmax(1), np.array(ytest), num_classes)

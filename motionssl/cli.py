@@ -58,6 +58,11 @@ class Network(str, Enum):
     m = "m"
 
 
+class Classifier(str, Enum):
+    softmax = "softmax"
+    svm = "svm"
+
+
 class Stream(str, Enum):
     rgb = "rgb"
     mv = "mv"
@@ -415,6 +420,9 @@ def finetune(
                                             "fine-tuning; default 0.3, CMD's)."),
     aux_motion: Optional[float] = typer.Option(None, min=0.0, help="Weight of CMD's motion-prediction loss as a "
                                                "regulariser (paper: 0.2); the store needs motion vectors."),
+    classifier: Optional[Classifier] = typer.Option(None, help="With --linear-probe: softmax (a linear layer, "
+                                                    "default) or svm (a linear SVM on the video-level cached "
+                                                    "features, MCL's protocol; scikit-learn)."),
     stream: Optional[Stream] = typer.Option(None, help="Which encoder classifies: rgb (default), mv (an mvcgc "
                                             "checkpoint's MV encoder on the store's motion vectors) or both (two "
                                             "classifiers, late fusion of their probabilities; MVCGC Tables 2, 4)."),
@@ -439,6 +447,9 @@ def finetune(
 
     if cached_features and not linear_probe:
         fail("--cached-features needs --linear-probe (a fine-tuned backbone changes its features)")
+    svm = classifier is Classifier.svm
+    if svm and not linear_probe:
+        fail("--classifier svm needs --linear-probe (the SVM is fitted on frozen features)")
     try:
         saved = output / "config.yaml"
         yaml_values = load_yaml(config) if config else (load_yaml(saved) if resume and saved.exists() else {})
@@ -449,11 +460,12 @@ def finetune(
             defaults.update({k: trained[k] for k in ("clip_len", "stride", "size") if trained.get(k)})
         options = {"checkpoint": str(checkpoint) if checkpoint else None, "labels": [str(p) for p in labels] or None,
                    "split": split, "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
-                   "dropout": dropout, "aux_motion": aux_motion, "stream": stream.value if stream else None}
+                   "dropout": dropout, "aux_motion": aux_motion, "stream": stream.value if stream else None,
+                   "classifier": classifier.value if classifier else None}
         cli_values = _config_values(store, output, run, method="finetune",
                                     method_options={k: v for k, v in options.items() if v is not None})
         cfg = resolve(defaults, yaml_values, cli_values, source=str(config or "command line"))
-        if cached_features:
+        if cached_features or svm:  # an SVM is fitted on cached features, always
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
         else:
             summary = train(cfg, resume=resume, method_cls=Finetune)

@@ -14,6 +14,11 @@ Transformer and heads at CMD's paper settings (`train/motion_prediction.py`); th
 motion vectors and hard negatives, so the store needs `mv`. Logged: ce, motion_loss, motion_top1. The regulariser's
 networks are saved in the checkpoint (so a resume continues exactly) but are not part of the classifier.
 
+`classifier` svm (`--linear-probe --classifier svm`, MCL's linear protocol on UCF101): a linear SVM (scikit-learn's
+LinearSVC, one-vs-rest, squared hinge, C = `svm_c`) on the standardised video-level features, the mean of `--views`
+clip features per video; the fitted SVM (standardisation folded in) becomes the linear head, so that `evaluate
+classify` runs it, ranking by the decision values averaged over clips, i.e. the SVM on the mean feature.
+
 `stream` (`--stream`, MVCGC's Tables 2, 4 and 5): `rgb` (default) classifies RGB clips with the checkpoint's backbone;
 `mv` classifies the store's motion vectors with the MV encoder of an `mvcgc` checkpoint (`mvcgc.mv_encoder`, its
 input made as in pretraining); `both` trains the two classifiers side by side (loss = CE_rgb + CE_mv) and predicts by
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +81,8 @@ class FinetuneOptions:
     dropout: float = 0.3            # before the classifier, full fine-tuning only (CMD)
     aux_motion: float = 0.0         # weight of CMD's motion prediction as a regulariser (paper 000 Table 6: 0.2)
     stream: str = "rgb"             # rgb | mv | both: which of an MVCGC run's encoders classify (module docstring)
+    classifier: str = "softmax"     # softmax | svm: the linear probe's classifier (svm: MCL's protocol)
+    svm_c: float = 1.0              # the SVM's C
 
 
 def read_split(cfg: PretrainConfig, store: Store) -> Split:
@@ -250,6 +259,35 @@ def fit_linear(head: nn.Linear, x: Tensor, y: Tensor, *, steps: int, lr: float, 
     return loss.item()
 
 
+CLASSIFIERS = ("softmax", "svm")
+
+
+def fit_svm(head: nn.Linear, x: Tensor, y: Tensor, *, c: float = 1.0) -> dict:
+    """Fit a linear SVM (LinearSVC: one-vs-rest, squared hinge, C = c) on features x (N, D), standardised per
+    dimension, and labels y (N,); write it into `head` so that head(x) gives its decision values (two classes:
+    -s/2 and s/2). Returns {"loss": mean squared hinge over samples and classes, "acc": training accuracy}."""
+    from sklearn.svm import LinearSVC
+
+    xs = x.double().cpu().numpy()
+    mean, std = xs.mean(0), xs.std(0)
+    std[std == 0] = 1.0
+    svm = LinearSVC(C=c, max_iter=10000).fit((xs - mean) / std, y.cpu().numpy())
+    w, b = svm.coef_ / std, svm.intercept_ - (svm.coef_ / std) @ mean   # on the raw features
+    if len(svm.classes_) == 2:
+        w, b = np.concatenate([-w, w]) / 2, np.concatenate([-b, b]) / 2
+    weight, bias = np.zeros((head.out_features, xs.shape[1])), np.full(head.out_features, -1e4)
+    weight[svm.classes_], bias[svm.classes_] = w, b          # classes absent from training are never predicted
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    labels = y.cpu().numpy()
+    scores = svm.decision_function((xs - mean) / std).reshape(len(xs), -1)  # one column per binary problem
+    positive = svm.classes_[None, :] if len(svm.classes_) > 2 else svm.classes_[None, 1:]
+    signs = np.where(labels[:, None] == positive, 1.0, -1.0)
+    loss = float(np.mean(np.maximum(0.0, 1 - signs * scores) ** 2))
+    return {"loss": loss, "acc": float((svm.predict((xs - mean) / std) == labels).mean())}
+
+
 def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size: int = 8,
                              device: str = "cpu") -> dict:
     """The linear protocol's fast path: features of `views` evenly spaced centre clips of every training video,
@@ -267,6 +305,8 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
     method = Finetune(cfg, total_steps=total_steps, num_classes=len(split.classes))
     if not method.opts.linear_probe:
         raise ConfigError("cached features are for --linear-probe only")
+    if method.opts.classifier not in CLASSIFIERS:
+        raise ConfigError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, got {method.opts.classifier!r}")
     t0 = time.perf_counter()
     modality = method.opts.stream  # rgb or mv: a stream reads the modality of its name
     if modality == "both":
@@ -282,8 +322,13 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
     log = RunLog(run_dir, resume_step=None, tensorboard=False)
     write_yaml(cfg, run_dir / "config.yaml")
     head = method.model.head.to(device)
-    loss = fit_linear(head, x.to(device), y.to(device), steps=total_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                      log_every=cfg.log_every, log=log.log)
+    if method.opts.classifier == "svm":  # on the video-level features: the mean of each video's clips (MCL)
+        fitted = fit_svm(head, features.mean(1), torch.tensor(labels), c=method.opts.svm_c)
+        log.log(1, {"loss": fitted["loss"], "lr": 0.0, "acc": fitted["acc"]})
+        loss = fitted["loss"]
+    else:
+        loss = fit_linear(head, x.to(device), y.to(device), steps=total_steps, lr=cfg.lr,
+                          weight_decay=cfg.weight_decay, log_every=cfg.log_every, log=log.log)
     log.close()
     method.cpu()
     checkpoint.save(run_dir / checkpoint.LAST, {
