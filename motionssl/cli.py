@@ -413,7 +413,8 @@ def finetune(
                                       "included) and train a linear classifier."),
     cached_features: bool = typer.Option(False, "--cached-features", help="With --linear-probe: compute the frozen "
                                          "features of --views centre clips per video once and train on them (fast)."),
-    views: int = typer.Option(10, min=1, help="Clips per training video for --cached-features."),
+    views: int = typer.Option(10, min=1, help="Clips per training video for --cached-features and --classifier svm "
+                              "(MCL: 20)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation (the checkpoint's "
                                       "architecture, or --backbone): the papers' baseline."),
     dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Dropout before the classifier (full "
