@@ -67,6 +67,9 @@ def evaluate_retrieval(checkpoint: Path, store_path: Path, labels: Sequence[Path
     similarities (paper 003 Table 5)."""
     backbone, payload, _ = load_backbone(checkpoint)
     streams = [(backbone, "rgb")]
+    if (payload["config"].get("method_options") or {}).get("stream") == "mv":  # a `finetune --stream mv` run
+        streams = [(MVInput(backbone, size=payload["config"]["size"], clamp=payload["backbone"].get("mv_clamp", 10.0)),
+                    "mv")]
     if network != "v" and stream != "rgb":
         raise ValueError("--network picks a CMD network and --stream an MVCGC stream: give one of them")
     if network != "v":

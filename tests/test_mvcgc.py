@@ -335,6 +335,9 @@ def test_streams_in_finetune_and_evaluate(tiny_stores, tmp_path):
     r = motionssl("evaluate", "classify", store, "--checkpoint", runs["mv"] / "checkpoint.pt", "--labels", labels,
                   "-o", tmp_path / "bad", "--stream", "rgb")
     assert r.returncode == 2 and "fine-tuned with --stream mv" in r.stderr
+    r = motionssl("evaluate", "retrieve", store, "--checkpoint", runs["mv"] / "checkpoint.pt", "--labels", labels,
+                  "-o", tmp_path / "ret-ft-mv", "--views", "2")  # a fine-tuned MV encoder retrieves on mv
+    assert r.returncode == 0, r.stderr
     for stream in ("rgb", "mv", "both"):
         out = tmp_path / f"ret-{stream}"
         r = motionssl("evaluate", "retrieve", store, "--checkpoint", ckpt, "--labels", labels, "-o", out, "--views",

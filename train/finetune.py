@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import json
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
