@@ -4,7 +4,8 @@ For every frame pair (t, t+1) of the chosen videos, each representation turns fr
 t+1, and the error is the mean absolute difference with the true frame t+1, frames normalised to [-1, 1]
 (x / 127.5 - 1) as the paper does: over the whole frame (Table 1's l1), and over the interior, `margin` pixels
 from each side left out, where content entering the frame cannot come from any warp of frame t. Every row is
-measured on the same pairs, at the stored resolution.
+measured on the same pairs, at the stored resolution. Each row also has Table 1 (right)'s PSNR and SSIM of the
+prediction against the true frame t+1 (whole frame, range 2), means over the pairs.
 
 How each representation predicts frame t+1 from frame t (warps sample bilinearly, coordinates clamped to the frame):
 - identity: frame t itself, i.e. no motion. The baseline the others are read against.
@@ -40,7 +41,7 @@ from motionssl.train import checkpoint
 from motionssl.train.augment import normalize
 from motionssl.train.checkpoint import CheckpointError
 from motionssl.train.config import config_from_dict
-from motionssl.train.methods.cgm import CGM, SCALE, filter_displacement, pixel_adaptive_warp
+from motionssl.train.methods.cgm import CGM, dilate_filters, filter_displacement, pixel_adaptive_warp
 
 BLOCK_PAIRS = 32  # pairs read at once when no checkpoint sets the clip length
 
@@ -87,6 +88,37 @@ def clip_blocks(n_frames: int, clip_len: int) -> list[tuple[int, list[int]]]:
     return blocks
 
 
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per pair of (N, C, H, W) frames in [-1, 1]: 10 log10(peak^2 / MSE), peak = 2 (the range), MSE floored at
+    1e-10 so that an exact prediction gives 106 dB instead of infinity."""
+    mse = ((pred.double() - target.double()) ** 2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(4 / mse.clamp(min=1e-10))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per pair of (N, C, H, W) frames in [-1, 1]: SSIM (Wang et al. 2004) with a Gaussian window (11 px,
+    sigma 1.5), K1 0.01, K2 0.03, dynamic range 2, each channel on its own, the mean over channels and the
+    positions where the window fits in the frame (scikit-image's `gaussian_weights=True`). A frame smaller than
+    the window uses the largest odd window that fits."""
+    window = min(window, *(d - (d + 1) % 2 for d in pred.shape[2:]))
+    x, y = pred.double(), target.double()
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - window // 2) ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window).to(x.device)
+
+    def blur(z):
+        return F.conv2d(z, kernel, groups=x.shape[1])
+
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    # the unbiased (co)variances, as scikit-image: the window's weights sum to 1, the sample count is its area
+    n = window * window
+    vx, vy, cxy = (v * n / (n - 1) for v in (vx, vy, cxy))
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
 def pair_errors(pred: torch.Tensor, target: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pair: (mean |pred - target| over the frame, the same over the interior `margin` px from each side)."""
     err = (pred - target).abs()
@@ -130,10 +162,11 @@ class LearnedMotion:
             raise ValueError(f"{n} frames for a clip of {self.clip_len}")
         padded = np.concatenate([frames, np.repeat(frames[-1:], self.clip_len - n, axis=0)])
         clip = normalize(torch.from_numpy(padded).permute(3, 0, 1, 2).float().div_(255))
-        ph, pw = -h % SCALE, -w % SCALE
+        ph, pw = -h % self.model.scale, -w % self.model.scale
         clip = F.pad(clip, (0, pw, 0, ph), mode="replicate")[None].to(self.device)
-        hr = self.model.motion_maps(clip).hr[0].transpose(0, 1)  # (T, k^2, H', W')
-        return hr[:n, :, :h, :w].float().cpu()
+        maps = self.model.motion_maps(clip)
+        hr = dilate_filters(maps.hr[0].transpose(0, 1)[:n], maps.hr_dilation)  # (n, k^2, H', W')
+        return hr[:, :, :h, :w].float().cpu()
 
     def displacement(self, store: Store, video_id: str, steps: Sequence[int]) -> np.ndarray:
         """(len(steps), H, W, 2) (dx, dy): the centroid of each pixel's filter in map t, from a clip around t."""
@@ -156,6 +189,8 @@ class Row:
     interior: list[float] = field(default_factory=list)
     per_video: dict[str, float] = field(default_factory=dict)
     valid: list[float] = field(default_factory=list)     # motion vectors: share of pixels with a vector, per block
+    psnr: list[float] = field(default_factory=list)      # per pair, dB (Table 1, right)
+    ssim: list[float] = field(default_factory=list)      # per pair
 
 
 def _flow_name(store: Store, label: str | None = None) -> str:
@@ -241,6 +276,8 @@ def evaluate_motion(store_path: Path, out: Path, *, checkpoint_path: Path | None
                 whole, inner = pair_errors(pred, target, margin)
                 rows[key].whole += whole.tolist()
                 rows[key].interior += inner.tolist()
+                rows[key].psnr += psnr(pred, target).tolist()
+                rows[key].ssim += ssim(pred, target).tolist()
                 sums[key] += whole.tolist()
             middle = (n - 1) // 2
             if not example and middle in pairs:
@@ -266,6 +303,7 @@ def _report(rows: dict[str, Row], example: dict, *, store_path: Path, out: Path,
         l1, inner = float(np.mean(row.whole)), float(np.mean(row.interior))
         entry = {"key": key, "name": row.name, "how": row.how, "l1": l1, "l1_interior": inner,
                  "vs_identity": l1 / identity if identity > 0 else None, "pairs": len(row.whole),
+                 "psnr": float(np.mean(row.psnr)), "ssim": float(np.mean(row.ssim)),
                  "per_video": row.per_video}
         if row.valid:
             entry["valid_pixels"] = float(np.mean(row.valid))
@@ -285,12 +323,13 @@ def _report(rows: dict[str, Row], example: dict, *, store_path: Path, out: Path,
               "normalisation": "frames / 127.5 - 1, in [-1, 1]", "rows": table_rows,
               "pictures": {k: str(v) for k, v in pictures.items()}, "video_ids": videos}
     (out / "motion.json").write_text(json.dumps(result, indent=1))
-    lines = [f"| representation | l1 (whole frame) | l1 (interior, {margin} px margin) | / identity | how |",
-             "|---|---|---|---|---|"]
+    lines = [f"| representation | l1 (whole frame) | l1 (interior, {margin} px margin) | / identity | PSNR (dB) | SSIM "
+             f"| how |", "|---|---|---|---|---|---|---|"]
     for r in table_rows:
         ratio = "-" if r["vs_identity"] is None else f"{r['vs_identity']:.2f}"
         valid = f"; valid vectors on {100 * r['valid_pixels']:.0f}% of pixels" if "valid_pixels" in r else ""
-        lines.append(f"| {r['name']} | {r['l1']:.4f} | {r['l1_interior']:.4f} | {ratio} | {r['how']}{valid} |")
+        lines.append(f"| {r['name']} | {r['l1']:.4f} | {r['l1_interior']:.4f} | {ratio} | {r['psnr']:.2f} "
+                     f"| {r['ssim']:.4f} | {r['how']}{valid} |")
     table = "\n".join(lines) + f"\n\n{result['pairs']} frame pairs of {len(videos)} videos, frames in [-1, 1].\n"
     (out / "motion.md").write_text(table)
     result["table"] = table

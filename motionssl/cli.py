@@ -52,6 +52,23 @@ class Crops(str, Enum):
     ten = "10"
 
 
+class Network(str, Enum):
+    v = "v"
+    i = "i"
+    m = "m"
+
+
+class Classifier(str, Enum):
+    softmax = "softmax"
+    svm = "svm"
+
+
+class Stream(str, Enum):
+    rgb = "rgb"
+    mv = "mv"
+    both = "both"
+
+
 def _default(name: str) -> str:
     """`PretrainConfig`'s default for field `name`, for the help text (the config is the one source)."""
     field = next(f for f in fields(PretrainConfig) if f.name == name)
@@ -396,13 +413,20 @@ def finetune(
                                       "included) and train a linear classifier."),
     cached_features: bool = typer.Option(False, "--cached-features", help="With --linear-probe: compute the frozen "
                                          "features of --views centre clips per video once and train on them (fast)."),
-    views: int = typer.Option(10, min=1, help="Clips per training video for --cached-features."),
+    views: int = typer.Option(10, min=1, help="Clips per training video for --cached-features and --classifier svm "
+                              "(MCL: 20)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation (the checkpoint's "
                                       "architecture, or --backbone): the papers' baseline."),
     dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Dropout before the classifier (full "
                                             "fine-tuning; default 0.3, CMD's)."),
     aux_motion: Optional[float] = typer.Option(None, min=0.0, help="Weight of CMD's motion-prediction loss as a "
                                                "regulariser (paper: 0.2); the store needs motion vectors."),
+    classifier: Optional[Classifier] = typer.Option(None, help="With --linear-probe: softmax (a linear layer, "
+                                                    "default) or svm (a linear SVM on the video-level cached "
+                                                    "features, MCL's protocol; scikit-learn)."),
+    stream: Optional[Stream] = typer.Option(None, help="Which encoder classifies: rgb (default), mv (an mvcgc "
+                                            "checkpoint's MV encoder on the store's motion vectors) or both (two "
+                                            "classifiers, late fusion of their probabilities; MVCGC Tables 2, 4)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto or a checkpoint path (as pretrain)."),
     **run,
@@ -424,6 +448,9 @@ def finetune(
 
     if cached_features and not linear_probe:
         fail("--cached-features needs --linear-probe (a fine-tuned backbone changes its features)")
+    svm = classifier is Classifier.svm
+    if svm and not linear_probe:
+        fail("--classifier svm needs --linear-probe (the SVM is fitted on frozen features)")
     try:
         saved = output / "config.yaml"
         yaml_values = load_yaml(config) if config else (load_yaml(saved) if resume and saved.exists() else {})
@@ -434,11 +461,12 @@ def finetune(
             defaults.update({k: trained[k] for k in ("clip_len", "stride", "size") if trained.get(k)})
         options = {"checkpoint": str(checkpoint) if checkpoint else None, "labels": [str(p) for p in labels] or None,
                    "split": split, "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
-                   "dropout": dropout, "aux_motion": aux_motion}
+                   "dropout": dropout, "aux_motion": aux_motion, "stream": stream.value if stream else None,
+                   "classifier": classifier.value if classifier else None}
         cli_values = _config_values(store, output, run, method="finetune",
                                     method_options={k: v for k, v in options.items() if v is not None})
         cfg = resolve(defaults, yaml_values, cli_values, source=str(config or "command line"))
-        if cached_features:
+        if cached_features or svm:  # an SVM is fitted on cached features, always
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
         else:
             summary = train(cfg, resume=resume, method_cls=Finetune)
@@ -505,12 +533,18 @@ def evaluate_retrieve(
                               "ends and the centre of the long side) or 10 (CoCLR's ten-crop: corners, centre, flips)."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
+    network: Network = typer.Option(Network.v, help="Which network's features: v, the backbone (CMD's V-network); "
+                                    "i or m, a `cmd` checkpoint's I-network (single frames) or M-network (motion "
+                                    "vectors; paper 000 Table 5)."),
+    stream: Stream = typer.Option(Stream.rgb, help="rgb: the backbone on RGB clips; mv: an mvcgc checkpoint's MV "
+                                  "encoder on the store's motion vectors; both: the two, features fused (MVCGC "
+                                  "Tables 2, 5)."),
 ):
     """Nearest-neighbour retrieval (CoCLR): test videos query train videos; R@1, 5, 10, 20, 50."""
     from motionssl.eval.evaluate import evaluate_retrieval
 
-    _evaluate(evaluate_retrieval, checkpoint, store, labels, output, split,
-              _protocol(views, clip_len, stride, size, batch_size, workers, crops))
+    _evaluate(functools.partial(evaluate_retrieval, network=network.value, stream=stream.value), checkpoint, store,
+              labels, output, split, _protocol(views, clip_len, stride, size, batch_size, workers, crops))
 
 
 @evaluate_app.command("classify")
@@ -528,12 +562,15 @@ def evaluate_classify(
                               "SlowFast) or 10 (ten-crop, MVCGC / CoCLR); probabilities averaged over clips x crops."),
     batch_size: int = typer.Option(8, min=1, help="Videos per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader workers."),
+    stream: Optional[Stream] = typer.Option(None, help="The stream(s) to classify with (default: the one the run was "
+                                            "fine-tuned on); a `finetune --stream both` run takes rgb, mv or both "
+                                            "(late fusion)."),
 ):
     """Top-1 / top-5 accuracy on the test videos, probabilities averaged over evenly spaced clips (x crops)."""
     from motionssl.eval.evaluate import evaluate_classification
 
-    _evaluate(evaluate_classification, checkpoint, store, labels, output, split,
-              _protocol(views, clip_len, stride, size, batch_size, workers, crops))
+    _evaluate(functools.partial(evaluate_classification, stream=stream.value if stream else None), checkpoint, store,
+              labels, output, split, _protocol(views, clip_len, stride, size, batch_size, workers, crops))
 
 
 @evaluate_app.command("motion")
@@ -551,7 +588,8 @@ def evaluate_motion(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Warp each frame with each motion representation and measure the l1 error against the true next frame
-    (frames in [-1, 1], CGM-Net Table 1): identity (no motion), motion vectors, stored flow, CGM-Net maps."""
+    (frames in [-1, 1], CGM-Net Table 1), with PSNR and SSIM (its right half): identity (no motion), motion
+    vectors, stored flow, CGM-Net maps."""
     from motionssl.eval.motion import evaluate_motion as run
     from motionssl.stores import StoreError
     from motionssl.train.checkpoint import CheckpointError

@@ -7,13 +7,13 @@ from torchvision.models import video as tv_video
 from motionssl.train.backbones import BACKBONES, r2d_10, r2plus1d_18, r3d_10, r3d_18, s3d
 
 TINY = {"r3d18": {"width": 4}, "r2plus1d18": {"width": 4}, "r3d10": {"width": 4}, "r2d10": {"width": 4},
-        "r2d18": {"width": 4}, "s3d": {"width_mult": 4 / 64}, "c3d": {"width": 4}}
+        "r2d18": {"width": 4}, "s3d": {"width_mult": 4 / 64}, "c3d": {"width": 4}, "slow_r50": {"width": 4}}
 
 
 def expected_map(name: str, t: int, h: int) -> tuple[int, int]:
     """(T', H') of the last feature map: every stride-2 stage rounds up, so k of them give ceil(size / 2**k)."""
     spatial = 16 if name.startswith("r") else 32
-    temporal = {"r2d10": 1, "r2d18": 1, "s3d": 8, "c3d": 16}.get(name, 8)
+    temporal = {"r2d10": 1, "r2d18": 1, "s3d": 8, "c3d": 16, "slow_r50": 1}.get(name, 8)
     return math.ceil(t / temporal), math.ceil(h / spatial)
 
 
@@ -38,7 +38,8 @@ def test_shapes_and_pooling(name, in_channels, t, h):
 def test_out_dims_at_tiny_width():
     dims = {name: BACKBONES[name](**TINY[name]).out_dim for name in BACKBONES}
     # 8 x width for the ResNets and C3D; S3D's last block: 384 + 384 + 128 + 128 at 1/16 width.
-    assert dims == {"r3d18": 32, "r2plus1d18": 32, "r3d10": 32, "r2d10": 32, "r2d18": 32, "s3d": 24 + 24 + 8 + 8, "c3d": 32}
+    assert dims == {"r3d18": 32, "r2plus1d18": 32, "r3d10": 32, "r2d10": 32, "r2d18": 32, "s3d": 24 + 24 + 8 + 8, "c3d": 32,
+                    "slow_r50": 4 * 8 * 4}  # Slow-only: bottleneck expansion 4
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -113,3 +114,24 @@ def test_last_convs_make_the_last_feature_map(name):
     assert stacked.shape == fmap.shape or name == "c3d"
     grads = torch.autograd.grad(fmap.square().sum(), outputs)
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_slow_r50_is_resnet50_with_the_slow_only_temporal_kernels():
+    """MoDist's R3D-50 (paper 002 Table 1): torchvision's 2D ResNet-50 with the stem's kernel 5 deep in time and the
+    first conv of every res4 and res5 bottleneck 3 deep; at full width the parameters are ResNet-50's (no fc) plus
+    those extra temporal taps, counted in closed form."""
+    from torchvision.models import resnet50
+
+    from motionssl.train.backbones import slow_r50
+
+    net = slow_r50()
+    r50 = resnet50()
+    extra = 4 * (3 * 64 * 7 * 7)                       # stem: 5 temporal taps instead of 1
+    for stage, (inplanes, planes, blocks) in {"layer3": (512, 256, 6), "layer4": (1024, 512, 3)}.items():
+        extra += 2 * planes * (inplanes + (blocks - 1) * 4 * planes)  # conv1 of each block: 3 taps instead of 1
+    assert n_params(net) == n_params(r50) - n_params(r50.fc) + extra == 31_672_128
+    kernels = {name: m.kernel_size[0] for name, m in net.named_modules() if name.endswith("conv1")}
+    assert kernels["layer1.0.conv1"] == kernels["layer2.3.conv1"] == 1 and kernels["layer3.5.conv1"] == 3
+    assert kernels["layer4.0.conv1"] == 3 and net.stem[0].kernel_size == (5, 7, 7) and net.out_dim == 2048
+    x = torch.randn(1, 3, 8, 64, 64)
+    assert slow_r50(width=4).forward_features(x).shape == (1, 128, 8, 2, 2)  # no temporal stride, spatial 32

@@ -17,8 +17,8 @@ from motionssl.train import checkpoint
 from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import ClipDataset, finish_batch
 from motionssl.train.methods.cgm import (
-    CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, filter_displacement, periodic_shuffle,
-    pixel_adaptive_warp, to_signed_unit,
+    CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, derived_k_hr, dilate_filters,
+    filter_displacement, per_frame, periodic_shuffle, pixel_adaptive_warp, to_signed_unit,
 )
 from motionssl.train.run_log import read_log
 from test_extract import motionssl
@@ -255,3 +255,68 @@ def test_training_clips_are_the_stored_pixels_cropped_and_flipped_only(cgm_store
         rgb = finish_batch(ds[(i, 0)])["views"][0]["rgb"]
         levels = (to_signed_unit(rgb[None]) + 1) * 127.5
         assert (levels - levels.round()).abs().max() < 1e-3
+
+
+# -- Table 6 (upsampler) and Figure 6 (scale) ------------------------------------------------------------------
+
+def test_a_dilated_warp_is_the_warp_of_the_zero_holed_filter_and_moves_by_the_dilation():
+    torch.manual_seed(0)
+    x, filters = torch.randn(2, 3, 12, 14), torch.randn(2, 9, 12, 14)
+    big = dilate_filters(filters, 4)
+    assert big.shape == (2, 81, 12, 14)
+    assert torch.equal(big.view(2, 9, 9, 12, 14)[:, ::4, ::4].flatten(1, 2), filters)
+    assert big.view(2, 9, 9, 12, 14)[:, 1::4].abs().sum() == 0                          # the zero holes
+    assert torch.allclose(pixel_adaptive_warp(x, filters, dilation=4), pixel_adaptive_warp(x, big), atol=1e-6)
+    one_hot = torch.zeros(1, 9, 12, 14)
+    one_hot[:, 5] = 1                                                                  # tap (dy, dx) = (0, +1)
+    moved = pixel_adaptive_warp(x[:1], one_hot, dilation=4)[0]
+    assert torch.equal(moved[:, :, 4:], x[0, :, :, :-4])                               # 4 px right
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_the_unlearned_upsamplers_resize_the_lr_taps_and_dilate_them(mode):
+    torch.manual_seed(0)
+    m = CGM(tiny_cfg(method_options={"upsampler": mode}), total_steps=1)
+    assert m.context is None and m.upsampler is None                                   # no CGMUL, no context
+    maps = m.motion_maps(torch.randn(2, 3, 4, 32, 40))
+    assert maps.lr.shape == (2, 9, 4, 8, 10) and maps.hr.shape == (2, 9, 4, 32, 40) and maps.hr_dilation == 4
+    lr = per_frame(maps.lr)
+    expected = F.interpolate(lr, scale_factor=4, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    assert torch.allclose(per_frame(maps.hr), expected)
+    if mode == "nearest":
+        assert torch.equal(per_frame(maps.hr)[:, :, 5, 9], lr[:, :, 1, 2])              # the LR cell's own filter
+    # the loss warps frames with the dilated filters: it differs from CGMUL's
+    batch = {"views": [{"rgb": torch.randn(2, 3, 5, 32, 32)}]}
+    out = m(batch, step=0)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in m.decoder.parameters())
+
+
+@pytest.mark.parametrize("scale, k_hr, lr_side", [(2, 3, 16), (4, 5, 8), (8, 9, 4)])
+def test_the_scale_sets_the_lr_grid_the_context_stride_and_k_hr(scale, k_hr, lr_side):
+    assert derived_k_hr(5, scale) == k_hr and derived_k_hr(3, 4) == 3
+    m = CGM(tiny_cfg(method_options={"scale": scale}), total_steps=1)
+    assert m.k_hr == k_hr and m.upsampler.scale == scale
+    maps = m.motion_maps(torch.randn(1, 3, 4, 32, 32))
+    assert maps.lr.shape[-2:] == (lr_side, lr_side) and maps.hr.shape[1:] == (k_hr ** 2, 4, 32, 32)
+    assert m.context(torch.randn(1, 3, 32, 32)).shape[-1] == 32 // scale
+    keys = {k: v.shape for k, v in ContextExtractor(width=8, stride=scale).state_dict().items()}
+    assert keys == {k: v.shape for k, v in ContextExtractor(width=8).state_dict().items()}  # same weights at any scale
+
+
+def test_pretrain_runs_every_upsampler_and_scale(cgm_store, tmp_path):
+    for i, options in enumerate([["upsampler=nearest"], ["upsampler=bilinear", "scale=8"], ["scale=2"]]):
+        run = tmp_path / f"r{i}"
+        r = cli("pretrain", "--method", "cgm", cgm_store, "-o", run, *TINY, "--steps", "2", "--batch-size", "3",
+                "--log-every", "1", *(a for o in options for a in ("--option", o)))
+        assert r.exit_code == 0, r.output
+        assert len(read_log(run)) == 2 and all(np.isfinite(row["loss"]) for row in read_log(run))
+        saved = checkpoint.load(run / "checkpoint.pt")
+        assert all(f"{o.split('=')[0]}" in saved["config"]["method_options"] for o in options)
+        has_cgmul = any(k.startswith("upsampler.") for k in saved["method"])
+        assert has_cgmul == ("upsampler=nearest" not in options and "upsampler=bilinear" not in options)
+    for extra, message in [("scale=3", "choose one of 2, 4, 8"), ("upsampler=bicubic", "choose one of cgmul")]:
+        r = cli("pretrain", "--method", "cgm", cgm_store, "-o", tmp_path / "bad", *TINY, "--steps", "1",
+                "--batch-size", "2", "--option", extra)
+        assert r.exit_code == 2 and message in r.stderr, r.output

@@ -391,3 +391,117 @@ def test_finetune_with_aux_motion_adds_the_regulariser(moco_store, tmp_path):
     common[common.index(run)] = tmp_path / "probe"
     r = motionssl("finetune", *[str(a) for a in common], "--aux-motion", "0.2", "--linear-probe")
     assert r.returncode == 2 and "not with --linear-probe" in r.stderr
+
+
+# --- Tables 1, 4 and 5: motion_loss, motion_source, retrieval with the I- and M-networks ----------------------------
+
+def test_motion_patches_give_each_target_position_its_own_cells():
+    from motionssl.train.motion_prediction import motion_patches
+
+    x = torch.arange(2 * 2 * 4 * 8 * 8, dtype=torch.float32).view(2, 2, 4, 8, 8)  # (B, C, F, g, g)
+    rows = motion_patches(x, (1, 2, 2))                 # 2 x 2 positions of 4 x 4 cells, every frame, both channels
+    assert rows.shape == (2 * 4, 2 * 4 * 16)
+    b, y, xx = 1, 0, 1                                  # row (b, t=0, y, x) = b * 4 + y * 2 + x
+    expected = x[b, :, :, 4 * y:4 * y + 4, 4 * xx:4 * xx + 4].reshape(-1)
+    assert torch.equal(rows[b * 4 + y * 2 + xx], expected)
+
+
+def test_motion_value_losses_match_a_naive_reference():
+    from motionssl.train.motion_prediction import motion_value_loss, quantise_motion
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(5, 6, generator=g) * 2.4 - 1.2              # past +-1: clamped into the end bins
+    valid = torch.rand(5, 6, generator=g) > 0.3
+    bins = 4
+    assert quantise_motion(torch.tensor([-2.0, -1.0, -0.51, -0.5, 0.0, 0.49, 0.5, 1.0, 3.0]), bins).tolist() == \
+        [0, 0, 0, 1, 2, 2, 3, 3, 3]
+    pred = torch.randn(5, 6, generator=g)
+    loss, acc = motion_value_loss(pred, target, valid, loss="mse", bins=bins)
+    pairs = [(p, t) for p, t, v in zip(pred.flatten().tolist(), target.flatten().tolist(), valid.flatten()) if v]
+    assert loss.item() == pytest.approx(np.mean([(p - t) ** 2 for p, t in pairs]), rel=1e-6)
+    bin_of = lambda v: min(int((min(max(v, -1), 1) + 1) * bins / 2), bins - 1)  # noqa: E731
+    assert acc.item() == pytest.approx(np.mean([bin_of(p) == bin_of(t) for p, t in pairs]))
+    logits = torch.randn(5, 6, bins, generator=g)
+    loss, acc = motion_value_loss(logits, target, valid, loss="ce", bins=bins)
+    naive = [-math.log(math.exp(logits[i, j, bin_of(target[i, j].item())].item())
+                       / sum(math.exp(v) for v in logits[i, j].tolist()))
+             for i in range(5) for j in range(6) if valid[i, j]]
+    assert loss.item() == pytest.approx(np.mean(naive), rel=1e-5)
+    assert motion_value_loss(logits, target, torch.zeros_like(valid), loss="ce", bins=bins)[0].item() == 0
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_motion_loss_mse_and_ce_predict_the_values_without_an_m_network(loss):
+    method = tiny_cmd(motion_loss=loss, motion_bins=8).train()
+    names = {n for n, _ in method.named_parameters()}
+    assert not any(n.startswith(("motion.m_network", "motion.target_head", "motion.pred_head")) for n in names)
+    per_value = 8 if loss == "ce" else 1
+    assert method.motion.values.out_features == 2 * 4 * 16 * per_value  # 2 channels x 4 frames x 4 x 4 cells
+    batch = random_batch(negatives=0)
+    del batch["negative_mv"]
+    out = method(batch, step=0)
+    # the loss is the value loss on the patches of the batch's future motion, not eq. 2
+    from motionssl.train.motion_prediction import motion_patches, motion_value_loss
+
+    method.eval()  # running BN statistics: the same forward twice
+    with torch.no_grad():
+        target = motion_patches(scale_motion(batch["future_mv"]), method.motion.target_shape)
+        again = method(batch, step=0)["logs"]["motion_loss"]
+        clip_map = method.backbone.forward_features(batch["views"][0]["rgb"])
+        pred = method.motion.values(method.motion.predictor(clip_map).flatten(0, 1))
+        if loss == "ce":
+            pred = pred.view(pred.shape[0], -1, 8)
+        expected, _ = motion_value_loss(pred, target, torch.ones_like(target, dtype=torch.bool), loss=loss, bins=8)
+    assert again == pytest.approx(expected.item(), rel=1e-5)
+    out["loss"].backward()
+    assert method.motion.values.weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="motion_loss must be one of nce, mse, ce"):
+        tiny_cmd(motion_loss="l1")
+
+
+def test_motion_source_flow_reads_the_flow_on_the_mv_grid(stores, rgb_only_store):
+    store = stores["zarr"]
+    needs = Needs(modalities=("rgb",), clip_len=4, stride=4)
+    target = motion_target(needs, CMDOptions(negatives=0))
+    flow_ds = CMDClips(store, needs, target=target, size=32, train=False, source="flow")
+    mv_ds = CMDClips(store, needs, target=target, size=32, train=False)
+    i = flow_ds.videos.index("right")                      # 4 stored px/frame to the right
+    s, m = flow_ds[i], mv_ds[i]
+    assert s["future_mv"].shape == m["future_mv"].shape == (2, 8, 8, 8)
+    assert not torch.equal(s["future_mv"], m["future_mv"])  # another signal of the same motion
+    interior = s["future_mv"][:, :, 1:-1, 1:-1]
+    assert abs(interior[0].median().item() - 2.0) < 0.25 and interior[1].abs().median().item() < 0.25
+    assert (s["future_mv_valid"] == 1).all()
+    hw = (store.meta("right")["stored_height"], store.meta("right")["stored_width"])
+    frames = np.asarray(s["views"][0]["frames"][-1]) + 3 + np.arange(8)
+    expected = crop_resize_motion(store.read_at("right", "flow", frames - 1), center_params(hw[1] / hw[0]), (8, 8),
+                                  frame_hw=hw) * 4
+    torch.testing.assert_close(s["future_mv"], torch.from_numpy(np.ascontiguousarray(expected.transpose(3, 0, 1, 2))))
+    with pytest.raises(Exception, match="has no flow"):
+        CMDClips(open_store(rgb_only_store), needs, target=target, size=32, source="flow")
+
+
+def test_tables_1_4_5_end_to_end(tiny_stores, tmp_path):
+    """Pretrain with each new option for 2 steps, then retrieve with the V-, I- and M-networks."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label,split\nright,a,train\ndown,b,train\nshort,a,test\n")
+    base = [tiny_stores["zarr"], *TINY_CLI, "--steps", "2", "--batch-size", "3", "--workers", "0"]
+    runs = {}
+    for name, options in [("nce-flow", ["motion_source=flow"]), ("ce", ["motion_loss=ce"]),
+                          ("mse", ["motion_loss=mse"]), ("nce", [])]:
+        runs[name] = tmp_path / name
+        r = pretrain("-o", runs[name], *base, *(a for o in options for a in ("--option", o)))
+        assert r.returncode == 0, r.stderr
+        assert all(np.isfinite(row["motion_loss"]) for row in read_log(runs[name]))
+    found = {}
+    for name, network in [("nce", "v"), ("nce", "i"), ("nce", "m"), ("nce-flow", "m")]:
+        out = tmp_path / f"ret-{name}-{network}"
+        r = motionssl("evaluate", "retrieve", tiny_stores["zarr"], "--checkpoint", runs[name] / "checkpoint.pt",
+                      "--labels", labels, "-o", out, "--views", "2", "--network", network)
+        assert r.returncode == 0, r.stderr
+        found[name, network] = json.loads((out / "retrieval.json").read_text())
+    assert found["nce", "i"]["clip_len"] == 1 and found["nce", "m"]["clip_len"] == 4    # future_frames
+    assert found["nce", "v"]["clip_len"] == 4 and found["nce", "m"]["network"] == "m"
+    r = motionssl("evaluate", "retrieve", tiny_stores["zarr"], "--checkpoint", runs["mse"] / "checkpoint.pt",
+                  "--labels", labels, "-o", tmp_path / "bad", "--network", "m")
+    assert r.returncode == 2 and "has no M-network" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -143,3 +143,65 @@ def test_errors_are_one_line(chain, tmp_path):
     assert r.exit_code == 2 and "pass --checkpoint CKPT" in r.output
     r = CliRunner().invoke(app, ["finetune", "--aux-motion", "-0.2", "-o", str(tmp_path / "f")])
     assert r.exit_code == 2 and "--aux-motion" in r.output  # a weight >= 0 (tests/test_cmd.py runs it)
+
+
+# -- MCL's linear protocol: a linear SVM on frozen video-level features ------------------------------------------
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_fit_svm_writes_the_svms_decision_function_into_the_linear_head(classes):
+    import torch
+    from sklearn.svm import LinearSVC
+
+    from motionssl.train.finetune import fit_svm
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), 10)
+    x = rng.normal(size=(len(y), 6)) * [1, 5, 0.1, 1, 1, 0] + 3 * np.eye(6)[y] + [0, 0, 0, 0, 0, 2]
+    head = torch.nn.Linear(6, classes + 1).double()                # one class never seen: never predicted
+    fitted = fit_svm(head, torch.tensor(x), torch.tensor(y), c=0.5)
+    mean, std = x.mean(0), x.std(0)
+    std[std == 0] = 1
+    reference = LinearSVC(C=0.5, max_iter=10000).fit((x - mean) / std, y)
+    decision = reference.decision_function((x - mean) / std)
+    with torch.no_grad():
+        scores = head(torch.tensor(x)).numpy()
+    if classes == 2:
+        np.testing.assert_allclose(scores[:, 1] - scores[:, 0], decision, atol=1e-8)
+    else:
+        np.testing.assert_allclose(scores[:, :classes], decision, atol=1e-8)
+    assert (scores.argmax(1) == reference.predict((x - mean) / std)).all() and scores[:, classes].max() < -1e3
+    assert fitted["acc"] == (reference.predict((x - mean) / std) == y).mean() and fitted["loss"] >= 0
+
+
+def test_linear_probe_with_an_svm_then_classify(chain):
+    run, out = chain["root"] / "svm", chain["root"] / "classify-svm"
+    cli("finetune", "--checkpoint", chain["pretrain"], chain["store"], "--labels", chain["labels"],
+        "-o", run, "--linear-probe", "--classifier", "svm", "--views", 2, "--workers", 0)
+    state = checkpoint.load(run / "checkpoint.pt")
+    assert state["config"]["method_options"]["classifier"] == "svm" and len(read_log(run)) == 1
+    # the head is the SVM fitted on each training video's mean clip feature
+    from sklearn.svm import LinearSVC
+
+    backbone, _, _ = load_backbone(chain["pretrain"])
+    store = open_store(chain["store"])
+    split = load_split([chain["labels"]], store.videos)
+    videos, labels = split.part("train")
+    x = clip_outputs(backbone, clip_dataset(store, videos, labels, clip_len=4, stride=2, size=32, views=2)).mean(1)
+    mean, std = x.astype(np.float64).mean(0), x.astype(np.float64).std(0)
+    std[std == 0] = 1
+    reference = LinearSVC(C=1.0, max_iter=10000).fit((x - mean) / std, labels)
+    w = state["method"]["model.head.weight"].double().numpy()
+    b = state["method"]["model.head.bias"].double().numpy()
+    np.testing.assert_allclose(x @ w.T + b, reference.decision_function((x - mean) / std), rtol=1e-4, atol=1e-4)
+    cli("evaluate", "classify", "--checkpoint", run / "checkpoint.pt", chain["store"], "--labels", chain["labels"],
+        "-o", out, "--views", 2)
+    result = json.loads((out / "classification.json").read_text())
+    test_videos, test_labels = split.part("test")
+    xt = clip_outputs(backbone, clip_dataset(store, test_videos, test_labels, clip_len=4, stride=2, size=32,
+                                             views=2)).mean(1)
+    predicted = reference.predict((xt - mean) / std)
+    assert result["accuracy"]["top1"] == pytest.approx((predicted == np.array(test_labels)).mean())
+    r = CliRunner().invoke(app, [str(a) for a in ("finetune", "--checkpoint", chain["pretrain"], chain["store"],
+                                                  "--labels", chain["labels"], "-o", chain["root"] / "svm-bad",
+                                                  "--classifier", "svm")])
+    assert r.exit_code == 2 and "--classifier svm needs --linear-probe" in r.output

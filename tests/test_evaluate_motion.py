@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from motionssl.cli import app
 from motionssl.eval.motion import (
-    LearnedMotion, backward_warp, cells_to_pixels, clip_blocks, evaluate_motion, pair_errors, to_signed,
+    LearnedMotion, backward_warp, cells_to_pixels, clip_blocks, evaluate_motion, pair_errors, psnr, ssim, to_signed,
 )
 from motionssl.preprocess.synthetic import translating_frames
 from motionssl.pictures.frames import render_panel_with_boxes
@@ -138,3 +138,50 @@ def test_show_draws_the_learned_motion_column(tiny_stores, cgm_checkpoint, tmp_p
     assert plain.exit_code == 0
     wide, narrow = (cv2.imread(str(tmp_path / n)).shape[1] for n in ("panel.png", "plain.png"))
     assert wide > narrow + 100
+
+
+# -- Table 1 (right): PSNR and SSIM ------------------------------------------------------------------------------
+
+def naive_ssim(x: np.ndarray, y: np.ndarray, window: int = 11, sigma: float = 1.5, value_range: float = 2.0) -> float:
+    """SSIM of two (H, W) images by loops over every window that fits (Wang et al. 2004, sample covariances)."""
+    g = np.exp(-((np.arange(window) - window // 2) ** 2) / (2 * sigma ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * value_range) ** 2, (0.03 * value_range) ** 2
+    n = window * window
+    out = []
+    for i in range(x.shape[0] - window + 1):
+        for j in range(x.shape[1] - window + 1):
+            a, b = x[i:i + window, j:j + window], y[i:i + window, j:j + window]
+            ma, mb = (w * a).sum(), (w * b).sum()
+            va = ((w * a * a).sum() - ma * ma) * n / (n - 1)
+            vb = ((w * b * b).sum() - mb * mb) * n / (n - 1)
+            cab = ((w * a * b).sum() - ma * mb) * n / (n - 1)
+            out.append((2 * ma * mb + c1) * (2 * cab + c2) / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+    return float(np.mean(out))
+
+
+def test_psnr_and_ssim_match_their_definitions():
+    rng = np.random.default_rng(0)
+    target = torch.tensor(rng.uniform(-1, 1, size=(2, 3, 16, 20)))
+    offset = target + 0.1                                         # MSE 0.01: PSNR 10 log10(4 / 0.01) = 26.02 dB
+    assert psnr(offset, target).numpy() == pytest.approx([10 * np.log10(400)] * 2)
+    assert psnr(target, target).numpy() == pytest.approx([100 + 10 * np.log10(4)] * 2)  # floored, not infinite
+    noisy = (target + torch.tensor(rng.normal(0, 0.3, size=target.shape))).clamp(-1, 1)
+    got = ssim(noisy, target).numpy()
+    expected = [np.mean([naive_ssim(noisy[i, c].numpy(), target[i, c].numpy()) for c in range(3)]) for i in range(2)]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    assert ssim(target, target).numpy() == pytest.approx([1.0, 1.0]) and 0 < got.max() < 0.9
+
+
+def test_the_report_has_psnr_and_ssim_for_every_row(tiny_stores, tmp_path):
+    result = evaluate_motion(tiny_stores["zarr"], tmp_path / "m", videos=["short"], progress=False)
+    rows = {r["key"]: r for r in result["rows"]}
+    assert list(rows) == ["identity", "mv", "flow"]
+    # flow predicts the next frame far better than no motion, on both measures
+    assert rows["flow"]["psnr"] > rows["identity"]["psnr"] + 5 and rows["flow"]["ssim"] > rows["identity"]["ssim"] + 0.2
+    store = open_store(tiny_stores["zarr"])
+    frames = to_signed(store.read("short", "rgb", 0, 6))
+    assert rows["identity"]["psnr"] == pytest.approx(psnr(frames[:-1], frames[1:]).mean().item())
+    assert rows["identity"]["ssim"] == pytest.approx(ssim(frames[:-1], frames[1:]).mean().item())
+    table = (tmp_path / "m" / "motion.md").read_text()
+    assert "| PSNR (dB) | SSIM |" in table and f"| {rows['flow']['psnr']:.2f} | {rows['flow']['ssim']:.4f} |" in table

@@ -286,3 +286,27 @@ def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "has no boundary" in r.stderr and "--spec default" in r.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# -- the I2D setting (Table 1's 2D rows) ------------------------------------------------------------------------------
+
+def test_i2d_a_2d_backbone_on_single_frames_trains_and_l_t_vanishes(motion_store, tmp_path):
+    """`--backbone r2d18 --clip-len 1`: the map is one step long in time, so L_t is 0 and L_st equals L_s (Table 1's
+    note for 2D backbones), and the run trains: the gradient map still aligns with the frame's motion."""
+    cfg = resolve(MCL.defaults, {}, {"method": "mcl", "store": str(motion_store), "out": str(tmp_path / "run"),
+                                     **TINY, "backbone": "r2d18", "clip_len": 1, "stride": 1, "steps": 3,
+                                     "log_every": 1, "save_every": 1000, "progress": False,
+                                     "method_options": TINY_OPTIONS})
+    assert train(cfg)["finished"]
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 3
+    for row in rows:
+        assert row["mal_t"] == 0 and row["mal_st"] == pytest.approx(row["mal_s"], rel=1e-5)
+        assert np.isfinite(row["nce"]) and row["mal_s"] > 0
+    torch.manual_seed(0)
+    method = MCL(cfg, total_steps=3)
+    batch = finish_batch(default_collate([MCL.dataset(cfg, open_store(motion_store))[i] for i in range(4)]))
+    assert batch["views"][0]["rgb"].shape[2] == 1                                 # single frames
+    out = method(batch, step=0)
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())

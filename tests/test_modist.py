@@ -222,3 +222,66 @@ def test_a_compressed_store_fails_naming_the_spec(compressed_store, tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "has no edges" in r.stderr and "--spec default" in r.stderr
+
+
+# -- Table 3b (motion_signal) and the paper's main backbone (slow_r50) --------------------------------------------
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_motion_signals_are_the_flow_or_the_frame_differences_of_the_same_clips(motion_store, tmp_path, sync):
+    from motionssl.train.augment import crop_resize_motion
+    from motionssl.train.methods.modist import FLOW_SCALE
+
+    store = open_store(motion_store)
+    edges_ds = MoDist.dataset(modist_config(motion_store, tmp_path, sync=sync), store)
+    for signal, channels in (("flow", 2), ("frame_diff", 1)):
+        ds = MoDist.dataset(modist_config(motion_store, tmp_path, sync=sync, motion_signal=signal), store)
+        for index, epoch in [(1, 0), (6, 3)]:
+            sample, plain = ds[(index, epoch)], edges_ds[(index, epoch)]
+            vid = ds.videos[index]
+            assert all(torch.equal(a["rgb"], b["rgb"]) for a, b in zip(sample["views"], plain["views"]))
+            for v, (motion, reference) in enumerate(zip(sample["motion_views"], plain["motion_views"])):
+                idx = motion["frames"].numpy()
+                assert torch.equal(motion["frames"], reference["frames"])        # the same motion clips
+                assert motion["edges"].shape == (channels, 8, 32, 32)
+                box = ds._visual[1 - v][1] if sync else center_params(1.0)
+                if signal == "flow":
+                    flow = crop_resize_motion(store.read_at(vid, "flow", idx), box, (32, 32), frame_hw=(64, 64))
+                    expected = flow.transpose(3, 0, 1, 2) / FLOW_SCALE
+                else:
+                    rgb = store.read_at(vid, "rgb", np.concatenate([[max(idx[0] - 1, 0)], idx]))
+                    gray = crop_resize_frames(rgb, box, 32).astype(np.float64) @ [0.299, 0.587, 0.114]
+                    expected = ((gray[1:] - gray[:-1]) / 255)[None]
+                np.testing.assert_allclose(motion["edges"].numpy(), expected, atol=1e-5)
+                assert motion["edges"].abs().max() > 0.02                        # a moving square: not all zero
+
+
+def test_motion_signal_sets_the_motion_pathways_input_channels(tiny_modist, motion_store, tmp_path):
+    flow = MoDist(modist_config(motion_store, tmp_path, motion_signal="flow"), total_steps=1)
+    assert flow.motion_backbone.stem[0].in_channels == 2
+    stacked = MoDist(modist_config(motion_store, tmp_path, motion_signal="flow", motion_input="channels"),
+                     total_steps=1)
+    assert stacked.motion_backbone.stem[0].in_channels == 16                     # 8 frames x (dx, dy)
+    edges = torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).view(2, 2, 3, 2, 2)
+    assert torch.equal(stacked.motion_input(edges)[:, :, 0], edges.flatten(1, 2))
+    one = torch.randn(2, 1, 8, 4, 4)                                              # edges: as before, frames as channels
+    assert torch.equal(tiny_modist[0].motion_input(one), one)
+    with pytest.raises(Exception, match="motion_signal must be one of edges, flow, frame_diff"):
+        MoDist(modist_config(motion_store, tmp_path, motion_signal="rgb"), total_steps=1)
+
+
+def test_pretrain_with_each_signal_and_slow_r50(motion_store, tmp_path):
+    for name, extra in [("flow", ["--option", "motion_signal=flow"]),
+                        ("diff", ["--option", "motion_signal=frame_diff", "--option", "motion_input=channels"]),
+                        ("slow", ["--backbone", "slow_r50"])]:
+        run = tmp_path / name
+        args = ["--method", "modist", motion_store, "-o", run, "--backbone", "r3d10", "--backbone-width", "4",
+                "--clip-len", "4", "--stride", "2", "--size", "32", "--steps", "2", "--batch-size", "4",
+                "--log-every", "1", "--no-progress", "--workers", "0",
+                *[f"--option={k}={v}" for k, v in {**TINY_OPTIONS, "queue_size": 8}.items()], *extra]
+        r = motionssl("pretrain", *[str(a) for a in args], env=ONE_THREAD)
+        assert r.returncode == 0, r.stderr
+        rows = read_log(run)
+        assert len(rows) == 2 and all(np.isfinite(row["loss_m"]) for row in rows)
+    from motionssl.train import checkpoint
+
+    assert checkpoint.load(tmp_path / "slow" / "checkpoint.pt")["backbone"]["name"] == "slow_r50"

@@ -257,3 +257,90 @@ def test_errors_are_one_line(rgb_only_store, tmp_path):
     r = motionssl("pretrain", "--method", "rgb-moco", rgb_only_store, "-o", tmp_path / "m", "--steps", "1",
                   "--mv-source", "decode")
     assert r.returncode == 2 and "unknown method_options mv_source" in r.stderr
+
+
+# --- the union ablation and the MV stream in finetune and evaluate (Tables 2-5) -----------------------------------
+
+def test_topk_union_on_a_hand_built_example():
+    from motionssl.train.methods.mvcgc import topk_union
+
+    sim_rgb = torch.tensor([[.9, .8, .1, .7, .2], [.1, .2, .3, .4, .5]])
+    sim_mv = torch.tensor([[.1, .9, .8, .7, .3], [.5, .4, .3, .2, .1]])
+    # row 0: {0, 1, 3} | {1, 2, 3} = {0, 1, 2, 3}; row 1: {2, 3, 4} | {0, 1, 2} = all
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(topk_union(sim_rgb, sim_mv, 3), expected)
+    exclude = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    # row 0 without 1: {0, 3, 4} | {2, 3, 4}; row 1: only 0 and 1 remain
+    expected = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(topk_union(sim_rgb, sim_mv, 3, exclude=exclude), expected)
+
+
+def test_positives_union_widens_the_positive_set_and_changes_the_stage_2_loss():
+    out = {}
+    for positives in ("intersection", "union"):
+        method = tiny_mvcgc(init_steps=0, k=3, positives=positives).train()
+        method(random_batch(seed=2), step=0)  # fill the queues
+        method(random_batch(seed=4), step=1)
+        out[positives] = method(random_batch(seed=1), step=2)
+    assert out["union"]["logs"]["positives"] > out["intersection"]["logs"]["positives"]
+    assert out["union"]["loss"].item() < out["intersection"]["loss"].item()  # more positives inside the log
+    with pytest.raises(Exception, match="positives must be one of intersection, union"):
+        tiny_mvcgc(positives="both")
+
+
+def test_streams_in_finetune_and_evaluate(tiny_stores, tmp_path):
+    """An MVCGC run, then its MV encoder and both streams through finetune, evaluate classify and retrieve."""
+    store = tiny_stores["zarr"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label,split\nright,a,train\ndown,b,train\nshort,a,test\n")
+    run = tmp_path / "mvcgc"
+    r = pretrain(store, "-o", run, *TINY_CLI, "--steps", "2", "--batch-size", "3", "--workers", "0",
+                 "--option", "positives=union")
+    assert r.returncode == 0, r.stderr
+    ckpt = run / "checkpoint.pt"
+    method_state = checkpoint.load(ckpt)["method"]
+    common = [store, "--checkpoint", ckpt, "--labels", labels, "--steps", "2", "--batch-size", "2", "--workers", "0",
+              "--no-progress", "--log-every", "1"]
+    runs = {}
+    for stream in ("mv", "both"):
+        runs[stream] = tmp_path / f"ft-{stream}"
+        r = motionssl("finetune", *[str(a) for a in common], "-o", runs[stream], "--stream", stream)
+        assert r.returncode == 0, r.stderr
+    both_log = read_log(runs["both"])
+    assert all(row["loss"] == pytest.approx(row["ce_rgb"] + row["ce_mv"], rel=1e-5) for row in both_log)
+    # the MV classifier starts from the MVCGC run's MV encoder, not the RGB one
+    from motionssl.train.methods.mvcgc import mv_encoder
+
+    probe = tmp_path / "probe"
+    r = motionssl("finetune", *[str(a) for a in common], "-o", probe, "--stream", "mv", "--linear-probe",
+                  "--cached-features", "--views", "2")
+    assert r.returncode == 0, r.stderr
+    probed = checkpoint.load(probe / "checkpoint.pt")
+    encoder, spec = mv_encoder(checkpoint.load(ckpt), source="test")
+    assert spec["kwargs"]["in_channels"] == 2 and probed["backbone"]["kwargs"]["in_channels"] == 2
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(probed["backbone"]["state_dict"][key], value)
+        assert torch.equal(method_state["mv.backbone." + key], value)
+    found = {}
+    for name, ft, stream in [("mv", runs["mv"], None), ("both", runs["both"], None), ("both-rgb", runs["both"], "rgb"),
+                             ("both-mv", runs["both"], "mv")]:
+        out = tmp_path / f"cls-{name}"
+        extra = ["--stream", stream] if stream else []
+        r = motionssl("evaluate", "classify", store, "--checkpoint", ft / "checkpoint.pt", "--labels", labels,
+                      "-o", out, "--views", "2", *extra)
+        assert r.returncode == 0, r.stderr
+        found[name] = json.loads((out / "classification.json").read_text())
+    assert found["mv"]["streams"] == ["mv"] and found["both"]["streams"] == ["rgb", "mv"]
+    assert found["both-rgb"]["streams"] == ["rgb"] and found["both-mv"]["streams"] == ["mv"]
+    r = motionssl("evaluate", "classify", store, "--checkpoint", runs["mv"] / "checkpoint.pt", "--labels", labels,
+                  "-o", tmp_path / "bad", "--stream", "rgb")
+    assert r.returncode == 2 and "fine-tuned with --stream mv" in r.stderr
+    r = motionssl("evaluate", "retrieve", store, "--checkpoint", runs["mv"] / "checkpoint.pt", "--labels", labels,
+                  "-o", tmp_path / "ret-ft-mv", "--views", "2")  # a fine-tuned MV encoder retrieves on mv
+    assert r.returncode == 0, r.stderr
+    for stream in ("rgb", "mv", "both"):
+        out = tmp_path / f"ret-{stream}"
+        r = motionssl("evaluate", "retrieve", store, "--checkpoint", ckpt, "--labels", labels, "-o", out, "--views",
+                      "2", "--stream", stream)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((out / "retrieval.json").read_text())["stream"] == stream

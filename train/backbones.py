@@ -299,5 +299,66 @@ def c3d(*, in_channels: int = 3, width: int = 64) -> C3D:
     return C3D(in_channels=in_channels, width=width)
 
 
+# --- Slow-only R3D-50 ----------------------------------------------------------------------------------------------
+
+class Bottleneck3D(nn.Module):
+    """ResNet-50's bottleneck (1x1, 3x3, 1x1 convs, 4x expansion) with a temporal kernel `kt` in its first conv: the
+    Slow-only block (kt 1: 2D in res2 and res3; kt 3 in res4 and res5). Spatial stride in the 3x3 conv."""
+
+    def __init__(self, inplanes: int, planes: int, *, kt: int, stride: int = 1):
+        super().__init__()
+        out = 4 * planes
+        self.conv1 = nn.Conv3d(inplanes, planes, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.conv3 = nn.Conv3d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv3d(inplanes, out, 1, stride=(1, stride, stride), bias=False),
+                                            nn.BatchNorm3d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class SlowOnly(Backbone):
+    """MoDist's visual pathway (paper 002, Table 1), the "Slow-only" R3D-50 of SlowFast and CVRL: a 5x7x7 stem conv
+    (temporal kernel 5, no temporal stride) and a 1x3x3 max-pool, then bottleneck stages of (3, 4, 6, 3) blocks
+    with `width * (1, 2, 4, 8)` inner channels (x4 out: 2048 at width 64); res2 and res3 2D (temporal kernel 1),
+    res4 and res5 with temporal kernel 3. Output stride 32 in space, 1 in time."""
+
+    def __init__(self, *, in_channels: int = 3, width: int = 64, layers: Sequence[int] = (3, 4, 6, 3)):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, width, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
+            nn.BatchNorm3d(width), nn.ReLU(inplace=True),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
+        inplanes = width
+        for i, blocks in enumerate(layers):
+            planes, kt = width * 2**i, 1 if i < 2 else 3
+            stage = [Bottleneck3D(inplanes, planes, kt=kt, stride=1 if i == 0 else 2)]
+            stage += [Bottleneck3D(4 * planes, planes, kt=kt) for _ in range(1, blocks)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+            inplanes = 4 * planes
+        self.out_dim = inplanes
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    def last_convs(self) -> list[nn.Module]:
+        return [self.layer4[-1].conv3]
+
+
+def slow_r50(*, in_channels: int = 3, width: int = 64) -> SlowOnly:
+    return SlowOnly(in_channels=in_channels, width=width)
+
+
 BACKBONES = {"r3d18": r3d_18, "r2plus1d18": r2plus1d_18, "r3d10": r3d_10, "r2d10": r2d_10, "r2d18": r2d_18, "s3d": s3d,
-             "c3d": c3d}
+             "c3d": c3d, "slow_r50": slow_r50}

@@ -16,7 +16,7 @@ import yaml
 # The closed choices of the config, by name, so that the command line can list them without importing torch;
 # tests/test_train_config.py checks them against train.methods.METHODS and train.backbones.BACKBONES.
 METHOD_NAMES = ("rgb-moco", "cmd", "mvcgc", "mcl", "modist", "cgm")
-BACKBONE_NAMES = ("r3d18", "r2plus1d18", "r3d10", "r2d10", "r2d18", "s3d", "c3d")
+BACKBONE_NAMES = ("r3d18", "r2plus1d18", "r3d10", "r2d10", "r2d18", "s3d", "c3d", "slow_r50")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 

@@ -26,7 +26,7 @@ from motionssl.train.augment import (
 )
 from motionssl.train.sampling import clip_at, clip_span, evenly_spaced_starts, random_start
 
-CLIP_MODALITIES = ("rgb", "mv", "boundary", "edges")
+CLIP_MODALITIES = ("rgb", "mv", "boundary", "edges", "flow")
 # The extract spec that provides each store modality, for the error message.
 PROVIDED_BY = {
     "rgb": "`--spec compressed` (or any built-in spec)",
@@ -55,7 +55,8 @@ class View0:
 class Needs:
     """Which views each sample holds.
 
-    modalities: per-frame arrays aligned with each clip (rgb, mv, boundary, edges; mv brings mv_valid).
+    modalities: per-frame arrays aligned with each clip (rgb, mv, boundary, edges; mv brings mv_valid; flow comes
+    on the grid of mv cells, as `flow_tensor`).
     views: clips of the same video, each at its own random time with its own spatial and colour draw.
     Whatever a single method reads beyond these views, its own dataset subclass adds, in the method's file.
     """
@@ -132,7 +133,7 @@ class ClipDataset(Dataset):
         self.crops = crops
         eval_crops(crops)  # fails early on an unknown count
         self.cell = store.spec.mv.cell
-        if "mv" in needs.modalities and size % self.cell:
+        if {"mv", "flow"} & set(needs.modalities) and size % self.cell:
             raise ValueError(f"size {size} is not a multiple of the store's mv cell {self.cell}")
         position = {v: i for i, v in enumerate(store.videos)}
         self.videos = list(store.videos if videos is None else videos)
@@ -220,6 +221,8 @@ class ClipDataset(Dataset):
             view["rgb"], view["rgb_color"] = self._rgb(raw["rgb"], spatial, color)
         if "mv" in mods:
             view["mv"], view["mv_valid"] = self.motion_tensors(raw["mv"], raw["mv_valid"], spatial, hw)
+        if "flow" in mods:
+            view["flow"] = self.flow_tensor(raw["flow"], spatial, hw)
         for name in ("boundary", "edges"):
             if name in mods:
                 view[name] = torch.from_numpy(crop_resize_clip(raw[name][..., None], spatial, self.size))
@@ -231,6 +234,11 @@ class ClipDataset(Dataset):
         resized and flipped by `spatial` (data_specs/README.md, "Training clips")."""
         mv, valid = crop_resize_motion(mv, spatial, self._grid, frame_hw=hw, cell=self.cell, valid=valid)
         return _channels_first(mv), torch.from_numpy(valid[None]).float()
+
+    def flow_tensor(self, flow: np.ndarray, spatial: SpatialParams, hw: tuple[int, int]) -> torch.Tensor:
+        """(2, T, g, g) flow of raw (T, H, W, 2) frames on the grid of mv cells (bilinear), in output pixels,
+        cropped and flipped like `motion_tensors`: flow standing in for motion vectors (CMD Table 4, MVCGC)."""
+        return _channels_first(crop_resize_motion(flow, spatial, self._grid, frame_hw=hw) * self.cell)
 
     def _rgb(self, frames: np.ndarray, spatial: SpatialParams,
              color: ColorParams | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,24 +87,25 @@ def load_backbone(path: Path) -> tuple[nn.Module, dict, LoadReport]:
 
 
 def clip_dataset(store: Store, videos: Sequence[str], labels: Sequence[int], *, clip_len: int, stride: int,
-                 size: int, views: int = 10, crops: int = 1) -> ClipDataset:
+                 size: int, views: int = 10, crops: int = 1, modalities: Sequence[str] = ("rgb",)) -> ClipDataset:
     """`views` evenly spaced clips per video, each cut into `crops` short-side squares (1: the centre), no jitter
-    (the test-time protocol)."""
-    needs = Needs(modalities=("rgb",), clip_len=clip_len, stride=stride, views=views)
+    (the test-time protocol); `modalities` the views hold (a motion stream's: mv or flow)."""
+    needs = Needs(modalities=tuple(modalities), clip_len=clip_len, stride=stride, views=views)
     return ClipDataset(store, needs, size=size, train=False, videos=videos, labels=labels, crops=crops)
 
 
 @torch.no_grad()
 def clip_outputs(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8, workers: int = 0,
-                 device: torch.device | str = "cpu") -> np.ndarray:
-    """(videos, views, D) float32: `model` (in eval mode) on every clip of every video, in dataset order."""
+                 device: torch.device | str = "cpu", modality: str = "rgb") -> np.ndarray:
+    """(videos, views, D) float32: `model` (in eval mode) on every clip of every video, in dataset order; its
+    input is each view's `modality`."""
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         worker_init_fn=seed_worker, collate_fn=collate)
     out = []
     for batch in loader:
         batch = finish_batch(to_device(batch, torch.device(device)))
-        clips = torch.stack([view["rgb"] for view in batch["views"]], dim=1)  # (B, V, C, T, H, W)
+        clips = torch.stack([view[modality] for view in batch["views"]], dim=1)  # (B, V, C, T, H, W)
         b, v = clips.shape[:2]
         y = model(clips.flatten(0, 1))
         out.append(y.float().reshape(b, v, -1).cpu().numpy())

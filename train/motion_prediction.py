@@ -192,3 +192,74 @@ class MotionPrediction(nn.Module):
         loss, correct = motion_nce(pred, target, negatives, self.tau, query_mask=mask)
         accuracy = correct[mask].float().mean() if mask is not None and mask.any() else correct.float().mean()
         return loss, accuracy.detach()
+
+
+# -- Table 1's other losses: predicting the motion values themselves ----------------------------------------------
+
+MOTION_LOSSES = ("nce", "mse", "ce")
+VALUE_PATCH = 4  # value cells per side of each target position (at 112 px and mv cell 4: the MV grid itself)
+
+
+def quantise_motion(x: Tensor, bins: int) -> Tensor:
+    """Scaled motion values (`scale_motion`, in [-1, 1]) -> bin indices 0..bins-1, bins of equal width."""
+    return ((x.clamp(-1, 1) + 1) * (bins / 2)).long().clamp(max=bins - 1)
+
+
+def motion_patches(x: Tensor, target_shape: tuple[int, int, int]) -> Tensor:
+    """(B, C, F, g, g) -> (B * T3 * H3 * W3, C * ft * 4 * 4): the values each target position predicts, rows in
+    (b, t, y, x) order as the predictor's; the field resampled by nearest neighbour to (T3 * ft, 4 * H3, 4 * W3),
+    ft = ceil(F / T3)."""
+    t3, h3, w3 = target_shape
+    b, c, f = x.shape[:3]
+    ft, p = -(-f // t3), VALUE_PATCH
+    x = F.interpolate(x, size=(t3 * ft, h3 * p, w3 * p), mode="nearest")
+    x = x.view(b, c, t3, ft, h3, p, w3, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return x.reshape(b * t3 * h3 * w3, c * ft * p * p)
+
+
+def motion_value_loss(pred: Tensor, target: Tensor, valid: Tensor, *, loss: str,
+                      bins: int) -> tuple[Tensor, Tensor]:
+    """Table 1's regression (`mse`: pred (M, P) against target (M, P)) or classification of quantised values (`ce`:
+    pred (M, P, bins) logits against the bins of target), averaged over the entries where `valid` (M, P) is True
+    (none: a zero that keeps the graph). Returns (loss, accuracy): the share of valid entries whose predicted bin
+    (mse: the bin of the regressed value) is the target's."""
+    truth = quantise_motion(target, bins)
+    if loss == "mse":
+        per_entry, guess = (pred - target) ** 2, quantise_motion(pred.detach(), bins)
+    elif loss == "ce":
+        per_entry = F.cross_entropy(pred.flatten(0, 1), truth.flatten(), reduction="none").view_as(target)
+        guess = pred.detach().argmax(-1)
+    else:
+        raise ValueError(f"motion value loss must be mse or ce, got {loss!r}")
+    mask = valid.float()
+    count = mask.sum()
+    value = (per_entry * mask).sum() / count.clamp(min=1)
+    accuracy = ((guess == truth).float() * mask).sum() / count.clamp(min=1)
+    return value, accuracy
+
+
+class MotionValuePrediction(MotionPrediction):
+    """The predictor of `MotionPrediction` on the same target positions, with a linear layer that predicts the
+    motion values of each position's patch (`motion_patches`) instead of an M-network embedding: `loss` mse
+    (the scaled values) or ce (`bins` logits per value). No M-network, no heads, no hard negatives."""
+
+    def __init__(self, clip_map_shape: tuple[int, int, int, int], *, loss: str, bins: int = 16, **kwargs):
+        super().__init__(clip_map_shape, **kwargs)
+        if loss not in ("mse", "ce") or bins < 2:
+            raise ValueError(f"MotionValuePrediction: loss mse or ce and bins >= 2, got {loss!r}, {bins}")
+        del self.m_network, self.target_head, self.pred_head
+        self.loss, self.bins = loss, bins
+        f = self.m_size[0]
+        self.patch = 2 * -(-f // self.target_shape[0]) * VALUE_PATCH ** 2
+        self.values = nn.Linear(self.predictor.out_dim, self.patch * (bins if loss == "ce" else 1))
+
+    def forward(self, clip_map: Tensor, mv: Tensor, mv_valid: Tensor | None = None,
+                negative_mv: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        target = motion_patches(scale_motion(mv.float(), self.mv_clamp), self.target_shape)
+        valid = torch.ones_like(mv[:, :1]) if mv_valid is None else mv_valid
+        valid = motion_patches(valid.float().expand(-1, 2, -1, -1, -1), self.target_shape) > 0
+        pred = self.values(self.predictor(clip_map).flatten(0, 1)).float()
+        if self.loss == "ce":
+            pred = pred.view(pred.shape[0], self.patch, self.bins)
+        loss, accuracy = motion_value_loss(pred, target, valid, loss=self.loss, bins=self.bins)
+        return loss, accuracy.detach()

@@ -22,6 +22,13 @@ Where the paper is silent (its code was not released), the choices are:
 - k = 3 and k_hr = 5. The paper only says k_hr > k. Table 8 counts 2.39M parameters from LR to HR pipeline; the
   context extractor holds 0.68M, which leaves 1.71M for the CGMUL conv, 513 x 9 x 16 x k_hr^2: k_hr = 5 (1.85M).
 - Scale r = 4, the paper's choice (§4.3), which is also the stride of ResNet-18's conv3_x without the max-pool.
+  Figure 6's other scales (option `scale`): 2 with conv1 unstrided, 8 with ResNet-18's max-pool kept. k_hr is the
+  HR filter size at scale 4; at scale s its reach (k_hr - 1)/2 grows with s (derived_k_hr: 3, 5, 9 at 2, 4, 8),
+  so the HR filters reach the same fraction of an LR pixel at every scale. The literal alternative, HR filters
+  reaching as far as the LR filters (s(k-1)+1 taps: 9 at scale 4), would contradict Table 8's count at scale 4.
+- Table 6's nearest and bilinear upsamplers (option `upsampler`) resize each tap channel of the LR map by r and
+  dilate its filters by r with zero holes (§4.4): a tap keeps its displacement, r HR pixels per LR tap. No context
+  extractor or CGMUL is built then.
 - LR motion decoder: 3 stages of trilinear upsampling (doubling towards (T, H/4, W/4)) + 3x3x3 conv + BN + ReLU,
   channels halving from the backbone's down to C = the context's conv3_x channels; then a 3x3x3 conv to the taps.
   No skip connections (the paper: "directly following an encoder-decoder paradigm").
@@ -63,7 +70,9 @@ from motionssl.train.config import ConfigError, PretrainConfig
 from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.methods.base import Method, build_backbone, parse_options
 
-SCALE = 4                      # HR / LR resolution; the context extractor's stride
+SCALE = 4                      # HR / LR resolution; the context extractor's stride (the paper's; option `scale`)
+SCALES = (2, 4, 8)             # Figure 6's scale factors that a context extractor from ResNet-18 gives
+UPSAMPLERS = ("cgmul", "nearest", "bilinear")  # Table 6
 CROP_SCALE = (0.4, 1.0)        # RandomResizedCrop area (see the module docstring)
 
 
@@ -76,16 +85,42 @@ def _kernel_size(taps: int) -> int:
     return k
 
 
-def pixel_adaptive_warp(x: Tensor, filters: Tensor) -> Tensor:
+def pixel_adaptive_warp(x: Tensor, filters: Tensor, *, dilation: int = 1) -> Tensor:
     """Eq. 1: (N, C, H, W) frames or features and (N, k*k, H, W) per-pixel filters -> (N, C, H, W).
 
-    The same filter applies to every channel of a pixel; borders are replicated (module docstring)."""
+    The same filter applies to every channel of a pixel; borders are replicated (module docstring). With
+    `dilation` d, tap (dy, dx) reads X[y - d*dy, x - d*dx]: the filter of `dilate_filters(filters, d)`."""
     n, c, h, w = x.shape
     taps = filters.shape[1]
     r = _kernel_size(taps) // 2
-    patches = F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1).view(n, c, taps, h, w)
+    p = r * dilation
+    patches = F.unfold(F.pad(x, (p, p, p, p), mode="replicate"), 2 * r + 1, dilation=dilation).view(n, c, taps, h, w)
     # unfold's tap (i, j) reads x[y + i - r, x + j - r], eq. 1's tap (dy, dx) reads x[y - dy, x - dx]: reversed
     return (patches * filters.flip(1).unsqueeze(1)).sum(2)
+
+
+def dilate_filters(filters: Tensor, dilation: int) -> Tensor:
+    """(N, k*k, H, W) -> (N, K*K, H, W), K = dilation*(k-1) + 1: tap (dy, dx) moved to (dilation*dy, dilation*dx),
+    zeros between (a dilated convolution's kernel; CGM-Net §4.4's "zero holes")."""
+    k = _kernel_size(filters.shape[1])
+    big = dilation * (k - 1) + 1
+    out = filters.new_zeros(filters.shape[0], big, big, *filters.shape[2:])
+    out[:, ::dilation, ::dilation] = filters.view(filters.shape[0], k, k, *filters.shape[2:])
+    return out.flatten(1, 2)
+
+
+def upsample_filters(lr_map: Tensor, scale: int, mode: str) -> tuple[Tensor, int]:
+    """Table 6's unlearned upsamplers: each tap channel of (N, k*k, h, w) resized by `scale` ("nearest" or
+    "bilinear"), the filter dilated by `scale` so that a tap keeps its displacement in input pixels. Returns the
+    (N, k*k, scale*h, scale*w) taps and the dilation to warp them with (pixel_adaptive_warp)."""
+    return F.interpolate(lr_map, scale_factor=scale, mode=mode, **({} if mode == "nearest" else
+                                                                     {"align_corners": False})), scale
+
+
+def derived_k_hr(k_hr: int, scale: int) -> int:
+    """The HR filter size at `scale`: `k_hr` is the size at the paper's scale 4, and its reach (k_hr - 1)/2 in HR
+    pixels keeps its ratio to the LR pixel: reach(scale) = ceil(reach(4) * scale / 4). k_hr 5 -> 3, 5, 9 at 2, 4, 8."""
+    return 2 * math.ceil((k_hr - 1) // 2 * scale / SCALE) + 1
 
 
 def periodic_shuffle(x: Tensor, r: int) -> Tensor:
@@ -152,9 +187,13 @@ class ContextExtractor(nn.Module):
     torchvision's blocks and module names, so at width 64 the keys and shapes are those of `resnet18()`'s first
     layers; random init as torchvision's."""
 
-    def __init__(self, *, width: int = 64):
+    def __init__(self, *, width: int = 64, stride: int = SCALE):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        if stride not in SCALES:
+            raise ValueError(f"a context extractor of stride {stride}: choose one of {SCALES}")
+        # stride 2: conv1 unstrided; 8: ResNet-18's max-pool kept (no parameters, so the keys are the same)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=1 if stride == 2 else 2, padding=3, bias=False)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stride == 8 else nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
@@ -169,7 +208,7 @@ class ContextExtractor(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
 
 
 class MotionDecoder(nn.Module):
@@ -222,6 +261,7 @@ class MotionMaps(NamedTuple):
     pooled: Tensor  # (B, D) backbone features (the classification input)
     lr: Tensor      # (B, k*k, T, H/4, W/4)
     hr: Tensor      # (B, k_hr*k_hr, T, H, W)
+    hr_dilation: int = 1  # warp `hr` with this dilation (the unlearned upsamplers' dilated LR filters)
 
 
 # -- the method -------------------------------------------------------------------------------------------------
@@ -236,6 +276,8 @@ class CGMOptions:
     eps: float = 1e-6           # Charbonnier epsilon (paper)
     labels: list[str] = field(default_factory=list)  # label files, as `finetune --labels`: train on their train part
     split: int = 1              # UCF101 / HMDB51 split number of `labels`
+    upsampler: str = "cgmul"    # Table 6: cgmul | nearest | bilinear (LR taps resized, filters dilated by scale)
+    scale: int = SCALE          # Figure 6: HR / LR resolution, 2 | 4 | 8; k_hr is rescaled with it (derived_k_hr)
 
 
 def _split(store: Store, opts: CGMOptions):
@@ -255,9 +297,14 @@ class CGM(Method):
         _check(cfg, o)
         self.backbone, kwargs = build_backbone(cfg.backbone, in_channels=3, width=cfg.backbone_width)
         self.backbone_spec = {"name": cfg.backbone, "kwargs": kwargs}
-        self.context = ContextExtractor(width=cfg.backbone_width or 64)
+        self.scale, self.k_hr = o.scale, derived_k_hr(o.k_hr, o.scale)
+        self.context = ContextExtractor(width=cfg.backbone_width or 64, stride=o.scale)
         self.decoder = MotionDecoder(self.backbone.out_dim, self.context.out_dim, taps=o.k ** 2, softmax=o.softmax)
-        self.upsampler = CGMUL(self.context.out_dim, taps_hr=o.k_hr ** 2, softmax=o.softmax)
+        self.upsampler = None
+        if o.upsampler == "cgmul":
+            self.upsampler = CGMUL(self.context.out_dim, taps_hr=self.k_hr ** 2, softmax=o.softmax, scale=o.scale)
+        else:  # no context is needed: the decoder keeps its C output channels, the extractor is left out
+            self.context = None
         self.head = None
         if o.lambda2 > 0:
             if num_classes is None:
@@ -282,10 +329,14 @@ class CGM(Method):
     def motion_maps(self, clip: Tensor) -> MotionMaps:
         """(B, 3, T, H, W) ImageNet-normalised clip, H and W multiples of 4 -> its T LR and HR motion maps."""
         b, _, t, h, w = clip.shape
-        if h % SCALE or w % SCALE:
-            raise ValueError(f"frames of {h}x{w}: CGM-Net needs sides that are multiples of {SCALE}")
+        s = self.scale
+        if h % s or w % s:
+            raise ValueError(f"frames of {h}x{w}: CGM-Net needs sides that are multiples of {s}")
         features = self.backbone.forward_features(clip)
-        motion, lr = self.decoder(features, (t, h // SCALE, w // SCALE))
+        motion, lr = self.decoder(features, (t, h // s, w // s))
+        if self.upsampler is None:
+            hr, dilation = upsample_filters(per_frame(lr), s, self.opts.upsampler)
+            return MotionMaps(features.mean(dim=(2, 3, 4)), lr, hr.view(b, t, -1, h, w).transpose(1, 2), dilation)
         hr = self.upsampler(self.context(per_frame(clip)), per_frame(motion), per_frame(lr))
         return MotionMaps(features.mean(dim=(2, 3, 4)), lr, hr.view(b, t, -1, h, w).transpose(1, 2))
 
@@ -296,10 +347,10 @@ class CGM(Method):
         maps = self.motion_maps(rgb[:, :, :t])
         frames = to_signed_unit(rgb)
         source, target = per_frame(frames[:, :, :t]), per_frame(frames[:, :, 1:])
-        hr_pred = pixel_adaptive_warp(source, per_frame(maps.hr).float())
-        lr_pred = pixel_adaptive_warp(F.avg_pool2d(source, SCALE), per_frame(maps.lr).float())
+        hr_pred = pixel_adaptive_warp(source, per_frame(maps.hr).float(), dilation=maps.hr_dilation)
+        lr_pred = pixel_adaptive_warp(F.avg_pool2d(source, self.scale), per_frame(maps.lr).float())
         loss_hr = charbonnier(hr_pred, target, o.eps)
-        loss_lr = charbonnier(lr_pred, F.avg_pool2d(target, SCALE), o.eps)
+        loss_lr = charbonnier(lr_pred, F.avg_pool2d(target, self.scale), o.eps)
         loss = loss_hr + o.lambda1 * loss_lr
         with torch.no_grad():
             err = (hr_pred - target).abs().view(b, t, -1).mean(2)       # (B, T), l1 on [-1, 1]
@@ -316,8 +367,12 @@ class CGM(Method):
 
 
 def _check(cfg: PretrainConfig, o: CGMOptions) -> None:
-    if cfg.size % SCALE:
-        raise ConfigError(f"cgm: --size {cfg.size} must be a multiple of {SCALE} (the LR motion map's scale)")
+    if o.scale not in SCALES:
+        raise ConfigError(f"cgm: option scale={o.scale}: choose one of {', '.join(map(str, SCALES))}")
+    if o.upsampler not in UPSAMPLERS:
+        raise ConfigError(f"cgm: option upsampler={o.upsampler!r}: choose one of {', '.join(UPSAMPLERS)}")
+    if cfg.size % o.scale:
+        raise ConfigError(f"cgm: --size {cfg.size} must be a multiple of {o.scale} (the LR motion map's scale)")
     if cfg.clip_len < 2:
         raise ConfigError(f"cgm: --clip-len {cfg.clip_len}: needs at least 2 frames (one reconstructed, one predicted)")
     for name in ("k", "k_hr"):

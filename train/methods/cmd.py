@@ -21,10 +21,18 @@ targets of every GPU). Defaults are the paper's UCF101 run: C3D, 16 frames at st
 lr 0.0005 x 64 with momentum 0.9 and weight decay 0.005, cosine over 120 epochs.
 
 Ablations of Table 1: `period=current` predicts the motion of the clip's own time (the same number of frames,
-centred in the clip) instead of the future; `predictor=convgru` swaps the Transformer for a ConvGRU.
+centred in the clip) instead of the future; `predictor=convgru` swaps the Transformer for a ConvGRU;
+`motion_loss=mse|ce` predicts the motion values themselves instead of M-network features: each target position
+regresses (mse) or classifies into `motion_bins` equal bins of [-mv_clamp, mv_clamp] (ce) the scaled vectors of its
+4 x 4 cells of the target window (`motion_prediction.MotionValuePrediction`; no M-network and no hard negatives).
+Table 4: `motion_source=flow` reads the store's optical flow instead of motion vectors as the M-network's input and
+target: `flow[j - 1]` (forward, j-1 -> j) stands for `mv[j]` (content motion j-1 -> j on frame j), resampled
+bilinearly onto the same grid of mv cells, in output pixels, every cell valid. Table 5: `cmd_network` rebuilds the
+I-network or the M-network from a checkpoint for `evaluate retrieve --network i|m`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +47,13 @@ from motionssl.train.config import ConfigError, PretrainConfig
 from motionssl.train.contrastive import info_nce, similarities
 from motionssl.train.datasets import ClipDataset, Needs, View0, check_store
 from motionssl.train.methods.base import Method, build_backbone, parse_options
-from motionssl.train.motion_prediction import PREDICTORS, MotionPrediction, bn_head
+from motionssl.train.motion_prediction import (
+    MOTION_LOSSES, PREDICTORS, MotionPrediction, MotionValuePrediction, bn_head, m_network, scale_motion,
+)
 from motionssl.train.sampling import clip_span
 
 PERIODS = ("future", "current")
+MOTION_SOURCES = ("mv", "flow")
 
 
 @dataclass
@@ -64,6 +75,9 @@ class CMDOptions:
     iframe_window: int = 5      # the I-frame lies within this many frames of the clip
     mv_clamp: float = 10.0      # vectors clamped to +-mv_clamp output px and divided by it
     net_width: int | None = None  # I- and M-network base channels; None: --backbone-width, else 64
+    motion_loss: str = "nce"    # nce | mse | ce (Table 1): InfoNCE on M-network features, or the values themselves
+    motion_bins: int = 16       # ce: bins of the quantised vectors
+    motion_source: str = "mv"   # mv | flow (Table 4): the M-network's input and target
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,13 @@ class CMDClips(ClipDataset):
     Its random draws follow the views' from the same generator: negatives, then the I-frame."""
 
     def __init__(self, store: Store, needs: Needs, *, target: MotionTarget, iframe_window: int | None = None,
-                 **kwargs):
+                 source: str = "mv", **kwargs):
         if target.frames < 1 or target.stride < 0 or target.negatives < 0 or (iframe_window or 0) < 0:
             raise ValueError(f"need target frames >= 1, stride, negatives and iframe_window >= 0: {target}")
         if target.window(needs)[0] < 0:
             raise ValueError(f"the motion target starts before the clip's first frame: {target}")
-        check_store(store, ["mv"] + ["iframes"] * (iframe_window is not None))
+        check_store(store, [source] + ["iframes"] * (iframe_window is not None))
+        self.source = source
         super().__init__(store, needs, **kwargs)
         if self.crops != 1:
             raise ValueError("CMD's clips take no test crops")
@@ -148,8 +163,17 @@ class CMDClips(ClipDataset):
     def _motion_window(self, vid: str, frames: np.ndarray, frames_total: int, spatial: SpatialParams,
                        hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         read = np.minimum(frames, frames_total - 1)
+        if self.source == "flow":
+            return self._flow_window(vid, frames, frames_total, spatial, hw)
         mv, valid = self.motion_tensors(self._read(vid, "mv", read), self._read(vid, "mv_valid", read), spatial, hw)
         return mv, valid * torch.from_numpy(frames < frames_total).float()[None, :, None, None]
+
+    def _flow_window(self, vid: str, frames: np.ndarray, frames_total: int, spatial: SpatialParams,
+                     hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_motion_window` from `flow`: flow[j - 1] for mv[j] (module docstring), on the mv grid, output pixels."""
+        read = np.clip(frames - 1, 0, max(frames_total - 2, 0))
+        valid = torch.from_numpy(frames < frames_total).float()[None, :, None, None].expand(1, -1, *self._grid)
+        return self.flow_tensor(self._read(vid, "flow", read), spatial, hw), valid.contiguous()
 
     def _negatives(self, vid: str, target: np.ndarray, frames_total: int, hw: tuple[int, int], aspect: float,
                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,6 +235,76 @@ def build_motion_prediction(backbone: nn.Module, cfg: PretrainConfig, o: CMDOpti
                             m_width=o.net_width or cfg.backbone_width or 64, tau=o.tau, mv_clamp=o.mv_clamp)
 
 
+def build_motion_values(backbone: nn.Module, cfg: PretrainConfig, o: CMDOptions) -> MotionValuePrediction:
+    """Table 1's motion prediction by the values themselves (`motion_loss` mse or ce), the predictor as `o` says."""
+    if o.predictor not in PREDICTORS:
+        raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, got {o.predictor!r}")
+    return MotionValuePrediction(clip_map_shape(backbone, clip_len=cfg.clip_len, size=cfg.size), loss=o.motion_loss,
+                                 bins=o.motion_bins, future_frames=o.future_frames, crop=cfg.size,
+                                 predictor=o.predictor, hidden=o.hidden, heads=o.heads,
+                                 encoder_layers=o.encoder_layers, decoder_layers=o.decoder_layers,
+                                 dropout=o.dropout, m_width=o.net_width or cfg.backbone_width or 64,
+                                 mv_clamp=o.mv_clamp)
+
+
+def check_table_options(o: CMDOptions) -> None:
+    if o.motion_loss not in MOTION_LOSSES:
+        raise ConfigError(f"cmd: motion_loss must be one of {', '.join(MOTION_LOSSES)}, got {o.motion_loss!r}")
+    if o.motion_source not in MOTION_SOURCES:
+        raise ConfigError(f"cmd: motion_source must be one of {', '.join(MOTION_SOURCES)}, got {o.motion_source!r}")
+    if o.motion_bins < 2:
+        raise ConfigError(f"cmd: motion_bins must be at least 2, got {o.motion_bins}")
+
+
+class MotionNetworkFeatures(nn.Module):
+    """The M-network as a retrieval backbone: (B, 2, T, g, g) motion in output pixels -> (B, D), the input scaled
+    and resampled to T x S/2 x S/2 as in training (`MotionPrediction.motion_features`)."""
+
+    def __init__(self, network: nn.Module, *, crop: int, mv_clamp: float):
+        super().__init__()
+        self.network, self.side, self.mv_clamp = network, max(crop // 2, 1), mv_clamp
+
+    def forward(self, mv: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(scale_motion(mv, self.mv_clamp), size=(mv.shape[2], self.side, self.side), mode="nearest")
+        return self.network(x)
+
+
+CMD_NETWORKS = ("v", "i", "m")
+
+
+def cmd_network(payload: dict, which: str, *, source: str) -> tuple[nn.Module, dict]:
+    """CMD's I-network (`i`, on RGB frames) or M-network (`m`, on motion vectors) with a checkpoint's weights, for
+    retrieval (Table 5). Returns the network and the protocol defaults it needs: the I-network sees single frames
+    (clip_len 1, as it saw I-frames), the M-network `future_frames` consecutive vectors (stride 1), and the
+    modality its input comes from."""
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.features import load_mapped
+
+    config = payload.get("config") or {}
+    if config.get("method") != "cmd":
+        raise CheckpointError(f"{source} is a {config.get('method')!r} checkpoint; --network i or m takes one written "
+                              f"by `motionssl pretrain --method cmd`")
+    o = parse_options(CMDOptions, config.get("method_options") or {}, method="cmd")
+    if which == "m" and o.motion_loss != "nce":
+        raise CheckpointError(f"{source} was trained with motion_loss={o.motion_loss}, which has no M-network")
+    width = o.net_width or config.get("backbone_width") or 64
+    if which == "i":
+        net, prefix, protocol = r2d_10(in_channels=3, width=width), "i_network.", {"clip_len": 1, "stride": 1}
+        modality = "rgb"
+    elif which == "m":
+        net = MotionNetworkFeatures(m_network(width=width), crop=config["size"], mv_clamp=o.mv_clamp)
+        prefix, protocol = "motion.m_network.", {"clip_len": o.future_frames, "stride": 1}
+        modality = o.motion_source
+    else:
+        raise ValueError(f"network must be one of {', '.join(CMD_NETWORKS)}, got {which!r}")
+    state = {k: v for k, v in payload["method"].items() if k.startswith(prefix)}
+    target = "network." if which == "m" else ""
+    report = load_mapped(net, state, key_map={prefix: target}, source=source)
+    if report.missing:
+        raise CheckpointError(f"{source}: the {which.upper()}-network lacks {', '.join(report.missing[:10])}")
+    return net, {**protocol, "modality": modality}
+
+
 class CMD(Method):
     defaults = {"backbone": "c3d", "clip_len": 16, "stride": 4, "size": 112, "batch_size": 64, "epochs": 120,
                 "optimizer": "sgd", "lr": 0.0005 * 64, "weight_decay": 0.005}
@@ -227,7 +321,9 @@ class CMD(Method):
         self.i_network = r2d_10(in_channels=3, width=width)
         self.clip_head = bn_head(self.backbone.out_dim, o.head_hidden, o.dim)     # g^V
         self.iframe_head = bn_head(self.i_network.out_dim, o.head_hidden, o.dim)  # g^I
-        self.motion = build_motion_prediction(self.backbone, cfg, o)
+        check_table_options(o)
+        self.motion = build_motion_prediction(self.backbone, cfg, o) if o.motion_loss == "nce" \
+            else build_motion_values(self.backbone, cfg, o)
 
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
@@ -236,9 +332,13 @@ class CMD(Method):
     @classmethod
     def dataset(cls, cfg: PretrainConfig, store: Store) -> CMDClips:
         o = parse_options(cls.Options, cfg.method_options, method=cfg.method)
+        check_table_options(o)
         needs = cls.needs(cfg)
-        return CMDClips(store, needs, target=motion_target(needs, o), iframe_window=o.iframe_window, size=cfg.size,
-                        seed=cfg.seed, flip_p=cfg.flip_p)
+        target = motion_target(needs, o)
+        if o.motion_loss != "nce":  # the values themselves: no hard negatives to contrast with
+            target = dataclasses.replace(target, negatives=0)
+        return CMDClips(store, needs, target=target, iframe_window=o.iframe_window, size=cfg.size,
+                        seed=cfg.seed, flip_p=cfg.flip_p, source=o.motion_source)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         clip_map = self.backbone.forward_features(batch["views"][0]["rgb"])

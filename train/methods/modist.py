@@ -16,6 +16,12 @@ augmentations: the centred square of the short side, resized. `sync` (Table 3c, 
 time and space instead: m_k covers v_q's time with v_q's crop and flip, m_q covers v_k's, and the visual clips start
 where a motion clip may. `gamma=0` is Table 3c's "- motion thresh", `motion_loss=false` its "- L_m".
 
+Table 3b, the motion input (`motion_signal`; `motion_input` was already the name of the frames/channels layout):
+`edges` (default) the flow edges / edges_clamp; `flow` the store's raw flow (dx, dy) of t -> t+1 in output pixels
+divided by FLOW_SCALE (the store keeps no t -> t-5 flow, from which the edges come); `frame_diff` the difference of
+consecutive grayscale frames, X_t - X_{t-1} in [-1, 1] (X_{-1} = X_0). Every signal takes the same motion clips:
+gamma thresholds the flow edges (so a store with `edges` is needed for each), and only the input changes.
+
 Choices where the paper is silent are in README.md ("MoDist").
 """
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from motionssl.stores import Store
-from motionssl.train.augment import SpatialParams, center_params, crop_resize_frames
+from motionssl.train.augment import SpatialParams, center_params, crop_resize_frames, crop_resize_motion
 from motionssl.train.config import ConfigError, PretrainConfig
 from motionssl.train.contrastive import MoCoQueue, info_nce, momentum_keys, momentum_update, projection_head
 from motionssl.train.datasets import ClipDataset, Needs, check_store
@@ -41,6 +47,8 @@ from motionssl.train.sampling import clip_at
 from motionssl.train.shuffle_bn import group_batch_norms
 
 MOTION_INPUTS = ("frames", "channels")
+MOTION_SIGNALS = {"edges": 1, "flow": 2, "frame_diff": 1}  # Table 3b: the motion pathway's input, and its channels
+FLOW_SCALE = 20.0  # raw flow in output px is divided by this (the uint8 store's bound) to be of order 1
 
 
 @dataclass
@@ -55,8 +63,12 @@ class MoDistOptions(MoCoOptions):
     gamma: float = 0.02           # motion threshold on edges / edges_clamp
     sync: bool = False
     motion_loss: bool = True      # L_m
+    motion_signal: str = "edges"  # edges | flow | frame_diff (Table 3b; module docstring)
 
     def __post_init__(self):
+        if self.motion_signal not in MOTION_SIGNALS:
+            raise ConfigError(f"modist: motion_signal must be one of {', '.join(MOTION_SIGNALS)}, "
+                              f"got {self.motion_signal!r}")
         if self.motion_input not in MOTION_INPUTS:
             raise ConfigError(f"modist: motion_input must be one of {', '.join(MOTION_INPUTS)}, "
                               f"got {self.motion_input!r}")
@@ -81,8 +93,9 @@ class MoDistClips(ClipDataset):
     from their own stream, `default_rng([seed, epoch, index, 1])`, so the visual views are those of ClipDataset."""
 
     def __init__(self, store: Store, needs: Needs, *, size: int, seed: int, motion_clip_len: int, motion_stride: int,
-                 gamma: float, sync: bool, flip_p: float = 0.5):
-        check_store(store, ("rgb", "edges"))
+                 gamma: float, sync: bool, flip_p: float = 0.5, signal: str = "edges"):
+        check_store(store, ("rgb", "edges") + (("flow",) if signal == "flow" else ()))
+        self.signal = signal
         super().__init__(store, needs, size=size, seed=seed, flip_p=flip_p)
         self.motion_clip_len, self.motion_stride, self.sync = motion_clip_len, motion_stride, sync
         self.clamp = float(store.spec.flow.edges_clamp)
@@ -118,10 +131,23 @@ class MoDistClips(ClipDataset):
             start, box = (self._visual[1 - v] if self.sync
                           else (int(starts[rng.integers(len(starts))]), center_params(aspect)))
             idx = clip_at(start, frames_total, self.motion_clip_len, self.motion_stride)
-            edges = crop_resize_frames(self._read(vid, "edges", idx)[..., None], box, self.size)[..., 0]
-            sample["motion_views"].append({"edges": torch.from_numpy(edges / np.float32(self.clamp))[None],
-                                           "frames": torch.from_numpy(idx)})
+            if self.signal == "edges":
+                edges = crop_resize_frames(self._read(vid, "edges", idx)[..., None], box, self.size)[..., 0]
+                motion = torch.from_numpy(edges / np.float32(self.clamp))[None]
+            else:
+                motion = self.motion_signal(vid, idx, box, (meta["stored_height"], meta["stored_width"]))
+            # "edges" is the motion pathway's input, whichever the signal
+            sample["motion_views"].append({"edges": motion, "frames": torch.from_numpy(idx)})
         return sample
+
+    def motion_signal(self, vid: str, idx: np.ndarray, box: SpatialParams, hw: tuple[int, int]) -> torch.Tensor:
+        """(C, L, S, S) float32: Table 3b's `flow` (2 channels) or `frame_diff` (1) at the frames `idx`."""
+        if self.signal == "flow":
+            flow = crop_resize_motion(self._read(vid, "flow", idx), box, (self.size, self.size), frame_hw=hw)
+            return torch.from_numpy(np.ascontiguousarray(flow.transpose(3, 0, 1, 2)) / np.float32(FLOW_SCALE))
+        frames = self._read(vid, "rgb", np.concatenate([np.maximum(idx[:1] - 1, 0), idx]))
+        gray = crop_resize_frames(frames, box, self.size).astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        return torch.from_numpy(np.ascontiguousarray(np.diff(gray, axis=0) / np.float32(255)))[None]
 
 
 class MoDist(RGBMoCo):
@@ -135,7 +161,8 @@ class MoDist(RGBMoCo):
         super().__init__(cfg, total_steps=total_steps)  # the visual pathway: backbone, head, momentum copies, bank
         o = self.opts
         width = o.motion_width or max(1, (cfg.backbone_width or 64) // 8)
-        in_channels = 1 if o.motion_input == "frames" else o.motion_clip_len
+        channels = MOTION_SIGNALS[o.motion_signal]
+        in_channels = channels if o.motion_input == "frames" else channels * o.motion_clip_len
         self.motion_backbone, _ = build_backbone(o.motion_backbone, in_channels=in_channels, width=width)
         group_batch_norms(self.motion_backbone, o.bn_groups)
         self.motion_head = projection_head(self.motion_backbone.out_dim, o.hidden or self.motion_backbone.out_dim,
@@ -154,11 +181,11 @@ class MoDist(RGBMoCo):
         o = parse_options(cls.Options, cfg.method_options, method=cfg.method)
         return MoDistClips(store, cls.needs(cfg), size=cfg.size, seed=cfg.seed, flip_p=cfg.flip_p,
                            motion_clip_len=o.motion_clip_len,
-                           motion_stride=o.motion_stride, gamma=o.gamma, sync=o.sync)
+                           motion_stride=o.motion_stride, gamma=o.gamma, sync=o.sync, signal=o.motion_signal)
 
     def motion_input(self, edges: Tensor) -> Tensor:
-        """(B, 1, L, S, S) -> the motion pathway's input: as is (frames), or (B, L, 1, S, S) (channels)."""
-        return edges if self.opts.motion_input == "frames" else edges.transpose(1, 2)
+        """(B, C, L, S, S) -> the motion pathway's input: as is (frames), or (B, C*L, 1, S, S) (channels)."""
+        return edges if self.opts.motion_input == "frames" else edges.flatten(1, 2).unsqueeze(2)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         o = self.opts

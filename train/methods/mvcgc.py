@@ -23,6 +23,10 @@ Where the paper is silent: projection heads are MoCo v2's (2048 hidden, 128 out)
 detached queries; motion vectors are clamped to +-10 output px and divided by 10 (as CMD), and their grid is resampled
 (nearest) to the clip's pixel size, so both encoders see the same geometry.
 
+`positives=union` (Table 3's "union" row) takes S_i = top-k(RGB) ∪ top-k(MV) instead of the intersection.
+`mv_encoder` rebuilds the MV stream's encoder from a checkpoint, and `MVInput` feeds it the store's vectors as
+training does, for `finetune` and `evaluate` with `--stream mv|both` (Tables 2, 4, 5).
+
 `mv_source=decode` (`pretrain --mv-source decode`) decodes the motion vectors from each video's source file with
 PyAV while loading instead of reading the store's (`train/decoded_motion.py`).
 """
@@ -41,11 +45,13 @@ from motionssl.train.contrastive import (MoCoQueue, info_nce, momentum_keys, mom
                                          similarities)
 from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.distributed import gather
-from motionssl.train.methods.base import Method, build_backbone, parse_options
+from motionssl.train.methods.base import Method, backbone_kwargs, build_backbone, parse_options
 from motionssl.train.motion_prediction import scale_motion
 from motionssl.train.shuffle_bn import group_batch_norms
 
 MV_SOURCES = ("store", "decode")
+POSITIVES = ("intersection", "union")
+STREAMS = ("rgb", "mv", "both")  # what `finetune` and `evaluate` read: the RGB encoder, the MV encoder, or both
 
 
 def topk_intersection(sim_a: Tensor, sim_b: Tensor, k: int, *, exclude: Tensor | None = None) -> Tensor:
@@ -60,6 +66,53 @@ def topk_intersection(sim_a: Tensor, sim_b: Tensor, k: int, *, exclude: Tensor |
         return chosen & torch.isfinite(sim)
 
     return top(sim_a) & top(sim_b)
+
+
+def topk_union(sim_a: Tensor, sim_b: Tensor, k: int, *, exclude: Tensor | None = None) -> Tensor:
+    """(B, K) bool: True at j when j is among the k largest of sim_a[i] or among the k largest of sim_b[i] (the
+    intersection of a top-k with itself is that top-k); `exclude` as in `topk_intersection`."""
+    return topk_intersection(sim_a, sim_a, k, exclude=exclude) | topk_intersection(sim_b, sim_b, k, exclude=exclude)
+
+
+def mv_clip_input(mv: Tensor, *, size: int, clamp: float) -> Tensor:
+    """(B, 2, T, g, g) motion vectors in output px -> the MV encoder's input: clamped to +-clamp, divided by it and
+    resampled (nearest) to T x size x size, the clip's pixel grid."""
+    mv = scale_motion(mv, clamp)
+    return F.interpolate(mv, size=(mv.shape[2], size, size), mode="nearest")
+
+
+class MVInput(nn.Module):
+    """A network on MVCGC's MV input (`mv_clip_input`): (B, 2, T, g, g) vectors in output px -> its output."""
+
+    def __init__(self, network: nn.Module, *, size: int, clamp: float = 10.0):
+        super().__init__()
+        self.network, self.size, self.clamp = network, size, clamp
+
+    def forward(self, mv: Tensor) -> Tensor:
+        return self.network(mv_clip_input(mv, size=self.size, clamp=self.clamp))
+
+
+def mv_encoder(payload: dict, *, source: str) -> tuple[nn.Module, dict]:
+    """The MV stream's encoder of an `mvcgc` checkpoint (its query encoder, `mv.backbone.` of the method state)
+    with its weights, and {"name", "kwargs", "size", "mv_clamp"}: the architecture and how its input is made."""
+    from motionssl.train.backbones import BACKBONES
+    from motionssl.train.checkpoint import CheckpointError
+    from motionssl.train.features import load_mapped
+
+    config = payload.get("config") or {}
+    if config.get("method") != "mvcgc":
+        raise CheckpointError(f"{source} is a {config.get('method')!r} checkpoint; the MV stream is that of one "
+                              f"written by `motionssl pretrain --method mvcgc`")
+    o = parse_options(MVCGCOptions, config.get("method_options") or {}, method="mvcgc")
+    name = o.mv_backbone or config["backbone"]
+    kwargs = backbone_kwargs(name, in_channels=2, width=config.get("backbone_width"))
+    network = BACKBONES[name](**kwargs)
+    prefix = "mv.backbone."
+    state = {k: v for k, v in payload["method"].items() if k.startswith(prefix)}
+    report = load_mapped(network, state, key_map={prefix: ""}, source=source)
+    if report.missing:
+        raise CheckpointError(f"{source}: the MV encoder lacks {', '.join(report.missing[:10])}")
+    return network, {"name": name, "kwargs": kwargs, "size": config["size"], "mv_clamp": o.mv_clamp}
 
 
 def cross_guidance_nce(q: Tensor, k: Tensor, queue: Tensor, positives: Tensor, tau: float, *,
@@ -96,6 +149,7 @@ class MVCGCOptions:
     mv_backbone: str | None = None  # the MV encoder; None: the RGB one's architecture
     mv_source: str = "store"    # store | decode (PyAV from each video's source file)
     mv_clamp: float = 10.0      # vectors clamped to +-mv_clamp output px and divided by it
+    positives: str = "intersection"  # intersection | union of the two streams' top-k (Table 3)
     bn_groups: int = 8          # shuffling BN in one process: up to this many BatchNorm groups (train/shuffle_bn.py)
 
 
@@ -139,6 +193,9 @@ class MVCGC(Method):
             raise ConfigError(f"need init_steps >= 0 and init_fraction within [0, 1], got {o.init_steps}, "
                               f"{o.init_fraction}")
         self.init_steps = o.init_steps if o.init_steps is not None else round(o.init_fraction * total_steps)
+        if o.positives not in POSITIVES:
+            raise ConfigError(f"mvcgc: positives must be one of {', '.join(POSITIVES)}, got {o.positives!r}")
+        self.positive_set = topk_intersection if o.positives == "intersection" else topk_union
 
     @classmethod
     def needs(cls, cfg: PretrainConfig) -> Needs:
@@ -162,8 +219,7 @@ class MVCGC(Method):
         return 1 if step < self.init_steps else 2
 
     def mv_input(self, view: dict) -> Tensor:
-        mv = scale_motion(view["mv"], self.opts.mv_clamp)
-        return F.interpolate(mv, size=(mv.shape[2], self.cfg.size, self.cfg.size), mode="nearest")
+        return mv_clip_input(view["mv"], size=self.cfg.size, clamp=self.opts.mv_clamp)
 
     def forward(self, batch: dict, *, step: int) -> dict:
         view_q, view_k = batch["views"]
@@ -174,7 +230,7 @@ class MVCGC(Method):
         same_video = self.rgb.queue.negatives_mask(videos)  # both queues hold the same videos, in lockstep
         stage = self.stage(step)
         with torch.no_grad():
-            positives = topk_intersection(q_r @ queue_r.T, q_m @ queue_m.T, self.opts.k, exclude=same_video)
+            positives = self.positive_set(q_r @ queue_r.T, q_m @ queue_m.T, self.opts.k, exclude=same_video)
         with torch.set_grad_enabled(stage == 2 and torch.is_grad_enabled()):  # stage 1: accuracies only
             loss_r, correct_r = cross_guidance_nce(q_r, k_m, queue_m, positives, tau, exclude=same_video)
             loss_m, correct_m = cross_guidance_nce(q_m, k_r, queue_r, positives, tau, exclude=same_video)
