@@ -17,8 +17,8 @@ from motionssl.train import checkpoint
 from motionssl.train.config import PretrainConfig
 from motionssl.train.datasets import ClipDataset, finish_batch
 from motionssl.train.methods.cgm import (
-    CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, derived_k_hr, dilate_filters,
-    filter_displacement, per_frame, periodic_shuffle, pixel_adaptive_warp, to_signed_unit,
+    CGM, CGMUL, ContextExtractor, charbonnier, context_correlation, dilate_filters, filter_displacement, per_frame,
+    reach_k_hr, periodic_shuffle, pixel_adaptive_warp, to_signed_unit,
 )
 from motionssl.train.run_log import read_log
 from test_extract import motionssl
@@ -143,7 +143,7 @@ def test_context_extractor_is_resnet18_to_conv3_without_the_max_pool():
 def test_motion_maps_have_the_clip_length_and_both_resolutions():
     m = CGM(tiny_cfg(), total_steps=1)
     maps = m.motion_maps(torch.randn(2, 3, 4, 32, 40))
-    assert maps.lr.shape == (2, 9, 4, 8, 10) and maps.hr.shape == (2, 25, 4, 32, 40)
+    assert maps.lr.shape == (2, 9, 4, 8, 10) and maps.hr.shape == (2, 81, 4, 32, 40)  # k_hr 9
     assert maps.pooled.shape == (2, m.backbone.out_dim)
     with pytest.raises(ValueError, match="multiples of 4"):
         m.motion_maps(torch.randn(1, 3, 4, 30, 32))
@@ -192,7 +192,7 @@ def test_pretrain_learns_motion_maps(cgm_store, tmp_path):
     assert r.exit_code == 0, r.output
     state = checkpoint.load(run / "checkpoint.pt")
     cfg = PretrainConfig(**state["config"])
-    assert cfg.stride == 1 and cfg.optimizer == "adam" and cfg.method_options["k_hr"] == 5  # the paper's settings
+    assert cfg.stride == 1 and cfg.optimizer == "adam" and cfg.method_options["k_hr"] is None  # k_hr: the reach rule
     torch.manual_seed(cfg.seed)
     start = CGM(cfg, total_steps=30)  # the run's initial weights: the loop seeds torch, then builds the method
     trained = CGM(cfg, total_steps=30)
@@ -293,14 +293,15 @@ def test_the_unlearned_upsamplers_resize_the_lr_taps_and_dilate_them(mode):
     assert all(p.grad is not None for p in m.decoder.parameters())
 
 
-@pytest.mark.parametrize("scale, k_hr, lr_side", [(2, 3, 16), (4, 5, 8), (8, 9, 4)])
+@pytest.mark.parametrize("scale, k_hr, lr_side", [(2, 5, 16), (4, 9, 8), (8, 17, 4)])
 def test_the_scale_sets_the_lr_grid_the_context_stride_and_k_hr(scale, k_hr, lr_side):
-    assert derived_k_hr(5, scale) == k_hr and derived_k_hr(3, 4) == 3
+    assert reach_k_hr(3, scale) == k_hr and reach_k_hr(5, 4) == 17
     m = CGM(tiny_cfg(method_options={"scale": scale}), total_steps=1)
     assert m.k_hr == k_hr and m.upsampler.scale == scale
     maps = m.motion_maps(torch.randn(1, 3, 4, 32, 32))
     assert maps.lr.shape[-2:] == (lr_side, lr_side) and maps.hr.shape[1:] == (k_hr ** 2, 4, 32, 32)
     assert m.context(torch.randn(1, 3, 32, 32)).shape[-1] == 32 // scale
+    assert CGM(tiny_cfg(method_options={"scale": scale, "k_hr": 5}), total_steps=1).k_hr == 5  # Table 8's count
     keys = {k: v.shape for k, v in ContextExtractor(width=8, stride=scale).state_dict().items()}
     assert keys == {k: v.shape for k, v in ContextExtractor(width=8).state_dict().items()}  # same weights at any scale
 
@@ -320,3 +321,16 @@ def test_pretrain_runs_every_upsampler_and_scale(cgm_store, tmp_path):
         r = cli("pretrain", "--method", "cgm", cgm_store, "-o", tmp_path / "bad", *TINY, "--steps", "1",
                 "--batch-size", "2", "--option", extra)
         assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+@pytest.mark.parametrize("k, scale", [(3, 2), (3, 4), (5, 4), (3, 8)])
+def test_hr_filters_reach_as_far_as_lr_filters(k, scale):
+    """The reach rule: the farthest tap of an HR filter moves content at least as far, in frame pixels, as the
+    farthest tap of an LR filter (scale frame pixels per LR pixel), and one size less would not."""
+    def reach(size: int) -> float:
+        corner = torch.zeros(1, size * size, 1, 1)
+        corner[0, 0] = 1.0
+        return float(filter_displacement(corner).abs().max())
+
+    k_hr = reach_k_hr(k, scale)
+    assert reach(k_hr) >= scale * reach(k) > reach(k_hr - 2)

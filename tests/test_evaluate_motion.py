@@ -121,7 +121,7 @@ def test_show_draws_the_learned_motion_column(tiny_stores, cgm_checkpoint, tmp_p
     learned = LearnedMotion(cgm_checkpoint)
     store = open_store(tiny_stores["zarr"])
     field = learned.displacement(store, "short", [0, 5])        # 6 frames, clips of 4: the last one predicts
-    assert field.shape == (2, 64, 128, 2) and np.isfinite(field).all() and np.abs(field).max() <= 2  # k_hr 5
+    assert field.shape == (2, 64, 128, 2) and np.isfinite(field).all() and np.abs(field).max() <= 4  # k_hr 9: +-4 px
 
     class Rightward:  # anything with `displacement` is drawn: here 3 px/frame to the right everywhere
         def displacement(self, store, video_id, steps):

@@ -19,13 +19,14 @@ Conventions (tests/test_cgm.py):
   clip; the video encoder and the context extractor see the ImageNet-normalised clip, as every backbone does.
 
 Where the paper is silent (its code was not released), the choices are:
-- k = 3 and k_hr = 5. The paper only says k_hr > k. Table 8 counts 2.39M parameters from LR to HR pipeline; the
-  context extractor holds 0.68M, which leaves 1.71M for the CGMUL conv, 513 x 9 x 16 x k_hr^2: k_hr = 5 (1.85M).
+- k = 3, and k_hr by the reach rule: the HR filters reach at least as far as the LR filters, in frame pixels. An LR
+  tap is r HR pixels, so k x k LR filters reach r(k - 1)/2 and k_hr = r(k - 1) + 1: 9 at the paper's r = 4 (5 and
+  17 at r = 2 and 8). The paper only says k_hr > k so that HR maps can follow fast motion; with k_hr = 5 they would
+  reach +-2 px against the LR's +-4 px. Table 8's count (2.39M parameters from LR to HR; the context extractor
+  holds 0.68M, leaving 1.71M for the CGMUL conv, 513 x 9 x 16 x k_hr^2) implies k_hr = 5 (1.85M): `--option
+  k_hr=5` gives that model at any scale.
 - Scale r = 4, the paper's choice (§4.3), which is also the stride of ResNet-18's conv3_x without the max-pool.
-  Figure 6's other scales (option `scale`): 2 with conv1 unstrided, 8 with ResNet-18's max-pool kept. k_hr is the
-  HR filter size at scale 4; at scale s its reach (k_hr - 1)/2 grows with s (derived_k_hr: 3, 5, 9 at 2, 4, 8),
-  so the HR filters reach the same fraction of an LR pixel at every scale. The literal alternative, HR filters
-  reaching as far as the LR filters (s(k-1)+1 taps: 9 at scale 4), would contradict Table 8's count at scale 4.
+  Figure 6's other scales (option `scale`): 2 with conv1 unstrided, 8 with ResNet-18's max-pool kept.
 - Table 6's nearest and bilinear upsamplers (option `upsampler`) resize each tap channel of the LR map by r and
   dilate its filters by r with zero holes (§4.4): a tap keeps its displacement, r HR pixels per LR tap. No context
   extractor or CGMUL is built then.
@@ -117,10 +118,10 @@ def upsample_filters(lr_map: Tensor, scale: int, mode: str) -> tuple[Tensor, int
                                                                      {"align_corners": False})), scale
 
 
-def derived_k_hr(k_hr: int, scale: int) -> int:
-    """The HR filter size at `scale`: `k_hr` is the size at the paper's scale 4, and its reach (k_hr - 1)/2 in HR
-    pixels keeps its ratio to the LR pixel: reach(scale) = ceil(reach(4) * scale / 4). k_hr 5 -> 3, 5, 9 at 2, 4, 8."""
-    return 2 * math.ceil((k_hr - 1) // 2 * scale / SCALE) + 1
+def reach_k_hr(k: int, scale: int) -> int:
+    """The smallest HR filter size whose reach, (k_hr - 1)/2 HR pixels, is at least that of k x k filters on the
+    grid `scale` times coarser: scale (k - 1)/2 HR pixels (module docstring). 9 for k = 3 at scale 4."""
+    return scale * (k - 1) + 1
 
 
 def periodic_shuffle(x: Tensor, r: int) -> Tensor:
@@ -269,7 +270,7 @@ class MotionMaps(NamedTuple):
 @dataclass
 class CGMOptions:
     k: int = 3                  # LR filter size (module docstring: why 3 and 5)
-    k_hr: int = 5               # HR filter size, > k
+    k_hr: int | None = None     # HR filter size; None: the reach rule, scale (k - 1) + 1 (module docstring)
     softmax: bool = True        # taps softmax-normalised per pixel; False: raw conv outputs (module docstring)
     lambda1: float = 1.0        # weight of the LR reconstruction loss (paper: 1)
     lambda2: float = 0.0        # weight of the classification loss; > 0 needs `labels` (paper: 10 when supervised)
@@ -277,7 +278,7 @@ class CGMOptions:
     labels: list[str] = field(default_factory=list)  # label files, as `finetune --labels`: train on their train part
     split: int = 1              # UCF101 / HMDB51 split number of `labels`
     upsampler: str = "cgmul"    # Table 6: cgmul | nearest | bilinear (LR taps resized, filters dilated by scale)
-    scale: int = SCALE          # Figure 6: HR / LR resolution, 2 | 4 | 8; k_hr is rescaled with it (derived_k_hr)
+    scale: int = SCALE          # Figure 6: HR / LR resolution, 2 | 4 | 8
 
 
 def _split(store: Store, opts: CGMOptions):
@@ -297,7 +298,7 @@ class CGM(Method):
         _check(cfg, o)
         self.backbone, kwargs = build_backbone(cfg.backbone, in_channels=3, width=cfg.backbone_width)
         self.backbone_spec = {"name": cfg.backbone, "kwargs": kwargs}
-        self.scale, self.k_hr = o.scale, derived_k_hr(o.k_hr, o.scale)
+        self.scale, self.k_hr = o.scale, o.k_hr or reach_k_hr(o.k, o.scale)
         self.context = ContextExtractor(width=cfg.backbone_width or 64, stride=o.scale)
         self.decoder = MotionDecoder(self.backbone.out_dim, self.context.out_dim, taps=o.k ** 2, softmax=o.softmax)
         self.upsampler = None
@@ -377,6 +378,8 @@ def _check(cfg: PretrainConfig, o: CGMOptions) -> None:
         raise ConfigError(f"cgm: --clip-len {cfg.clip_len}: needs at least 2 frames (one reconstructed, one predicted)")
     for name in ("k", "k_hr"):
         value = getattr(o, name)
+        if value is None and name == "k_hr":
+            continue
         if value < 1 or value % 2 == 0:
             raise ConfigError(f"cgm: option {name}={value} must be a positive odd filter size")
     if o.lambda2 > 0 and not o.labels:
