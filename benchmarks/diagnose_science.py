@@ -7,6 +7,8 @@ For each method's run of `bench_science.py` (OUT/science_600_72_8/NAME-sSEED/che
 - **gradients**: on one training batch (16 videos, 2 of each class) with the trained weights, the norm of the
   gradient that each loss term sends into the evaluated RGB backbone (`Method.encoder()`): does the motion term
   reach the representation, and how strongly beside the appearance term?
+- **backbone**: the benchmark's probe on the pooled features and on the whole last feature map, flattened: is
+  the motion there, but placed where the global average pool loses it?
 - **motion path**: the same probe as the benchmark's (retrieval R@1 and linear top-1, test videos against training
   videos) on the trained motion encoder (CMD's M-network on motion vectors, MVCGC's MV stream, MoDist's flow-edge
   pathway): does the motion signal itself tell the classes apart? An untrained encoder of each, for reference;
@@ -14,7 +16,7 @@ For each method's run of `bench_science.py` (OUT/science_600_72_8/NAME-sSEED/che
 - **MCL**: where the MAL target lies: the share of the clip's motion-boundary mass inside the moving object
   (pixels whose colour changes between frames by more than 8/255; the backgrounds are static), against the share
   of the frame the object covers, at full resolution and at the resolution MAL aligns (the backbone's last map).
-Writes OUT/diagnose_science.json and .md.
+Writes OUT/diagnose_science_sSEED.json (one entry per method; methods diagnosed before are kept).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_science import COMMON, VIEWS, split_of
+from bench_science import COMMON, VIEWS, probe, split_of
 from machine import machine_info
 
 CHANCE_CLASSES = 8
@@ -147,7 +149,6 @@ def motion_encoder(name: str, method):
 
 
 def motion_probe(name: str, method, stores: dict[str, Path]) -> dict:
-    from bench_science import probe
     from motionssl.stores import open_store
     from motionssl.train.datasets import ClipDataset, Needs
 
@@ -167,6 +168,31 @@ def motion_probe(name: str, method, stores: dict[str, Path]) -> dict:
                 rows.append(encode(views).float().numpy())
         feats[split] = (np.stack(rows), np.array(labels))
     return probe(feats["train"], feats["test"], seed=0)
+
+
+# -- the evaluated backbone: pooled features against its whole last map ----------------------------------------------
+
+class MapFeatures(torch.nn.Module):
+    """The backbone's last feature map, flattened (C x T' x H' x W'), instead of its global average."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x).flatten(1)
+
+
+def backbone_probes(run: Path, stores: dict[str, Path]) -> dict:
+    """The benchmark's probe on the pooled features (as bench_science) and on the flattened last map: motion that the
+    backbone encodes in where its features sit on the map is lost by the global average pool."""
+    from bench_science import features
+    from motionssl.train.features import load_backbone
+
+    backbone, _, _ = load_backbone(run / "checkpoint.pt")
+    model = MapFeatures(backbone)
+    return {"pooled": probe(features(backbone, stores["train"]), features(backbone, stores["test"]), seed=0),
+            "map": probe(features(model, stores["train"]), features(model, stores["test"]), seed=0)}
 
 
 # -- CGM and MCL ---------------------------------------------------------------------------------------------------
@@ -219,6 +245,7 @@ def diagnose(name: str, run: Path, stores: dict[str, Path]) -> dict:
     out: dict = {"pretext": {k: {"first": rows[0].get(k), "last": rows[-1].get(k), "chance": c}
                              for k, c in cols.items()}}
     out["gradients"] = gradient_norms(name, run)
+    out["backbone"] = backbone_probes(run, stores)
     if name in ("cmd", "mvcgc", "modist"):
         method, cfg, _, store = load_method(run)
         method.cfg_edges_clamp = float(store.spec.flow.edges_clamp)
@@ -247,7 +274,9 @@ def main() -> None:
     runs = a.out / f"science_{a.steps}_{a.per_class}_{a.test_per_class}"
     data = a.out / f"science_data_{a.per_class}_{a.test_per_class}"
     stores = {"train": data / "train.zarr", "test": data / "test.zarr"}
-    report = {"machine": machine_info(("torch",)), "seed": a.seed, "methods": {}}
+    path = a.out / f"diagnose_science_s{a.seed}.json"  # methods diagnosed before are kept
+    report = json.loads(path.read_text()) if path.exists() else {"seed": a.seed, "methods": {}}
+    report["machine"] = machine_info(("torch",))
     for name in a.methods.split(","):
         run = runs / f"{name}-s{a.seed}"
         if not (run / "checkpoint.pt").exists():
@@ -255,7 +284,7 @@ def main() -> None:
             continue
         report["methods"][name] = diagnose(name, run, stores)
         print(name, json.dumps(report["methods"][name], indent=1), flush=True)
-        (a.out / "diagnose_science.json").write_text(json.dumps(report, indent=1))
+        path.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from motionssl.train.config import resolve
 from motionssl.train.datasets import ClipDataset, Needs
 from motionssl.train.decoded_motion import DecodedMotionStore
 from motionssl.train.methods.mvcgc import MVCGC, cross_guidance_nce, topk_intersection
+from motionssl.train.optim import lr_at
 from motionssl.train.run_log import read_log
 from test_cmd import rgb_only_store  # noqa: F401 (fixture)
 from test_datasets import one_thread  # noqa: F401 (fixture)
@@ -214,6 +215,19 @@ def test_pretrain_lowers_the_loss_of_both_stages(moco_store, tmp_path):
     # mean |top-k(RGB) & top-k(MV)| over the batch, own pair excluded: in [0, k], and some queries have one
     assert all(0 <= row["positives"] <= 5 for row in log[20:]) and mean("positives", log[20:]) > 0.5
     assert cv2.imread(str(run / "curves.png")).shape[1] == 4 * 480  # loss, lr, clips/s, cross_top1
+
+
+@pytest.mark.parametrize("stage_schedule", [True, False])
+def test_stage_two_starts_its_own_learning_rate_schedule(moco_store, tmp_path, stage_schedule):
+    run = tmp_path / "run"
+    r = pretrain(moco_store, "-o", run, *TINY_CLI, "--option", "init_steps=3", "--option", "queue_size=8",
+                 "--option", f"stage_schedule={str(stage_schedule).lower()}", "--steps", "6", "--batch-size", "2",
+                 "--workers", "0", "--lr", "0.01", "--log-every", "1")
+    assert r.returncode == 0, r.stderr
+    lr = [row["lr"] for row in read_log(run)]  # the lr of each logged step, steps 0..5
+    one_cosine = [lr_at(s, base_lr=0.01, warmup_steps=0, total_steps=6) for s in range(6)]
+    stages = [lr_at(s, base_lr=0.01, warmup_steps=0, total_steps=3) for s in range(3)] * 2
+    assert lr == pytest.approx(stages if stage_schedule else one_cosine)
 
 
 def test_resume_continues_exactly_in_either_stage(moco_store, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from motionssl.train import checkpoint
 from motionssl.train.config import ConfigError, PretrainConfig, config_from_dict, load_yaml, resolve
-from motionssl.train.optim import lr_at, param_groups
+from motionssl.train.optim import lr_at, param_groups, schedule_segment
 
 METHOD_DEFAULTS = {"backbone": "s3d", "clip_len": 16, "lr": 1e-4, "epochs": 300, "method_options": {"tau": 0.07, "dim": 128}}
 
@@ -45,6 +45,12 @@ def test_lr_schedule_closed_form():
     values = [lr_at(s, **kw) for s in range(4, 24)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert lr_at(0, base_lr=2.0, warmup_steps=0, total_steps=10) == 2.0
+
+
+def test_schedule_segments_cut_the_run_at_its_restarts():
+    assert [schedule_segment(s, (), 10) for s in (0, 9, 10)] == [(0, 10)] * 3
+    assert [schedule_segment(s, (6,), 10) for s in (0, 5, 6, 9)] == [(0, 6), (0, 6), (6, 10), (6, 10)]
+    assert schedule_segment(3, (0, 10, 4, 2), 10) == (2, 4)  # restarts outside (0, total) are no cuts; any order
 
 
 def test_no_weight_decay_on_biases_and_norms():

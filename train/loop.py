@@ -32,7 +32,7 @@ from motionssl.train.faults import (NonFiniteGuard, Termination, TrackedDataset,
                                    stop_workers, usable_store)
 from motionssl.train.methods import METHODS
 from motionssl.train.methods.base import Method, parse_options
-from motionssl.train.optim import lr_at, make_optimizer, param_groups, set_lr
+from motionssl.train.optim import lr_at, make_optimizer, param_groups, schedule_segment, set_lr
 from motionssl.train.run_log import RunLog, plot_run
 
 # Config fields a resumed run may change; any other difference means a different experiment.
@@ -165,6 +165,7 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
     method = method_cls(cfg, total_steps=total_steps).to(dist.device)
+    restarts = method.schedule_restarts()
     optimizer = make_optimizer(param_groups(method, cfg.weight_decay,
                                           decay_biases_and_norms=cfg.decay_biases_and_norms),
                              name=cfg.optimizer, lr=cfg.lr)
@@ -232,8 +233,9 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
             batch = finish_batch(to_device(next_batch(batches, tracked, timeout=data_timeout, store_path=store.path),
                                            dist.device))
             t_data = time.perf_counter() - t0
-            lr = lr_at(step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps,
-                       min_lr=cfg.lr * cfg.min_lr_ratio)
+            first, end = schedule_segment(step, restarts, total_steps)
+            lr = lr_at(step - first, base_lr=cfg.lr, warmup_steps=warmup_steps if first == 0 else 0,
+                       total_steps=end - first, min_lr=cfg.lr * cfg.min_lr_ratio)
             set_lr(optimizer, lr)
             guard.before_forward()
             with torch.autocast(dist.device.type, dtype=precision.dtype or torch.bfloat16,

@@ -20,6 +20,16 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def schedule_segment(step: int, restarts: tuple[int, ...], total_steps: int) -> tuple[int, int]:
+    """(first step, end step) of the schedule segment holding `step`: the run cut at `restarts`, the steps where a
+    multi-stage method's schedule starts again (`Method.schedule_restarts`)."""
+    cuts = [0] + sorted(r for r in restarts if 0 < r < total_steps) + [total_steps]
+    for first, end in zip(cuts, cuts[1:]):
+        if step < end:
+            return first, end
+    return cuts[-2], cuts[-1]
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, *, decay_biases_and_norms: bool = False) -> list[dict]:
     """Weight decay on the weights of convs and linears; on biases and normalisation parameters (every parameter of
     one dimension or none) only with `decay_biases_and_norms`. The default keeps decay from shrinking BatchNorm's

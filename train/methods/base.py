@@ -72,6 +72,11 @@ class Method(nn.Module):
     def after_step(self, step: int) -> None:
         """Runs after every optimiser step; momentum encoders update here."""
 
+    def schedule_restarts(self) -> tuple[int, ...]:
+        """Steps where the learning-rate schedule starts again (without warmup): stages that the paper ran as
+        separate runs, each with its own schedule."""
+        return ()
+
     def encoder(self) -> nn.Module:
         """The backbone that the representation lives in (what `finetune` and `evaluate` use)."""
         return self.backbone

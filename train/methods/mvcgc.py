@@ -13,7 +13,10 @@ query against the MV key and queue, plus the MV query against the RGB key and qu
 from the query's own video are not negatives (and not candidates for S_i).
 
 The stage is a function of the step (stage 2 from `init_steps`, default `init_fraction` of the run), so a resumed
-run continues in its stage. Logged in both stages: rgb_top1 and mv_top1 (the own key ranks first among the stream's
+run continues in its stage. Each stage has its own learning-rate schedule (`stage_schedule`, default on): stage 2
+starts again at --lr, as the paper's "continually train the cross guidance for another 200 epochs" at Adam 1e-4
+and CoCLR's code (one run per stage) do. With one cosine over both stages, stage 2 ran at under 35% of --lr, and
+in bench_science its cross task stayed at chance (README.md, "MVCGC"). Logged in both stages: rgb_top1 and mv_top1 (the own key ranks first among the stream's
 queue, stage 1's task), cross_top1 (a positive of the other stream ranks first, both directions averaged, stage 2's
 task) and positives (mean |S_i|).
 
@@ -150,6 +153,7 @@ class MVCGCOptions:
     mv_source: str = "store"    # store | decode (PyAV from each video's source file)
     mv_clamp: float = 10.0      # vectors clamped to +-mv_clamp output px and divided by it
     positives: str = "intersection"  # intersection | union of the two streams' top-k (Table 3)
+    stage_schedule: bool = True  # stage 2 starts its own cosine from --lr, as a separate run would (module docstring)
     bn_groups: int = 8          # shuffling BN in one process: up to this many BatchNorm groups (train/shuffle_bn.py)
 
 
@@ -214,6 +218,9 @@ class MVCGC(Method):
 
     def encoder(self) -> nn.Module:
         return self.rgb.backbone
+
+    def schedule_restarts(self) -> tuple[int, ...]:
+        return (self.init_steps,) if self.opts.stage_schedule else ()
 
     def stage(self, step: int) -> int:
         return 1 if step < self.init_steps else 2
