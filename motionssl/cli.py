@@ -59,6 +59,8 @@ def _default(name: str) -> str:
 
 
 STORE_HELP = "Store made by `motionssl extract`."
+ALLOW_STORE_CHANGE = typer.Option(False, "--allow-store-change", help="With --resume: continue even though the "
+                                  "store's version (`motionssl info`) differs from the one the run was trained on.")
 # The options `pretrain` and `finetune` share, declared once: each is the PretrainConfig field of its name. None means
 # "not given": then the YAML config (--config), the method's paper setting or the dataclass default applies
 # (train/config.py); the help names the default where it is the dataclass's.
@@ -184,6 +186,7 @@ def info(
         typer.echo(json.dumps(summary, indent=1))
         return
     typer.echo(f"store   {s.path}  ({s.format}, spec {s.spec.name} {s.spec.digest}, motionssl {s.root_meta['motionssl_version']})")
+    typer.echo(f"version {summary['version']}  (a digest of the index; runs record it)")
     typer.echo(f"spec    modalities {', '.join(s.spec.modalities)}; short side {s.spec.resolution.short_side}px; "
                f"mv cell {s.spec.mv.cell}px")
     t = summary["totals"]
@@ -313,6 +316,7 @@ def pretrain(
                                             "from the store; decode decodes them from the original videos (PyAV)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto (continue RUN_DIR if it has a checkpoint) or a checkpoint path."),
+    allow_store_change: bool = ALLOW_STORE_CHANGE,
     skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
                                                "finds broken (named on stderr) instead of stopping."),
     skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN "
@@ -354,7 +358,7 @@ def pretrain(
         cli_values = _config_values(store, output, run, method=name, skip_broken=skip_broken,
                                     skip_nonfinite=skip_nonfinite, data_timeout=data_timeout, method_options=options)
         cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
-        summary = train(cfg, resume=resume)
+        summary = train(cfg, resume=resume, allow_store_change=allow_store_change)
     except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
         fail(str(e))
     except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
@@ -405,6 +409,7 @@ def finetune(
                                                "regulariser (paper: 0.2); the store needs motion vectors."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto or a checkpoint path (as pretrain)."),
+    allow_store_change: bool = ALLOW_STORE_CHANGE,
     **run,
 ):
     """Train a classifier on a labelled split: full fine-tuning, --linear-probe, or --from-scratch.
@@ -441,7 +446,7 @@ def finetune(
         if cached_features:
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
         else:
-            summary = train(cfg, resume=resume, method_cls=Finetune)
+            summary = train(cfg, resume=resume, method_cls=Finetune, allow_store_change=allow_store_change)
     except (ConfigError, StoreError, SplitError, CheckpointError, MissingModality) as e:
         fail(str(e))
     except TrainingFault as e:

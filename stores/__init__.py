@@ -12,6 +12,8 @@ forked process reopens its own handles instead of sharing the parent's (which co
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -70,6 +72,7 @@ class Store:
         self._readers: dict[str, object] = {}
         self._pid = os.getpid()
         self._index: dict[str, dict] | None = None
+        self._version: str | None = None
 
     # -- listing
     @property
@@ -82,6 +85,14 @@ class Store:
                 ids, _ = scan_videos(self.path, self.format)
                 self._index = {vid: self._open(vid).meta() for vid in ids}
         return self._index
+
+    @property
+    def version(self) -> str:
+        """The store's content version: a digest of its index (every committed video's id and meta, which holds its
+        frame count, source and spec digest). Any video added, redone or removed changes it; a run records it."""
+        if self._version is None:
+            self._version = index_digest(self.index)
+        return self._version
 
     @property
     def videos(self) -> list[str]:
@@ -142,6 +153,7 @@ class Store:
     def without(self, video_ids) -> "Store":
         """This store with `video_ids` left out of its listing (e.g. broken videos a run skips)."""
         drop = set(video_ids)
+        self.version  # noqa: B018  (the whole store's, computed before the listing shrinks)
         other = copy.copy(self)
         other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
         other._readers = {}
@@ -172,6 +184,12 @@ def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
         return raw.astype(np.float32) * ((hi - lo) / np.float32(255)) + lo
     bound = np.float32(quant["bound"])
     return raw.astype(np.float32) * (2 * bound / np.float32(255)) - bound
+
+
+def index_digest(index: dict[str, dict]) -> str:
+    """`sha256:` and 16 hex digits of the index's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(index, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def open_store(path: str | Path) -> Store:

@@ -41,7 +41,7 @@ def summarize(store: Store) -> dict:
     store.close()
     return {
         "store": str(store.path), "format": store.format, "spec": store.spec.to_dict(),
-        "spec_digest": store.spec.digest, "motionssl_version": store.root_meta["motionssl_version"],
+        "spec_digest": store.spec.digest, "version": store.version, "motionssl_version": store.root_meta["motionssl_version"],
         "totals": {"videos": len(videos), "frames": total_frames, "bytes": total_bytes,
                    "bytes_per_frame": total_bytes / max(total_frames, 1),
                    "partial": sum(bool(v["partial"]) for v in videos)},
