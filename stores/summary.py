@@ -8,7 +8,9 @@ from motionssl.stores import Store
 from motionssl.stores.layout import video_path
 
 
-def _array_bytes(store: Store, reader, name: str) -> int:
+def _array_bytes(store: Store, reader, name: str, sizes: dict[str, int] | None) -> int:
+    if sizes is not None:  # object storage: from one listing of the store
+        return sizes.get(f"{reader.path[len(store.path) + 1:]}/{name}", 0)
     if store.format == "zarr":
         root = Path(reader.path) / name
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
@@ -18,20 +20,37 @@ def _array_bytes(store: Store, reader, name: str) -> int:
     return int(reader.array(name).id.get_storage_size())
 
 
+def _sizes_by_array(keys: dict[str, int]) -> dict[str, int]:
+    """{videos/<id>/d-<token>/<array>: bytes} from a listing of object keys and sizes."""
+    from motionssl.stores.remote import DATA_MARK
+
+    out: dict[str, int] = {}
+    for key, n in keys.items():
+        video, sep, rest = key.partition(f"/{DATA_MARK}")
+        if sep:
+            array = f"{video}/{DATA_MARK}" + "/".join(rest.split("/", 2)[:2])
+            out[array] = out.get(array, 0) + n
+    return out
+
+
 def summarize(store: Store) -> dict:
     videos, array_bytes = [], {}
     total_bytes = total_frames = 0
+    sizes = _sizes_by_array(store.remote.find("videos")) if store.remote else None
     for vid in store.videos:
         meta = store.meta(vid)
         reader = store._open(vid)
         arrays = {}
         for name, (shape, dtype) in reader.arrays().items():
-            nbytes = _array_bytes(store, reader, name)
+            nbytes = _array_bytes(store, reader, name, sizes)
             array_bytes[name] = array_bytes.get(name, 0) + nbytes
             arrays[name] = {"shape": list(shape), "dtype": str(dtype), "bytes": nbytes}
-        path = video_path(store.path, store.format, vid)
-        size = path.stat().st_size if path.is_file() else sum(
-            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        if sizes is not None:
+            size = sum(a["bytes"] for a in arrays.values())
+        else:
+            path = video_path(store.path, store.format, vid)
+            size = path.stat().st_size if path.is_file() else sum(
+                os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
         total_bytes += size
         total_frames += meta["frames"]
         videos.append({**{k: meta[k] for k in ("id", "frames", "fps", "codec", "width", "height", "rotation",

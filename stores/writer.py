@@ -1,4 +1,5 @@
-"""Writing one video: buffered appends along time, then an atomic rename into place."""
+"""Writing one video: buffered appends along time, then an atomic rename into place (on object storage: an
+upload and a commit record, `remote.py`)."""
 from __future__ import annotations
 
 import os
@@ -68,6 +69,10 @@ class VideoWriter:
             self._flush(name)
         self._finish(meta)
         self._close()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Make the finished temporary the video, atomically: fsync it, then rename it into place."""
         _fsync_tree(self.tmp)
         if self.final.exists():  # --overwrite: move the old one aside, never leave neither in place
             old = temp_path(self.final)
