@@ -33,8 +33,9 @@ class ZarrVideoReader:
         if attrs is None:
             raise KeyError(f"video {video_id!r} is not in store {remote.url} (no commit record)")
         url = f"{remote.url_of(video_prefix(video_id))}/{attrs['motionssl_data']}"
-        return cls(url, data=zarr.open_group(FsspecStore.from_url(url, read_only=True), mode="r"),
-                   meta=attrs["motionssl_video"])
+        # No allowed exceptions: a missing shard object fails the read (damage), never reads back as zeros.
+        store = FsspecStore.from_url(url, read_only=True, allowed_exceptions=())
+        return cls(url, data=zarr.open_group(store, mode="r", zarr_format=3), meta=attrs["motionssl_video"])
 
     def meta(self) -> dict:
         return dict(self._meta if self._meta is not None else self.data.attrs["motionssl_video"])

@@ -122,6 +122,18 @@ def test_info_pretrain_and_errors_on_object_storage(s3, synthetic_dir, tmp_path)
     r = motionssl("info", "s3://bucket/nothing.zarr", env=s3)
     assert r.returncode == 2 and "is not a motionssl store" in r.stderr
 
+    import s3fs
+
+    from motionssl.stores import StoreError, open_store
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    shard = sorted(k for k in fs.find("bucket/runs/train.zarr/videos/hevc") if "/rgb/c/" in k)[0]
+    fs.rm_file(shard)  # damage: a missing shard object is an error, never zeros
+    r = motionssl("verify", url, env=s3)
+    assert r.returncode == 1 and "hevc: rgb: chunk file" in r.stdout and "is missing or empty" in r.stdout
+    with pytest.raises(StoreError, match="cannot read rgb of video 'hevc'"):
+        open_store(url).read("hevc", "rgb", 0, 2)
+
     written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     written += list(_objects("bucket/runs").values())
     assert not any(SECRET.encode() in data for data in written)
