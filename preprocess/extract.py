@@ -324,14 +324,16 @@ def run_extract(opts: ExtractOptions) -> int:
         remote.delete(lock) if remote else lock.unlink(missing_ok=True)
 
 
-def _remove_leftovers(store: Path | str, fmt: str) -> None:
+def _remove_leftovers(store: Path | str, fmt: str, *, known=()) -> set[str] | None:
     """Partial videos of an interrupted run, or of attempts whose worker died; called only under the lock, with
-    no task of this run still writing. (On object storage, each video's commit removes its own: a listing of the
-    whole store would cost more than it saves.)"""
+    no task of this run still writing. Returns the ids of the videos on disk. (On object storage, each video's
+    commit removes its own: a listing of the whole store would cost more than it saves; returns None.)"""
     if is_url(store):
-        return
-    for p in scan_videos(store, fmt)[1]:
+        return None
+    ids, temps = scan_videos(store, fmt, known=known)
+    for p in temps:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return set(ids)
 
 
 def _source_stamp(path: Path) -> list[int]:
@@ -353,7 +355,8 @@ def _quarantine(store: Path | str, spec: Spec, videos: dict[str, Path], overwrit
         entries = (_read_doc(store, QUARANTINE) or {"videos": {}})["videos"] if not overwrite else {}
     except (OSError, ValueError, KeyError):  # damaged: it only saves time, so try every video again
         entries = {}
-    return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == spec.digest
+    digest = spec.digest
+    return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == digest
             and q.get("stamp") == _source_stamp(videos[vid])}
 
 
@@ -377,17 +380,17 @@ def _task_failure(vid: str, error: BaseException) -> dict:
 def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path) -> int:
     store, spec, fmt = opts.store, opts.spec, opts.fmt
     t_start = time.perf_counter()
-    _remove_leftovers(store, fmt)
-
     index = (_read_doc(store, INDEX) or {"videos": {}})["videos"]
-    if not is_url(store):  # on object storage the index lists only committed videos, and nothing removes one
-        index = {vid: m for vid, m in index.items() if video_path(store, fmt, vid).exists()}
+    on_disk = _remove_leftovers(store, fmt, known=index)
+    if on_disk is not None:  # on object storage the index lists only committed videos, and nothing removes one
+        index = {vid: m for vid, m in index.items() if vid in on_disk}
     quarantine = _quarantine(store, spec, videos, opts.overwrite)
     committed = {} if opts.overwrite else read_video_metas(store, fmt, [vid for vid in videos if vid not in index])
     records, todo = [], []
+    digest = spec.digest  # once: it hashes the whole spec
     for vid, path in videos.items():
         meta = None if opts.overwrite else (index.get(vid) or committed.get(vid))
-        if meta is not None and meta.get("spec_digest") == spec.digest:
+        if meta is not None and meta.get("spec_digest") == digest:
             index[vid] = meta
             records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
         elif vid in quarantine:
@@ -463,7 +466,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             client.close()
             if cluster is not None:
                 cluster.close()
-        _remove_leftovers(store, fmt)  # attempts whose worker died mid-write
+        _remove_leftovers(store, fmt, known=index)  # attempts whose worker died mid-write
     failures = sum(r["status"] == "failed" for r in records)
     write_index(store, index)
     _save_quarantine(store, quarantine)

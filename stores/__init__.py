@@ -313,6 +313,6 @@ def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
 def write_index(store_path: Path | str, metas: dict[str, dict]) -> None:
     remote = _remote(store_path)
     if remote:
-        remote.put_json(INDEX, {"videos": metas})  # one PUT: the whole new index or the old one
+        remote.put(INDEX, json.dumps({"videos": metas}, sort_keys=True).encode())  # one PUT: all of it or the old
     else:
-        write_json_atomic(store_path / INDEX, {"videos": metas})
+        write_json_atomic(Path(store_path) / INDEX, {"videos": metas}, indent=None)
