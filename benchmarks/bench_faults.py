@@ -55,8 +55,7 @@ def build(root: Path, fmt: str, videos: int, frames: int) -> Path:
                 wr.append("iframes", rgb[t])
                 wr.append("iframe_index", np.int32(t))
         meta = {"id": vid, "frames": frames, "spec_digest": spec.digest, "stored_width": w, "stored_height": h}
-        wr.commit(meta)
-        metas[vid] = meta
+        metas[vid] = wr.commit(meta)
     write_index(root, metas)
     return root
 

@@ -72,8 +72,7 @@ def write_video(root, vid: str, spec, frames: int, seed: int) -> dict:
             "height": H, "rotation": 0, "stored_width": W, "stored_height": H, "mv_grid": [gh, gw], "has_mv": True,
             "iframes": -(-frames // 12), "reencoded": False, "partial": None, "notes": [],
             "spec_digest": spec.digest, "motionssl_version": "bench", "seconds": 0.01}
-    wr.commit(meta)
-    return meta
+    return wr.commit(meta)
 
 
 def ids(n: int) -> list[str]:

@@ -133,8 +133,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
             "spec_digest": spec.digest, "motionssl_version": __version__,
             "seconds": round(time.perf_counter() - t0, 4),
         }
-        writer.commit(meta)
-        return meta
+        return writer.commit(meta)
     except BaseException:
         writer.abort()
         raise
