@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_faults import write_arrays  # noqa: E402
 from machine import machine_info  # noqa: E402
 from motionssl.data_specs import load_spec, mv_grid, spec_from_dict  # noqa: E402
 from motionssl.stores import init_store, make_writer, open_store, write_index  # noqa: E402
@@ -53,21 +54,8 @@ def write_video(root, vid: str, spec, frames: int, seed: int) -> dict:
     gh, gw = mv_grid(W, H, spec.mv.cell)
     rng = np.random.default_rng(seed)
     wr = make_writer(root, "zarr", vid, spec)
-    for name, shape, dtype, extra in (("pts", (), np.float64, 4096), ("frame_type", (), np.uint8, 4096),
-                                      ("rgb", (H, W, 3), np.uint8, None), ("iframes", (H, W, 3), np.uint8, 1),
-                                      ("iframe_index", (), np.int32, 4096), ("mv", (gh, gw, 2), np.float16, None),
-                                      ("mv_valid", (gh, gw), np.bool_, None)):
-        wr.add_array(name, shape, dtype, chunk=extra, shard=extra if extra == 4096 else None)
-    for t in range(frames):
-        wr.append("pts", np.float64(t / 25))
-        wr.append("frame_type", np.uint8(ord("I" if t % 12 == 0 else "P")))
-        wr.append("rgb", rng.integers(0, 16, (H, W, 3), dtype=np.uint8) * 16)
-        mv = rng.normal(0, 2, (gh, gw, 2)).astype(np.float16)
-        wr.append("mv", mv)
-        wr.append("mv_valid", mv[..., 0] > 0)
-        if t % 12 == 0:
-            wr.append("iframes", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-            wr.append("iframe_index", np.int32(t))
+    write_arrays(wr, rng.integers(0, 16, (frames, H, W, 3), dtype=np.uint8) * 16,
+                 rng.normal(0, 2, (frames, gh, gw, 2)).astype(np.float16))
     meta = {"id": vid, "source": f"{vid}.mp4", "frames": frames, "fps": 25.0, "codec": "h264", "width": W,
             "height": H, "rotation": 0, "stored_width": W, "stored_height": H, "mv_grid": [gh, gw], "has_mv": True,
             "iframes": -(-frames // 12), "reencoded": False, "partial": None, "notes": [],
@@ -191,7 +179,10 @@ def loader_rate(store, batches: int, batch_size: int = 8) -> float:
     from motionssl.train.datasets import ClipDataset, Needs
     from motionssl.train.loop import KeySampler, worker_init
 
-    ds = ClipDataset(store, Needs(modalities=("rgb", "mv"), clip_len=16, stride=1), size=32)
+    from motionssl.train.faults import TrackedDataset
+
+    ds = TrackedDataset(ClipDataset(store, Needs(modalities=("rgb", "mv"), clip_len=16, stride=1), size=32),
+                        workers=1)  # as the trainer reads: a batch from object storage is fetched in threads
     sampler = KeySampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=1, worker_init_fn=worker_init,
                         collate_fn=collate, drop_last=True)
@@ -261,7 +252,7 @@ def main() -> None:
                "scale": []}
     work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     try:
-        for n in (int(x) for x in args.sizes.split(",")):
+        for n in (int(x) for x in args.sizes.split(",") if x):
             row = scale_row(work, n, args.frames, args.verify_max, args.info_max)
             results["scale"].append(row)
             print(json.dumps({**row, "loadavg": os.getloadavg()}), flush=True)
