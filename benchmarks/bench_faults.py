@@ -40,25 +40,31 @@ def build(root: Path, fmt: str, videos: int, frames: int) -> Path:
     for i in range(videos):
         vid = f"class_{i % 10}/v_{i:04d}"
         wr = make_writer(root, fmt, vid, spec)
-        for name, shape, dtype, extra in (("pts", (), np.float64, 4096), ("frame_type", (), np.uint8, 4096),
-                                          ("rgb", (h, w, 3), np.uint8, None), ("iframes", (h, w, 3), np.uint8, 1),
-                                          ("iframe_index", (), np.int32, 4096), ("mv", (gh, gw, 2), np.float16, None),
-                                          ("mv_valid", (gh, gw), np.bool_, None)):
-            wr.add_array(name, shape, dtype, chunk=extra, shard=extra if extra == 4096 else None)
-        for t in range(frames):
-            wr.append("pts", np.float64(t / 25))
-            wr.append("frame_type", np.uint8(ord("I" if t % 12 == 0 else "P")))
-            wr.append("rgb", rgb[t])
-            wr.append("mv", mv[t])
-            wr.append("mv_valid", mv[t, ..., 0] > 0)
-            if t % 12 == 0:
-                wr.append("iframes", rgb[t])
-                wr.append("iframe_index", np.int32(t))
+        write_arrays(wr, rgb, mv)
         meta = {"id": vid, "frames": frames, "spec_digest": spec.digest, "stored_width": w, "stored_height": h}
-        wr.commit(meta)
-        metas[vid] = meta
+        metas[vid] = wr.commit(meta)
     write_index(root, metas)
     return root
+
+
+def write_arrays(wr, rgb: np.ndarray, mv: np.ndarray) -> None:
+    """The `compressed` spec's seven arrays of one video, from its frames (T, h, w, 3) and motion vectors."""
+    h, w = rgb.shape[1:3]
+    gh, gw = mv.shape[1:3]
+    for name, shape, dtype, extra in (("pts", (), np.float64, 4096), ("frame_type", (), np.uint8, 4096),
+                                      ("rgb", (h, w, 3), np.uint8, None), ("iframes", (h, w, 3), np.uint8, 1),
+                                      ("iframe_index", (), np.int32, 4096), ("mv", (gh, gw, 2), np.float16, None),
+                                      ("mv_valid", (gh, gw), np.bool_, None)):
+        wr.add_array(name, shape, dtype, chunk=extra, shard=extra if extra == 4096 else None)
+    for t in range(len(rgb)):
+        wr.append("pts", np.float64(t / 25))
+        wr.append("frame_type", np.uint8(ord("I" if t % 12 == 0 else "P")))
+        wr.append("rgb", rgb[t])
+        wr.append("mv", mv[t])
+        wr.append("mv_valid", mv[t, ..., 0] > 0)
+        if t % 12 == 0:
+            wr.append("iframes", rgb[t])
+            wr.append("iframe_index", np.int32(t))
 
 
 def best(fn, repeats: int) -> float:

@@ -75,7 +75,9 @@ def _default(name: str) -> str:
     return f"default {field.default}"
 
 
-STORE_HELP = "Store made by `motionssl extract`."
+STORE_HELP = "Store made by `motionssl extract`: a directory, or a URL such as s3://bucket/prefix/x.zarr."
+ALLOW_STORE_CHANGE = typer.Option(False, "--allow-store-change", help="With --resume: continue even though the "
+                                  "store's version (`motionssl info`) differs from the one the run was trained on.")
 # The options `pretrain` and `finetune` share, declared once: each is the PretrainConfig field of its name. None means
 # "not given": then the YAML config (--config), the method's paper setting or the dataclass default applies
 # (train/config.py); the help names the default where it is the dataclass's.
@@ -124,7 +126,7 @@ def run_options(command):
     return wrapper
 
 
-def _config_values(store: Optional[Path], output: Path, run: dict, **more) -> dict:
+def _config_values(store: Optional[str], output: Path, run: dict, **more) -> dict:
     """The CLI layer of the config (train/config.py `resolve`): every given value under its field's name."""
     values = {name: (v.value if isinstance(v, Enum) else v) for name, v in run.items()}
     return {"store": str(store) if store else None, "out": str(output), **values, **more}
@@ -135,11 +137,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _open(store: Path):
+def _location(store: str) -> Path | str:
+    """A store argument: a URL (s3://, gs://) as given, anything else a local path."""
+    from motionssl.stores.remote import is_url
+
+    return store if is_url(store) else Path(store)
+
+
+def _open(store: str):
     from motionssl.stores import StoreError, open_store
 
     try:
-        return open_store(store)
+        return open_store(_location(store))
     except StoreError as e:
         fail(str(e))
 
@@ -147,12 +156,14 @@ def _open(store: Path):
 @app.command()
 def extract(
     video_dir: Path = typer.Argument(..., help="Directory scanned recursively for videos."),
-    output: Path = typer.Option(..., "-o", "--output", help="Store directory to create or resume."),
+    output: str = typer.Option(..., "-o", "--output", help="Store directory to create or resume, or a URL on object "
+                               "storage (s3://bucket/prefix/x.zarr; Zarr only)."),
     spec: str = typer.Option("default", help="Spec name (default, compressed) or path to a YAML spec."),
     format: Format = typer.Option(Format.zarr, "--format", help="Store backend."),
     workers: Optional[int] = typer.Option(None, min=1, help="Worker processes of the local cluster (default: all cores)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
-    report: Optional[Path] = typer.Option(None, help="JSON report path (default: STORE.report.json beside the store)."),
+    report: Optional[Path] = typer.Option(None, help="JSON report path (default: STORE.report.json beside the store; "
+                                          "in the current directory for a URL)."),
     overwrite: bool = typer.Option(False, help="Redo videos that are already complete."),
     timeout: float = typer.Option(300.0, min=1.0, help="Fail a video whose decoder makes no progress for this "
                                                        "many seconds (a hang); slow videos that progress are never cut."),
@@ -174,7 +185,7 @@ def extract(
 
     try:
         opts = ExtractOptions(
-            video_dir=video_dir, store=output, spec=load_spec(spec), fmt=format.value, workers=workers,
+            video_dir=video_dir, store=_location(output), spec=load_spec(spec), fmt=format.value, workers=workers,
             scheduler=scheduler, report=report, overwrite=overwrite, timeout=timeout, reencode=reencode,
             progress=progress, start_timeout=start_timeout, keep_partial=keep_partial,
         )
@@ -189,7 +200,7 @@ def extract(
 
 @app.command()
 def info(
-    store: Path = typer.Argument(..., help="Store directory."),
+    store: str = typer.Argument(..., help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ):
     """Show a store's spec, videos, modalities (shapes, dtypes) and sizes."""
@@ -201,6 +212,7 @@ def info(
         typer.echo(json.dumps(summary, indent=1))
         return
     typer.echo(f"store   {s.path}  ({s.format}, spec {s.spec.name} {s.spec.digest}, motionssl {s.root_meta['motionssl_version']})")
+    typer.echo(f"version {summary['version']}  (a digest of the index; runs record it)")
     typer.echo(f"spec    modalities {', '.join(s.spec.modalities)}; short side {s.spec.resolution.short_side}px; "
                f"mv cell {s.spec.mv.cell}px")
     t = summary["totals"]
@@ -221,7 +233,7 @@ def info(
 
 
 @app.command()
-def verify(store: Path = typer.Argument(..., help="Store directory.")):
+def verify(store: str = typer.Argument(..., help=STORE_HELP)):
     """Exit 0 only if every video is complete and consistent with the spec; name every broken entry."""
     from motionssl.stores.verify import verify_store
 
@@ -240,7 +252,7 @@ DUMPABLE = tuple(a for arrays in ARRAYS.values() for a in arrays) + ALWAYS_STORE
 
 @app.command()
 def dump(
-    store: Path = typer.Argument(..., help="Store directory."),
+    store: str = typer.Argument(..., help=STORE_HELP),
     video_id: str = typer.Argument(..., help="Video id, as `motionssl info` lists it."),
     modality: str = typer.Argument(..., help=f"One of: {', '.join(DUMPABLE)}."),
     output: Path = typer.Option(..., "-o", "--output", help="Output .npy file."),
@@ -267,7 +279,7 @@ def dump(
 
 @app.command()
 def show(
-    store: Path = typer.Argument(..., help="Store directory."),
+    store: str = typer.Argument(..., help=STORE_HELP),
     video_id: str = typer.Argument(..., help="Video id, as `motionssl info` lists it."),
     output: list[Path] = typer.Option(..., "-o", "--output", help="Output file, repeatable: .png the panel, .mp4 "
                                       "an animated version of it."),
@@ -319,7 +331,7 @@ def show(
 @app.command()
 @run_options
 def pretrain(
-    store: Optional[Path] = typer.Argument(None, help=f"{STORE_HELP} Optional with --config or --resume auto, "
+    store: Optional[str] = typer.Argument(None, help=f"{STORE_HELP} Optional with --config or --resume auto, "
                                                       "which may name it."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
     method: Optional[Method] = typer.Option(None, help=f"Self-supervised method (default {PretrainConfig.method}); "
@@ -330,6 +342,7 @@ def pretrain(
                                             "from the store; decode decodes them from the original videos (PyAV)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto (continue RUN_DIR if it has a checkpoint) or a checkpoint path."),
+    allow_store_change: bool = ALLOW_STORE_CHANGE,
     skip_broken: Optional[bool] = typer.Option(None, "--skip-broken", help="Leave out videos the start-up check "
                                                "finds broken (named on stderr) instead of stopping."),
     skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip batches whose loss is NaN "
@@ -371,7 +384,7 @@ def pretrain(
         cli_values = _config_values(store, output, run, method=name, skip_broken=skip_broken,
                                     skip_nonfinite=skip_nonfinite, data_timeout=data_timeout, method_options=options)
         cfg = resolve(METHODS[name].defaults, yaml_values, cli_values, source=str(config or "command line"))
-        summary = train(cfg, resume=resume)
+        summary = train(cfg, resume=resume, allow_store_change=allow_store_change)
     except (ConfigError, StoreError, MissingModality, CheckpointError) as e:
         fail(str(e))
     except TrainingFault as e:  # after work started: exit 1, the last checkpoint is kept
@@ -400,7 +413,7 @@ def _exit_if_terminated(summary) -> None:
 @app.command()
 @run_options
 def finetune(
-    store: Optional[Path] = typer.Argument(None, help="Store holding the labelled videos (optional with --config or "
+    store: Optional[str] = typer.Argument(None, help="Store holding the labelled videos (optional with --config or "
                                                       "--resume auto, which may name it)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory: config, checkpoints, logs."),
     checkpoint: Optional[Path] = typer.Option(None, help="A pretrain run's checkpoint.pt: its backbone (architecture "
@@ -429,6 +442,7 @@ def finetune(
                                             "classifiers, late fusion of their probabilities; MVCGC Tables 2, 4)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; CLI options override it."),
     resume: Optional[str] = typer.Option(None, help="auto or a checkpoint path (as pretrain)."),
+    allow_store_change: bool = ALLOW_STORE_CHANGE,
     **run,
 ):
     """Train a classifier on a labelled split: full fine-tuning, --linear-probe, or --from-scratch.
@@ -469,7 +483,7 @@ def finetune(
         if cached_features or svm:  # an SVM is fitted on cached features, always
             summary = linear_probe_on_features(cfg, views=views, device="cuda" if _cuda() else "cpu")
         else:
-            summary = train(cfg, resume=resume, method_cls=Finetune)
+            summary = train(cfg, resume=resume, method_cls=Finetune, allow_store_change=allow_store_change)
     except (ConfigError, StoreError, SplitError, CheckpointError, MissingModality) as e:
         fail(str(e))
     except TrainingFault as e:
@@ -498,7 +512,7 @@ def _protocol(views: int, clip_len, stride, size, batch_size: int, workers: int,
                     crops=int(crops.value))
 
 
-def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Path, split: int, protocol) -> None:
+def _evaluate(run, checkpoint: Path, store: str, labels: list[Path], output: Path, split: int, protocol) -> None:
     from motionssl.train.labels import SplitError
     from motionssl.stores import StoreError
     from motionssl.train.checkpoint import CheckpointError
@@ -507,7 +521,7 @@ def _evaluate(run, checkpoint: Path, store: Path, labels: list[Path], output: Pa
     if not labels:
         fail("pass --labels FILE (see `motionssl finetune --help` for the formats)")
     try:
-        result = run(checkpoint, store, labels, output, split=split, protocol=protocol)
+        result = run(checkpoint, _location(store), labels, output, split=split, protocol=protocol)
     except (StoreError, SplitError, CheckpointError, MissingModality, ValueError) as e:
         fail(str(e))
     typer.echo(result["table"].rstrip())
@@ -520,7 +534,7 @@ CLIP_HELP = "(default: the checkpoint's)"
 
 @evaluate_app.command("retrieve")
 def evaluate_retrieve(
-    store: Path = typer.Argument(..., help="Store holding the labelled videos."),
+    store: str = typer.Argument(..., help="Store holding the labelled videos (a directory or a URL)."),
     checkpoint: Path = typer.Option(..., help="A pretrain or finetune checkpoint.pt."),
     labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for retrieval.json, .md and pictures."),
@@ -549,7 +563,7 @@ def evaluate_retrieve(
 
 @evaluate_app.command("classify")
 def evaluate_classify(
-    store: Path = typer.Argument(..., help="Store holding the labelled videos."),
+    store: str = typer.Argument(..., help="Store holding the labelled videos (a directory or a URL)."),
     checkpoint: Path = typer.Option(..., help="A finetune checkpoint.pt."),
     labels: list[Path] = typer.Option([], "--labels", help="Label files, as for finetune."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for classification.json, .md and pictures."),
@@ -575,7 +589,7 @@ def evaluate_classify(
 
 @evaluate_app.command("motion")
 def evaluate_motion(
-    store: Path = typer.Argument(..., help="Store whose frames are predicted (any spec; its mv and flow are rows)."),
+    store: str = typer.Argument(..., help="Store whose frames are predicted (any spec; its mv and flow are rows)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for motion.json, .md and pictures."),
     checkpoint: Optional[Path] = typer.Option(None, help="A `pretrain --method cgm` checkpoint.pt: adds a row for its "
                                               "learned motion maps."),
@@ -596,7 +610,7 @@ def evaluate_motion(
     from motionssl.train.config import ConfigError
 
     try:
-        result = run(store, output, checkpoint_path=checkpoint, flow_stores=flow_store, videos=video_id or None,
+        result = run(_location(store), output, checkpoint_path=checkpoint, flow_stores=flow_store, videos=video_id or None,
                      max_videos=max_videos, margin=margin, progress=progress)
     except (StoreError, CheckpointError, ConfigError, ValueError) as e:
         fail(str(e))

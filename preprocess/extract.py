@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motionssl.data_specs import Spec
-from motionssl.stores import init_store, read_video_meta, write_index
+from motionssl.stores import init_store, read_video_metas, write_index
 from motionssl.stores.layout import INDEX, QUARANTINE, VIDEOS, read_json, scan_videos, video_path, write_json_atomic
 from motionssl.stores.lock import Locked, acquire_lock
+from motionssl.stores.remote import Remote, RemoteError, acquire_remote_lock, is_url, stage_dir
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -40,7 +41,7 @@ class FatalError(Exception):
 @dataclass
 class ExtractOptions:
     video_dir: Path
-    store: Path
+    store: Path | str  # a directory, or a URL on object storage (s3://bucket/prefix/x.zarr)
     spec: Spec
     fmt: str = "zarr"
     workers: int | None = None
@@ -66,7 +67,10 @@ def scan_video_dir(video_dir: Path) -> dict[str, Path]:
     return found
 
 
-def default_report_path(store: Path) -> Path:
+def default_report_path(store: Path | str) -> Path:
+    """Beside the store; for a store on object storage, in the current directory."""
+    if is_url(store):
+        return Path.cwd() / (str(store).rstrip("/").rsplit("/", 1)[-1] + ".report.json")
     return store.with_name(store.name + ".report.json")
 
 
@@ -103,7 +107,7 @@ def stop_decoders() -> None:
         decoder.stop()
     _all_decoders.clear()
     for _, job in _first_jobs.values():  # never collected (the cluster did not start): what a kill left
-        _remove_temps(video_path(Path(job["store"]), job["format"], job["video_id"]))
+        _remove_temps(job)
     _first_jobs.clear()
 
 
@@ -132,7 +136,6 @@ def extract_task(job: dict, timeout: float) -> dict:
         job = {**job, "device": f"cuda:{name % job['gpus'] if isinstance(name, int) else 0}"}
     t0 = time.perf_counter()
     record = {"id": job["video_id"], "status": "failed", "error": None, "frames": 0, "seconds": 0.0}
-    final = video_path(Path(job["store"]), job["format"], job["video_id"])
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             started, _ = _first_jobs.pop(job["video_id"], (None, None))
@@ -145,7 +148,7 @@ def extract_task(job: dict, timeout: float) -> dict:
                 result = _decoder().run(job, timeout)
             break
         except DecoderFailed as e:
-            _remove_temps(final)  # what the dead decoder had written
+            _remove_temps(job)  # what the dead decoder had written
             if not e.hung and attempt < MAX_ATTEMPTS:
                 continue
             tries = f" on each of {attempt} attempts" if attempt > 1 else ""
@@ -160,13 +163,18 @@ def extract_task(job: dict, timeout: float) -> dict:
     else:
         record["error"] = result["error"]
         record["quarantined"] = bool(result.get("quarantined"))
-        _remove_temps(final)
+        _remove_temps(job)
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
 
 
-def _remove_temps(final: Path) -> None:
-    """Remove what a crashed or killed writer of this one video left behind."""
+def _remove_temps(job: dict) -> None:
+    """Remove what a crashed or killed writer of this one video left behind (on object storage: its local
+    staging; what it uploaded is unreferenced, and goes when the video is next committed)."""
+    if is_url(job["store"]):
+        shutil.rmtree(stage_dir(job["store"], job["video_id"]), ignore_errors=True)
+        return
+    final = video_path(Path(job["store"]), job["format"], job["video_id"])
     parent = final.parent
     if parent.is_dir():
         for p in parent.glob(f".{final.name}.tmp-*"):
@@ -175,9 +183,22 @@ def _remove_temps(final: Path) -> None:
 
 # -- the driver ---------------------------------------------------------------------------------
 
-def _check_writable(store: Path) -> None:
+def _check_writable(store: Path | str) -> None:
     """Fatal unless a file can be created where the videos will go. A real probe, not only os.access: that says
     yes to root whatever the permission bits, and to NFS clients whose server will refuse."""
+    if is_url(store):
+        try:
+            remote = Remote(str(store))
+            probe = f".motionssl-probe-{uuid.uuid4().hex[:8]}"
+            remote.put(probe, b"")
+            remote.delete(probe)
+        except RemoteError as e:
+            raise FatalError(str(e)) from None
+        except Exception as e:  # no bucket, no credentials, refused: the client's own one-line reason
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise FatalError(f"cannot write to {store} ({type(e).__name__}: {detail}); check the bucket and the "
+                             f"credentials of your client (environment or config files), or choose another -o") from None
+        return
     if store.exists() and not store.is_dir():
         raise FatalError(f"{store} exists and is not a directory; choose another -o")
     where = next((d for d in (store / VIDEOS, store, store.parent) if d.exists()), store.parent)
@@ -191,15 +212,21 @@ def _check_writable(store: Path) -> None:
         raise FatalError(f"cannot write to {where} ({e.strerror}); choose another -o or make it writable") from None
 
 
-def _ensure_zarr_parents(store: Path, ids) -> None:
+def _ensure_zarr_parents(store: Path | str, ids) -> None:
     """Intermediate groups for nested ids, written once here so no two tasks race on them."""
-    from motionssl.stores.zarr_writer import write_group
+    from motionssl.stores.zarr_writer import group_doc, write_group
 
     parents = {Path(VIDEOS)}
     for vid in ids:
         for parent in Path(VIDEOS, vid).parents:
             if parent != Path("."):
                 parents.add(parent)
+    if is_url(store):
+        remote = Remote(str(store))
+        rels = [f"{p.as_posix()}/zarr.json" for p in parents]
+        missing = [rel for rel, data in remote.get_many(rels).items() if data is None]
+        remote.put_many({rel: json.dumps(group_doc()).encode() for rel in missing})
+        return
     for parent in sorted(parents, key=lambda p: len(p.parts)):
         if not (store / parent / "zarr.json").exists():
             write_group(store / parent)
@@ -316,22 +343,28 @@ def run_extract(opts: ExtractOptions) -> int:
         init_store(store, opts.fmt, opts.spec)
     except StoreError as e:
         raise FatalError(str(e)) from None
+    remote = Remote(str(store)) if is_url(store) else None
     try:
-        lock = acquire_lock(store, LOCK, user="extract")
+        lock = acquire_remote_lock(remote, LOCK, user="extract") if remote else acquire_lock(store, LOCK, user="extract")
     except Locked as e:
         raise FatalError(str(e)) from None
     try:
         return _run_locked(opts, videos, report_path)
     finally:
         stop_decoders()
-        lock.unlink(missing_ok=True)
+        remote.delete(lock) if remote else lock.unlink(missing_ok=True)
 
 
-def _remove_leftovers(store: Path, fmt: str) -> None:
+def _remove_leftovers(store: Path | str, fmt: str, *, known=()) -> set[str] | None:
     """Partial videos of an interrupted run, or of attempts whose worker died; called only under the lock, with
-    no task of this run still writing."""
-    for p in scan_videos(store, fmt)[1]:
+    no task of this run still writing. Returns the ids of the videos on disk. (On object storage, each video's
+    commit removes its own: a listing of the whole store would cost more than it saves; returns None.)"""
+    if is_url(store):
+        return None
+    ids, temps = scan_videos(store, fmt, known=known)
+    for p in temps:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return set(ids)
 
 
 def _source_stamp(path: Path) -> list[int]:
@@ -339,20 +372,31 @@ def _source_stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _quarantine(store: Path, spec: Spec, videos: dict[str, Path], overwrite: bool) -> dict[str, dict]:
+def _read_doc(store: Path | str, name: str):
+    """A JSON document at the store's root, or None when absent."""
+    if is_url(store):
+        return Remote(str(store)).get_json(name)
+    return read_json(store / name) if (store / name).is_file() else None
+
+
+def _quarantine(store: Path | str, spec: Spec, videos: dict[str, Path], overwrite: bool) -> dict[str, dict]:
     """Videos whose decoder crashed or hung in an earlier run, and whose file has not changed since: not tried
     again. A changed file (replaced, fixed, or only touched) and --overwrite try it again."""
-    path = store / QUARANTINE
     try:
-        entries = read_json(path)["videos"] if path.is_file() and not overwrite else {}
+        entries = (_read_doc(store, QUARANTINE) or {"videos": {}})["videos"] if not overwrite else {}
     except (OSError, ValueError, KeyError):  # damaged: it only saves time, so try every video again
         entries = {}
-    return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == spec.digest
+    digest = spec.digest
+    return {vid: q for vid, q in entries.items() if vid in videos and q.get("spec_digest") == digest
             and q.get("stamp") == _source_stamp(videos[vid])}
 
 
-def _save_quarantine(store: Path, quarantine: dict[str, dict]) -> None:
-    if quarantine or (store / QUARANTINE).exists():
+def _save_quarantine(store: Path | str, quarantine: dict[str, dict]) -> None:
+    if is_url(store):
+        remote = Remote(str(store))
+        if quarantine or remote.get(QUARANTINE) is not None:
+            remote.put_json(QUARANTINE, {"videos": quarantine})
+    elif quarantine or (store / QUARANTINE).exists():
         write_json_atomic(store / QUARANTINE, {"videos": quarantine})
 
 
@@ -367,15 +411,17 @@ def _task_failure(vid: str, error: BaseException) -> dict:
 def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path) -> int:
     store, spec, fmt = opts.store, opts.spec, opts.fmt
     t_start = time.perf_counter()
-    _remove_leftovers(store, fmt)
-
-    index = read_json(store / INDEX)["videos"] if (store / INDEX).is_file() else {}
-    index = {vid: m for vid, m in index.items() if video_path(store, fmt, vid).exists()}
+    index = (_read_doc(store, INDEX) or {"videos": {}})["videos"]
+    on_disk = _remove_leftovers(store, fmt, known=index)
+    if on_disk is not None:  # on object storage the index lists only committed videos, and nothing removes one
+        index = {vid: m for vid, m in index.items() if vid in on_disk}
     quarantine = _quarantine(store, spec, videos, opts.overwrite)
+    committed = {} if opts.overwrite else read_video_metas(store, fmt, [vid for vid in videos if vid not in index])
     records, todo = [], []
+    digest = spec.digest  # once: it hashes the whole spec
     for vid, path in videos.items():
-        meta = None if opts.overwrite else (index.get(vid) or read_video_meta(store, fmt, vid))
-        if meta is not None and meta.get("spec_digest") == spec.digest:
+        meta = None if opts.overwrite else (index.get(vid) or committed.get(vid))
+        if meta is not None and meta.get("spec_digest") == digest:
             index[vid] = meta
             records.append({"id": vid, "status": "skipped", "error": None, "frames": meta["frames"], "seconds": 0.0})
         elif vid in quarantine:
@@ -390,11 +436,11 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
 
     def job_of(vid: str, cpu: bool) -> dict:
         return {"path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
-                "video_id": vid, "store": str(store.resolve()), "format": fmt, "spec": spec.to_dict(),
-                "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
+                "video_id": vid, "store": str(store) if is_url(store) else str(store.resolve()), "format": fmt,
+                "spec": spec.to_dict(), "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
                 } | ({"device": "cpu"} if cpu else {})
 
-    if fmt == "zarr":
+    if fmt == "zarr" and todo:
         _ensure_zarr_parents(store, todo)
     if todo and not opts.scheduler and not gpus:  # the first videos start while Dask imports and starts
         n = local_workers(opts, 0)
@@ -455,7 +501,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
             client.close()
             if cluster is not None:
                 cluster.close()
-        _remove_leftovers(store, fmt)  # attempts whose worker died mid-write
+        _remove_leftovers(store, fmt, known=index)  # attempts whose worker died mid-write
     failures = sum(r["status"] == "failed" for r in records)
     write_index(store, index)
     _save_quarantine(store, quarantine)

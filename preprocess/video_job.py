@@ -52,7 +52,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
     if mv_on and not probe.has_mv_export:
         notes.append(f"no motion vectors for codec {probe.codec}; re-extract with --reencode to get them")
 
-    writer = make_writer(Path(job["store"]), job["format"], job["video_id"], spec)
+    writer = make_writer(job["store"], job["format"], job["video_id"], spec)
     try:
         frame_shape = (size[1], size[0], 3)
         small = 4096
@@ -133,8 +133,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
             "spec_digest": spec.digest, "motionssl_version": __version__,
             "seconds": round(time.perf_counter() - t0, 4),
         }
-        writer.commit(meta)
-        return meta
+        return writer.commit(meta)
     except BaseException:
         writer.abort()
         raise

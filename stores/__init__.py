@@ -12,6 +12,8 @@ forked process reopens its own handles instead of sharing the parent's (which co
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -45,15 +47,23 @@ def _backend(fmt: str):
 
 
 class Store:
+    """A store on disk (`path` a directory) or on object storage (`path` a URL such as s3://bucket/x.zarr; then
+    `self.path` is that URL, and `self.remote` reaches it)."""
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        meta_file = self.path / ROOT_META
-        if not meta_file.is_file():
-            raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
+        self.remote = _remote(path)
+        self.path = self.remote.url if self.remote else Path(path)
+        meta_file = f"{self.path}/{ROOT_META}" if self.remote else self.path / ROOT_META
         try:
-            self.root_meta = read_json(meta_file)
+            self.root_meta = self.remote.get_json(ROOT_META) if self.remote else \
+                (read_json(meta_file) if meta_file.is_file() else None)
         except ValueError as e:
             raise StoreError(f"{meta_file} is not valid JSON ({e}); the store is damaged") from None
+        except OSError as e:  # object storage: no such bucket, no access
+            raise StoreError(f"cannot read {meta_file} ({type(e).__name__}: {e}); check the URL and the "
+                             f"credentials of your {self.remote.scheme} client") from None
+        if self.root_meta is None:
+            raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
         version = self.root_meta.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {__version__} "
@@ -70,10 +80,18 @@ class Store:
         self._readers: dict[str, object] = {}
         self._pid = os.getpid()
         self._index: dict[str, dict] | None = None
+        self._version: str | None = None
 
     # -- listing
     @property
     def index(self) -> dict[str, dict]:
+        if self._index is None and self.remote:
+            index = self.remote.get_json(INDEX)
+            if index is None:  # no index yet (extract never finished): list the commit records
+                from motionssl.stores.remote import scan_commits
+
+                index = {"videos": {vid: a["motionssl_video"] for vid, a in scan_commits(self.remote)[0].items()}}
+            self._index = index["videos"]
         if self._index is None:
             index_file = self.path / INDEX
             if index_file.is_file():
@@ -82,6 +100,14 @@ class Store:
                 ids, _ = scan_videos(self.path, self.format)
                 self._index = {vid: self._open(vid).meta() for vid in ids}
         return self._index
+
+    @property
+    def version(self) -> str:
+        """The store's content version: a digest of its index (every committed video's id and meta, which holds its
+        frame count, source and spec digest). Any video added, redone or removed changes it; a run records it."""
+        if self._version is None:
+            self._version = index_digest(self.index)
+        return self._version
 
     @property
     def videos(self) -> list[str]:
@@ -104,6 +130,10 @@ class Store:
             self._readers = {}
             self._pid = os.getpid()
         reader = self._readers.get(video_id)
+        if reader is None and self.remote:
+            from motionssl.stores.zarr_backend import ZarrVideoReader
+
+            reader = self._readers[video_id] = ZarrVideoReader.remote(self.remote, video_id)
         if reader is None:
             path = video_path(self.path, self.format, video_id)
             if not path.exists():
@@ -142,6 +172,7 @@ class Store:
     def without(self, video_ids) -> "Store":
         """This store with `video_ids` left out of its listing (e.g. broken videos a run skips)."""
         drop = set(video_ids)
+        self.version  # noqa: B018  (the whole store's, computed before the listing shrinks)
         other = copy.copy(self)
         other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
         other._readers = {}
@@ -174,14 +205,40 @@ def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
     return raw.astype(np.float32) * (2 * bound / np.float32(255)) - bound
 
 
+def index_digest(index: dict[str, dict]) -> str:
+    """`sha256:` and 16 hex digits of the index's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(index, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _remote(path):
+    """The object-storage root `path` names, or None for a local path."""
+    from motionssl.stores.remote import Remote, RemoteError, is_url
+
+    if not is_url(path):
+        return None
+    try:
+        return Remote(str(path))
+    except RemoteError as e:
+        raise StoreError(str(e)) from None
+
+
 def open_store(path: str | Path) -> Store:
     return Store(path)
 
 
-def init_store(path: Path, fmt: str, spec: Spec) -> None:
+def init_store(path: Path | str, fmt: str, spec: Spec) -> None:
     """Create the store root, or check that an existing one matches `fmt` and `spec`."""
-    meta_file = path / ROOT_META
-    if meta_file.exists():
+    remote = _remote(path)
+    if remote and fmt != "zarr":
+        raise StoreError(f"{path}: stores on object storage are Zarr; drop --format {fmt} (HDF5 stores stay on a "
+                         f"local or shared filesystem)")
+    if remote:
+        meta_file, exists = f"{remote.url}/{ROOT_META}", remote.get(ROOT_META) is not None
+    else:
+        meta_file = path / ROOT_META
+        exists = meta_file.exists()
+    if exists:
         existing = Store(path)
         if existing.format != fmt:
             raise StoreError(f"{path} is a {existing.format} store; pass --format {existing.format} or choose a new -o")
@@ -195,23 +252,47 @@ def init_store(path: Path, fmt: str, spec: Spec) -> None:
             raise StoreError(f"{path} was made with spec {existing.spec.name!r} ({existing.spec.digest}), not "
                              f"{spec.name!r} ({spec.digest}); extract into a new -o, or delete the store first")
         return
+    root_meta = {"format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),
+                 "spec_digest": spec.digest, "motionssl_version": __version__}
+    if remote:
+        from motionssl.stores.zarr_writer import group_doc
+
+        remote.put_many({"zarr.json": json.dumps(group_doc()).encode(),
+                         "videos/zarr.json": json.dumps(group_doc()).encode()})
+        remote.put_json(ROOT_META, root_meta)  # last: what makes it a store
+        return
     path.mkdir(parents=True, exist_ok=True)
     if fmt == "zarr":
         from motionssl.stores.zarr_writer import write_group
         write_group(path)
     (path / "videos").mkdir(exist_ok=True)
-    write_json_atomic(meta_file, {
-        "format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),
-        "spec_digest": spec.digest, "motionssl_version": __version__,
-    })
+    write_json_atomic(meta_file, root_meta)
 
 
-def make_writer(store_path: Path, fmt: str, video_id: str, spec: Spec):
+def make_writer(store_path: Path | str, fmt: str, video_id: str, spec: Spec):
+    from motionssl.stores.remote import is_url
+
+    if is_url(store_path):
+        from motionssl.stores.remote import RemoteZarrVideoWriter
+        return RemoteZarrVideoWriter(str(store_path), video_id, spec)
+    store_path = Path(store_path)
     if fmt == "zarr":  # not through _backend: the writer needs numcodecs only, and decoders start faster without zarr
         from motionssl.stores.zarr_writer import ZarrVideoWriter as writer
     else:
         writer = _backend(fmt)[1]
     return writer(video_path(store_path, fmt, video_id), spec)
+
+
+def read_video_metas(store_path: Path | str, fmt: str, video_ids) -> dict[str, dict | None]:
+    """{video id: its committed meta, or None when it is absent or unreadable}; on object storage fetched
+    concurrently."""
+    remote = _remote(store_path)
+    if remote is None:
+        return {vid: read_video_meta(store_path, fmt, vid) for vid in video_ids}
+    from motionssl.stores.remote import commit_key, parse_commit
+
+    records = remote.get_many([commit_key(vid) for vid in video_ids])
+    return {vid: (parse_commit(records[commit_key(vid)]) or {}).get("motionssl_video") for vid in video_ids}
 
 
 def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
@@ -229,5 +310,9 @@ def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
         return None
 
 
-def write_index(store_path: Path, metas: dict[str, dict]) -> None:
-    write_json_atomic(store_path / INDEX, {"videos": metas})
+def write_index(store_path: Path | str, metas: dict[str, dict]) -> None:
+    remote = _remote(store_path)
+    if remote:
+        remote.put(INDEX, json.dumps({"videos": metas}, sort_keys=True).encode())  # one PUT: all of it or the old
+    else:
+        write_json_atomic(Path(store_path) / INDEX, {"videos": metas}, indent=None)

@@ -36,10 +36,11 @@ def is_temp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj, *, indent: int | None = 1) -> None:
+    """`indent=None` for large documents: json's C encoder serialises only those, 10x faster (the index)."""
     tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write(json.dumps(obj, indent=indent, sort_keys=True))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -50,8 +51,10 @@ def read_json(path: Path):
         return json.load(f)
 
 
-def scan_videos(root: Path, fmt: str) -> tuple[list[str], list[Path]]:
-    """(complete video ids, leftover temporary entries) found on disk under STORE/videos."""
+def scan_videos(root: Path, fmt: str, *, known=()) -> tuple[list[str], list[Path]]:
+    """(complete video ids, leftover temporary entries) found on disk under STORE/videos. Zarr groups whose id is
+    in `known` (the index) are taken as videos without reading their metadata."""
+    known = set(known)
     base = root / VIDEOS
     ids, temps = [], []
     if not base.is_dir():
@@ -63,10 +66,12 @@ def scan_videos(root: Path, fmt: str) -> tuple[list[str], list[Path]]:
                 temps.append(here / name)
         dirnames[:] = [d for d in dirnames if not is_temp(d)]
         if fmt == "zarr":
+            rel_here = here.relative_to(base).as_posix()
             for d in list(dirnames):
+                vid = d if rel_here == "." else f"{rel_here}/{d}"
                 meta = here / d / "zarr.json"
-                if meta.is_file() and _is_video_group(meta):
-                    ids.append((here / d).relative_to(base).as_posix())
+                if vid in known or (meta.is_file() and _is_video_group(meta)):
+                    ids.append(vid)
                     dirnames.remove(d)  # a video group has no videos below it
         else:
             ids += [(here / f).relative_to(base).as_posix()[: -len(".h5")] for f in filenames

@@ -30,14 +30,16 @@ def acquire_lock(directory: Path, name: str, *, user: str) -> Path:
             if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            raise Locked(
-                f"{directory} is being written by another {user} (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"since {holder.get('started')}); wait for it, or delete {lock} if that process is gone"
-            ) from None
+            raise Locked(refusal(directory, lock, holder, user)) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return lock
     raise Locked(f"could not take the lock {lock}")
+
+
+def refusal(directory, lock, holder: dict, user: str) -> str:
+    return (f"{directory} is being written by another {user} (pid {holder.get('pid')} on {holder.get('host')}, "
+            f"since {holder.get('started')}); wait for it, or delete {lock} if that process is gone")
 
 
 def _pid_alive(pid: int) -> bool:

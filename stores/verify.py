@@ -7,6 +7,7 @@ lengths, HDF5 files that will not open), cheap enough to run before each trainin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,17 @@ from motionssl.stores.layout import INDEX, read_json, scan_videos, video_path
 PER_FRAME = ("rgb", "pts", "frame_type", "mv", "mv_valid")
 
 
-def _redo(store: Store, path: Path) -> str:
+def _redo(store: Store, path: Path | str) -> str:
+    if store.remote:  # path: the video's prefix, relative to the store
+        return (f"delete {path}/zarr.json (its commit record) and rerun `motionssl extract` with the same arguments "
+                f"to redo it")
     return f"delete {path.relative_to(store.path)} and rerun `motionssl extract` with the same arguments to redo it"
 
 
 def verify_store(store: Store) -> list[str]:
     """One line per problem; an empty list means the store is sound."""
+    if store.remote:
+        return _verify_remote(store)
     problems = []
     on_disk, temps = scan_videos(store.path, store.format)
     for t in temps:
@@ -40,22 +46,68 @@ def verify_store(store: Store) -> list[str]:
     return problems
 
 
+def _verify_remote(store: Store) -> list[str]:
+    """verify_store on object storage: one listing of every object, then each committed video read through."""
+    from motionssl.stores.remote import scan_commits, video_prefix
+
+    keys = store.remote.find("videos")
+    committed, leftovers = scan_commits(store.remote, keys=keys)
+    problems = [f"partial: {p}/ is a leftover of an interrupted write, never committed (the next `motionssl extract` "
+                f"of that video removes it)" for p in leftovers]
+    index = store.remote.get_json(INDEX)
+    if index is None:
+        problems.append(f"{INDEX} is missing; rerun `motionssl extract` to rebuild it")
+    indexed = set((index or {"videos": {}})["videos"])
+    for vid in sorted(indexed - set(committed)):
+        problems.append(f"{vid}: listed in {INDEX} but has no commit record")
+    for vid, attrs in sorted(committed.items()):
+        prefix = video_prefix(vid)
+        docs = attrs.get("motionssl_arrays", {})
+        out = _check_lengths(store, prefix, attrs["motionssl_video"],
+                             {name: tuple(doc["shape"]) for name, doc in docs.items()})
+        data = f"{prefix}/{attrs['motionssl_data']}"
+        reader = None
+        for name, doc in docs.items():
+            missing = [f"{data}/{name}/{k}" for k in _chunk_keys(doc) if not keys.get(f"{data}/{name}/{k}")]
+            if missing:
+                out.append(_missing_line(store, prefix, name, missing))
+                continue
+            reader = reader or store._open(vid)
+            out += _read_through(reader, name, doc["shape"][0])
+        problems += [f"{vid}: {p}" for p in out]
+        if index is not None and vid not in indexed:
+            problems.append(f"{vid}: committed but not in {INDEX}; rerun `motionssl extract` to index it")
+    return problems
+
+
 def broken_videos(store: Store) -> dict[str, str]:
-    """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data."""
-    out = {}
-    for vid in store.videos:
-        problems = _check_video(store, vid, read_through=False)
-        if problems:
-            out[vid] = "; ".join(problems)
-    return out
+    """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data. (On object
+    storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the chunks too.)"""
+    if store.remote:
+        from motionssl.stores.remote import commit_key, parse_commit, video_prefix
+
+        records = store.remote.get_many([commit_key(vid) for vid in store.videos])
+        out = {}
+        for vid in store.videos:
+            attrs = parse_commit(records[commit_key(vid)])
+            problems = ["no commit record; rerun `motionssl extract` with the same arguments"] if attrs is None else \
+                _check_lengths(store, video_prefix(vid), store.meta(vid),
+                               {n: tuple(d["shape"]) for n, d in attrs.get("motionssl_arrays", {}).items()})
+            if problems:
+                out[vid] = "; ".join(problems)
+        return out
+    found = ((vid, _check_video(store, vid, read_through=False)) for vid in store.videos)
+    return {vid: "; ".join(problems) for vid, problems in found if problems}
 
 
 def _check_video(store: Store, vid: str, *, read_through: bool) -> list[str]:
     path = video_path(store.path, store.format, vid)
+    if store.format == "zarr" and not read_through:  # the start-up check: strings and os calls, no pathlib
+        if not os.path.isdir(str(path)):
+            return [f"{path.relative_to(store.path)} is missing; rerun `motionssl extract` with the same arguments"]
+        return _check_zarr_files(store, vid, path)
     if not path.exists():
         return [f"{path.relative_to(store.path)} is missing; rerun `motionssl extract` with the same arguments"]
-    if store.format == "zarr" and not read_through:
-        return _check_zarr_files(store, vid, path)
     from motionssl.stores import _backend
 
     try:
@@ -107,38 +159,63 @@ def _check_zarr_files(store: Store, vid: str, path: Path) -> list[str]:
         meta = store.meta(vid)
     except KeyError:
         return ["not in the index"]
-    docs, out = {}, []
+    docs, out, root = {}, [], str(path)
+    recorded = meta.get("arrays")  # new stores: each array's length and shard in the meta, no document to read
     for name in store.spec.arrays():
+        if recorded is not None and name in recorded:
+            a = recorded[name]
+            try:
+                if os.stat(f"{root}/{name}/zarr.json").st_size:
+                    docs[name] = {"shape": [a["frames"]] + [0] * (a["ndim"] - 1),
+                                  "chunk_grid": {"configuration": {"chunk_shape": [a["shard"]]}}}
+            except OSError:
+                pass  # reported as a missing array
+            continue
         try:
-            docs[name] = _read_doc(path / name / "zarr.json")
+            docs[name] = _read_doc(f"{root}/{name}/zarr.json")
         except (OSError, ValueError):
             continue  # reported as a missing array
     out += _check_lengths(store, path, meta, {name: tuple(doc["shape"]) for name, doc in docs.items()})
     for name, doc in docs.items():
-        missing = _missing_chunk_files(path / name, doc)
+        missing = _missing_chunk_files(f"{root}/{name}", doc)
         if missing:
             out.append(_missing_line(store, path, name, missing))
     return out
 
 
 def _read_doc(path: Path) -> dict:
-    return json.loads(path.read_text())
+    with open(path, "rb") as f:
+        return json.loads(f.read())
 
 
-def _missing_chunk_files(root: Path, doc: dict) -> list[Path]:
-    """The shard (or unsharded chunk) files of a zarr array that are absent or empty: a missing one would read
-    back silently as zeros. Frames are never split across chunks, so the keys are c/<i>/0/0..."""
+def _chunk_keys(doc: dict) -> list[str]:
+    """The keys of a zarr array's shard (or unsharded chunk) files, relative to the array. Frames are never split
+    across chunks, so they are c/<i>/0/0..."""
     shape = doc["shape"]
     if not shape or shape[0] == 0:
         return []
     outer = doc["chunk_grid"]["configuration"]["chunk_shape"][0]
     tail = "".join("/0" for _ in shape[1:])
-    keys = [root / "c" / f"{i}{tail}" for i in range(-(-shape[0] // outer))]
-    return [k for k in keys if not k.is_file() or k.stat().st_size == 0]
+    return [f"c/{i}{tail}" for i in range(-(-shape[0] // outer))]
 
 
-def _missing_line(store: Store, path: Path, name: str, missing: list[Path]) -> str:
-    shown = ", ".join(str(p.relative_to(store.path)) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+def _missing_chunk_files(root: Path | str, doc: dict) -> list[Path]:
+    """The shard (or unsharded chunk) files of a zarr array that are absent or empty: a missing one would read
+    back silently as zeros."""
+    root, missing = str(root), []
+    for key in _chunk_keys(doc):  # os.stat on strings: pathlib's objects cost more than the system calls here
+        try:
+            empty = os.stat(f"{root}/{key}").st_size == 0
+        except OSError:
+            empty = True
+        if empty:
+            missing.append(Path(root, key))
+    return missing
+
+
+def _missing_line(store: Store, path: Path | str, name: str, missing: list) -> str:
+    shown = ", ".join(str(p if store.remote else p.relative_to(store.path)) for p in missing[:3]) + \
+        (" ..." if len(missing) > 3 else "")
     if len(missing) == 1:
         return f"{name}: chunk file {shown} is missing or empty; {_redo(store, path)}"
     return f"{name}: chunk files missing or empty ({len(missing)}): {shown}; {_redo(store, path)}"

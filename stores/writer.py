@@ -1,4 +1,5 @@
-"""Writing one video: buffered appends along time, then an atomic rename into place."""
+"""Writing one video: buffered appends along time, then an atomic rename into place (on object storage: an
+upload and a commit record, `remote.py`)."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ class VideoWriter:
         self._buf: dict[str, list[np.ndarray]] = {}
         self._flush_at: dict[str, int] = {}
         self._written: dict[str, int] = {}
+        self._ndim: dict[str, int] = {}
         final.parent.mkdir(parents=True, exist_ok=True)
 
     # -- subclass hooks
@@ -47,6 +49,7 @@ class VideoWriter:
         self._buf[name] = []
         self._flush_at[name] = max(shard, chunk)  # each shard (or chunk) written once
         self._written[name] = 0
+        self._ndim[name] = 1 + len(frame_shape)
 
     def append(self, name: str, item: np.ndarray) -> None:
         """Append one frame (shape frame_shape) to `name`."""
@@ -63,11 +66,20 @@ class VideoWriter:
             self._written[name] += len(block)
             buf.clear()
 
-    def commit(self, meta: dict) -> None:
+    def commit(self, meta: dict) -> dict:
+        """Write `meta`, with `arrays` added ({name: {frames, shard, ndim}}: what the start-up check needs to find
+        every shard file without reading any array's metadata), and publish the video; returns that meta."""
         for name in self._buf:
             self._flush(name)
+        meta = {**meta, "arrays": {name: {"frames": n, "shard": self._flush_at[name], "ndim": self._ndim[name]}
+                                   for name, n in self._written.items()}}
         self._finish(meta)
         self._close()
+        self._publish()
+        return meta
+
+    def _publish(self) -> None:
+        """Make the finished temporary the video, atomically: fsync it, then rename it into place."""
         _fsync_tree(self.tmp)
         if self.final.exists():  # --overwrite: move the old one aside, never leave neither in place
             old = temp_path(self.final)

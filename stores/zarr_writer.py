@@ -127,7 +127,11 @@ class ZarrVideoWriter(VideoWriter):
 def write_group(path: Path, attributes: dict | None = None) -> None:
     """A zarr v3 group at `path` (its zarr.json), as `zarr.open_group(path, mode="a")` makes one."""
     path.mkdir(parents=True, exist_ok=True)
-    _write_json(path / "zarr.json", {"attributes": attributes or {}, "zarr_format": 3, "node_type": "group"})
+    _write_json(path / "zarr.json", group_doc(attributes))
+
+
+def group_doc(attributes: dict | None = None) -> dict:
+    return {"attributes": attributes or {}, "zarr_format": 3, "node_type": "group"}
 
 
 def _write_json(path: Path, doc: dict) -> None:

@@ -257,3 +257,19 @@ def test_reencode_gives_motion_vectors_for_hevc(tmp_path, tiny_spec):
     assert types.startswith("IPPPPPPPPPPPI")  # GOP 12, no B-frames
     for t in range(1, 12):
         np.testing.assert_allclose(np.median(mv[t][valid[t]], axis=0), [2, 0], atol=0.3)
+
+
+def test_info_of_a_zarr_store_matches_what_zarr_reads(stores):
+    """`info` reads a Zarr video's arrays from their documents and file sizes, not through zarr: same shapes, dtypes
+    and bytes as zarr's own view of each array and a walk of its files."""
+    from motionssl.stores.summary import _array_bytes, summarize
+
+    store = open_store(stores["zarr"])
+    rows = {v["id"]: v for v in summarize(store)["videos"]}
+    assert set(rows) == SYNTHETIC_IDS
+    for vid, row in rows.items():
+        reader = store._open(vid)
+        expected = {name: {"shape": list(shape), "dtype": str(dtype), "bytes": _array_bytes(store, reader, name, None)}
+                    for name, (shape, dtype) in sorted(reader.arrays().items())}
+        assert row["arrays"] == expected and len(expected) >= 7
+        assert row["bytes"] > sum(a["bytes"] for a in expected.values())  # and the group's own zarr.json

@@ -95,6 +95,51 @@ def test_resume_refuses_a_different_experiment(moco_store, tmp_path):
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
 
 
+def test_resume_refuses_a_store_that_changed_unless_allowed(moco_store, tmp_path):
+    """The store's version (a digest of its index) goes into config.yaml and summary.json; a resume on a store whose
+    videos changed is refused, and goes on with --allow-store-change."""
+    import shutil
+    import yaml
+
+    from motionssl.stores import index_digest, open_store, write_index
+    from motionssl.stores.layout import INDEX, read_json
+
+    store = tmp_path / "store.zarr"
+    shutil.copytree(moco_store, store)
+    version = open_store(store).version
+    assert version == index_digest(read_json(store / INDEX)["videos"]) and version.startswith("sha256:")
+    r = motionssl("info", str(store))
+    assert r.returncode == 0 and f"version {version}" in r.stdout
+    assert json.loads(motionssl("info", str(store), "--json").stdout)["version"] == version
+
+    run = tmp_path / "run"
+    common = [*TINY, "--steps", "2", "--batch-size", "2", "--workers", "0"]
+    assert pretrain(store, "-o", run, *common, "--halt-after", "1").returncode == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["store_version"] == version
+    assert json.loads((run / "summary.json").read_text())["store_version"] == version
+    r = pretrain("-o", run, "--resume", "auto", "--no-progress")  # the same store: resumes
+    assert r.returncode == 0, r.stderr
+
+    run2 = tmp_path / "run2"
+    assert pretrain(store, "-o", run2, *common, "--halt-after", "1").returncode == 0
+    index = read_json(store / INDEX)["videos"]
+    index.pop(sorted(index)[-1])  # a video removed from the store
+    write_index(store, index)
+    changed = open_store(store).version
+    assert changed != version
+    r = pretrain("-o", run2, "--resume", "auto", "--no-progress")
+    assert r.returncode == 2
+    assert f"changed since this run last saved (version {version} -> {changed})" in r.stderr
+    assert "--allow-store-change" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert checkpoint.load(run2 / "checkpoint.pt")["step"] == 1  # untouched
+    r = pretrain("-o", run2, "--resume", "auto", "--no-progress", "--allow-store-change")
+    assert r.returncode == 0, r.stderr
+    assert "continuing on it (--allow-store-change)" in r.stderr
+    assert json.loads((run2 / "summary.json").read_text())["store_version"] == changed
+    assert yaml.safe_load((run2 / "config.yaml").read_text())["store_version"] == changed
+    assert checkpoint.load(run2 / "checkpoint.pt")["config"]["store_version"] == changed
+
+
 def test_ddp_two_processes_on_gloo(moco_store, tmp_path):
     run = tmp_path / "ddp"
     # gloo forced: on a host with one GPU, NCCL would be chosen and rank 1 would ask for a missing cuda:1

@@ -158,10 +158,12 @@ def test_zarr_writer_writes_what_zarr_python_writes(tmp_path):
         w.add_array(name, data.shape[1:], data.dtype, chunk=chunk, shard=shard, attrs=attrs)
         for frame in data:
             w.append(name, frame)
-    w.commit({"id": "ours", "frames": 37})
+    meta = w.commit({"id": "ours", "frames": 37})
+    # the meta gains each array's length, shard and rank (what the start-up check needs)
+    assert meta["arrays"]["rgb"] == {"frames": 37, "shard": arrays["rgb"][2] or spec.storage.shard_frames, "ndim": 4}
 
     ours = tmp_path / "videos" / "ours"
-    theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", attributes={"motionssl_video": {"id": "ours", "frames": 37}})
+    theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", attributes={"motionssl_video": meta})
     for name, (data, chunk, shard, attrs) in arrays.items():
         chunk, shard = chunk or spec.storage.chunk_frames, shard or spec.storage.shard_frames
         codec = BloscCodec(cname=spec.storage.zarr_codec, clevel=spec.storage.zarr_level, shuffle="shuffle",

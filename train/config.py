@@ -28,6 +28,7 @@ class ConfigError(Exception):
 class PretrainConfig:
     method: str = "rgb-moco"
     store: str = ""
+    store_version: str | None = None    # written by the run: the store's content digest (stores.Store.version)
     out: str = ""
     # model and data; None = the method's paper setting
     backbone: str | None = None

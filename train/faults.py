@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -139,10 +141,32 @@ class TrackedDataset(Dataset):
         return str(names[index]) if names is not None else f"#{index}"
 
     def __getitem__(self, key):
+        slot = self._slot()
+        self.working[slot] = _index(key)
+        sample = self._sample(key, slot)
+        self.working[slot] = -1
+        return sample
+
+    def __getitems__(self, keys: list) -> list:
+        """A batch's samples (the DataLoader's batched fetch). From a store on object storage they are drawn
+        concurrently, in threads: each waits on requests, not on the CPU (benchmarks/README.md, "Scale"). The slot
+        then names the batch's first sample."""
+        store = getattr(self.dataset, "store", None)
+        if getattr(store, "remote", None) is None or len(keys) < 2:
+            return [self[key] for key in keys]
+        slot = self._slot()
+        self.working[slot] = _index(keys[0])
+        samples = list(_fetch_pool().map(lambda key: self._sample(key, slot), keys))
+        self.working[slot] = -1
+        return samples
+
+    @staticmethod
+    def _slot() -> int:
         info = get_worker_info()
-        slot = info.id if info is not None else 0
-        index = int(key[0]) if isinstance(key, tuple) else int(key)
-        self.working[slot] = index
+        return info.id if info is not None else 0
+
+    def _sample(self, key, slot: int):
+        index = _index(key)
         faults = fault_injection.armed(self.video(index))
         if "hang-sample" in faults:
             fault_injection.record("hang-sample", self.video(index))
@@ -157,7 +181,6 @@ class TrackedDataset(Dataset):
             for view in sample["views"]:
                 if "rgb_color" in view:  # uint8 cannot hold inf: a NaN brightness makes the finished clip NaN
                     view["rgb_color"][0] = float("nan")
-        self.working[slot] = -1
         return sample
 
     def _record(self, slot: int, error: Exception, index: int) -> None:
@@ -179,6 +202,20 @@ class TrackedDataset(Dataset):
 
     def stuck(self) -> list[str]:
         return [f"worker {w} on sample {i} (video {self.video(i)!r})" for w, i in enumerate(self.working) if i >= 0]
+
+
+def _index(key) -> int:
+    return int(key[0]) if isinstance(key, tuple) else int(key)
+
+
+_pool: list = []  # [(pid, executor)]: one per process, never inherited across a fork
+FETCH_THREADS = 16
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    if not _pool or _pool[0][0] != os.getpid():
+        _pool[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=FETCH_THREADS))]
+    return _pool[0][1]
 
 
 def next_batch(batches, tracked: TrackedDataset, *, timeout: float, store_path) -> object:

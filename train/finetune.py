@@ -298,6 +298,7 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store)
+    cfg.store_version = store.version
     split = read_split(cfg, store)
     videos, labels = split.part("train")
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs
@@ -333,8 +334,8 @@ def linear_probe_on_features(cfg: PretrainConfig, *, views: int = 10, batch_size
     checkpoint.save(run_dir / checkpoint.LAST, {
         "step": total_steps, "epoch": total_steps, "config": cfg.to_dict(), "method": method.state_dict(),
         "backbone": method.export_backbone(), "world_size": 1, "rng": [checkpoint.rng_state()]})
-    summary = {"method": cfg.method, "run_dir": str(run_dir), "steps": total_steps, "total_steps": total_steps,
-               "finished": True, "train_clips": len(y), "classes": list(split.classes),
+    summary = {"method": cfg.method, "run_dir": str(run_dir), "store": cfg.store, "store_version": cfg.store_version,
+               "steps": total_steps, "total_steps": total_steps, "finished": True, "train_clips": len(y), "classes": list(split.classes),
                "seconds_features": seconds_features, "seconds": time.perf_counter() - t0, "final_loss": loss}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -36,7 +36,7 @@ from motionssl.train.optim import lr_at, make_optimizer, param_groups, schedule_
 from motionssl.train.run_log import RunLog, plot_run
 
 # Config fields a resumed run may change; any other difference means a different experiment.
-RESUMABLE_CHANGES = {"store", "out", "workers", "progress", "log_every", "save_every", "halt_after",
+RESUMABLE_CHANGES = {"store", "store_version", "out", "workers", "progress", "log_every", "save_every", "halt_after",
                      "skip_broken", "skip_nonfinite", "data_timeout"}
 RUN_LOCK = ".run.lock"  # one training run per run directory (rank 0 holds it)
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's status for SIGTERM: the job did not finish; it saved first
@@ -109,8 +109,25 @@ def check_resume_config(saved: dict, cfg: PretrainConfig) -> None:
         raise ConfigError(f"cannot resume with a different config ({diffs}); use the run's config.yaml or a new -o RUN_DIR")
 
 
-def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Method] | None = None) -> dict:
+def check_store_version(saved: dict, store, *, allow_change: bool) -> str | None:
+    """None when the store a run is resumed on is the one it was trained on (or the run predates versions); a
+    warning line when it changed and `allow_change`; else ConfigError."""
+    before = saved.get("store_version")
+    if before is None or before == store.version:
+        return None
+    what = f"store {store.path} changed since this run last saved (version {before} -> {store.version})"
+    if not allow_change:
+        raise ConfigError(f"{what}: videos were added, redone or removed; resume on the store it was trained on, "
+                          f"or pass --allow-store-change to continue on this one")
+    return f"warning: {what}; continuing on it (--allow-store-change)"
+
+
+def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Method] | None = None,
+          allow_store_change: bool = False) -> dict:
     """Run (or continue) one pretraining run; returns the summary also written to RUN_DIR/summary.json.
+
+    The store's version (`Store.version`) is recorded in config.yaml, the checkpoint and summary.json; a resume on
+    a store whose version differs is refused unless `allow_store_change`.
 
     `method_cls` (default: METHODS[cfg.method]) is the objective, and its `dataset` the data: `finetune` passes its
     supervised objective here to reuse checkpoints, resume, logging and DDP."""
@@ -131,14 +148,15 @@ def train(cfg: PretrainConfig, *, resume: str | None = None, method_cls: type[Me
     if refused:
         raise ConfigError(refused)
     try:
-        return _train(cfg, dist, resume=resume, resume_from=resume_from, method_cls=method_cls or METHODS[cfg.method])
+        return _train(cfg, dist, resume=resume, resume_from=resume_from, method_cls=method_cls or METHODS[cfg.method],
+                      allow_store_change=allow_store_change)
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)
 
 
 def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path | None,
-           method_cls: type[Method]) -> dict:
+           method_cls: type[Method], allow_store_change: bool) -> dict:
     main = dist.rank == 0
     run_dir = Path(cfg.out)
     if resume is None and (run_dir / checkpoint.LAST).exists():
@@ -152,6 +170,7 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
     # fail on typos before any work, and record every option (defaults included) in config.yaml
     cfg.method_options = dataclasses.asdict(parse_options(method_cls.Options, cfg.method_options, method=cfg.method))
     store, broken = usable_store(open_store(cfg.store), skip_broken=cfg.skip_broken, announce=main)
+    cfg.store_version = store.version
     dataset = method_cls.dataset(cfg, store)
     if main and (note := upsampling_note(cfg.size, store.spec.resolution.short_side)):
         print(note, file=sys.stderr)
@@ -176,6 +195,8 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         check_resume_config(state["config"], cfg)
+        if (note := check_store_version(state["config"], store, allow_change=allow_store_change)) and main:
+            print(note, file=sys.stderr)
         checkpoint.restore(state, method=method, optimizer=optimizer, scaler=scaler)
         checkpoint.set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)])
         start_step = state["step"]
@@ -277,7 +298,8 @@ def _train(cfg: PretrainConfig, dist, *, resume: str | None, resume_from: Path |
         bar.close()
         if log is not None:
             log.close()
-    summary = {"method": cfg.method, "run_dir": str(run_dir), "steps": step, "total_steps": total_steps,
+    summary = {"method": cfg.method, "run_dir": str(run_dir), "store": cfg.store, "store_version": cfg.store_version,
+               "steps": step, "total_steps": total_steps,
                "finished": step >= total_steps, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size,
                "device": str(dist.device), "seconds": time.perf_counter() - t_wall,
                "final_loss": None if step == start_step else loss.item(), "skipped_nonfinite": guard.skipped,

@@ -1,0 +1,140 @@
+"""Stores on object storage: a real S3 API (moto's server, started here on localhost), the real extract, verify,
+info and a tiny pretrain reading from it; a kill between a video's upload and its commit record, and a rerun."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_spec
+from test_extract import SYNTHETIC_IDS, extract, motionssl
+
+SECRET = "motionssl-test-secret-Zq7"  # must never appear in anything motionssl writes or prints
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server on localhost (moto, in this process), its bucket, and the standard client environment."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "motionssl-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bucket")
+    yield env
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    server.stop()
+
+
+def _objects(prefix: str) -> dict[str, bytes]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    return {k: fs.cat_file(k) for k in fs.find(prefix)}
+
+
+def test_a_kill_between_upload_and_commit_leaves_nothing_visible_and_a_rerun_completes(s3, synthetic_dir, tmp_path):
+    """The extract's whole process group is SIGKILLed right after one video's arrays are uploaded and before its
+    commit record: that video is invisible (readers, index, verify's listing names the leftover), the rerun takes
+    over the stale lock, redoes it, removes the leftover, and the store equals a local extract bit for bit."""
+    from motionssl.stores import open_store
+    from motionssl.stores.verify import verify_store
+
+    spec = write_spec(tmp_path / "tiny.yaml")
+    url = "s3://bucket/runs/killed.zarr"
+    cmd = [sys.executable, "-m", "motionssl.cli", "extract", str(synthetic_dir), "-o", url, "--spec", str(spec),
+           "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **s3, "MOTIONSSL_FAULT": "kill-commit:right_b"}, cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=240) == -signal.SIGKILL
+    store = open_store(url)
+    assert "moving/right_b" not in store.videos
+    with pytest.raises(KeyError):
+        store.meta("moving/right_b")
+    leftovers = [p for p in verify_store(store) if p.startswith("partial: ")]
+    assert any("videos/moving/right_b/d-" in p for p in leftovers), leftovers
+    done_before = set(store.videos)
+    assert any(k.endswith("/.extract.lock") for k in _objects("bucket/runs/killed.zarr"))  # its holder is dead
+
+    r = extract(synthetic_dir, url, spec, "--report", tmp_path / "report.json", env=s3)
+    report = json.loads((tmp_path / "report.json").read_text())
+    statuses = {v["id"]: v["status"] for v in report["videos"]}
+    assert statuses["moving/right_b"] == "ok" and {v for v, st in statuses.items() if st == "skipped"} == done_before
+    assert motionssl("verify", url, env=s3).returncode == 0
+    keys = _objects("bucket/runs/killed.zarr")
+    assert not any(k.endswith(".extract.lock") for k in keys)
+    assert len({k.split("/d-")[1].split("/")[0] for k in keys if "right_b/d-" in k}) == 1  # the leftover is gone
+
+    local = tmp_path / "local.zarr"
+    extract(synthetic_dir, local, spec)
+    a, b = open_store(url), open_store(local)
+    assert set(a.videos) == SYNTHETIC_IDS
+    for vid in SYNTHETIC_IDS:
+        assert set(a.arrays(vid)) == set(b.arrays(vid))
+        for name in b.arrays(vid):
+            np.testing.assert_array_equal(a.read(vid, name), b.read(vid, name), err_msg=f"{vid}/{name}")
+        np.testing.assert_array_equal(a.read_at(vid, "rgb", [5, 1, 5]), b.read_at(vid, "rgb", [5, 1, 5]))
+    assert SECRET not in r.stdout + r.stderr and not any(SECRET.encode() in v for v in keys.values())
+
+
+def test_info_pretrain_and_errors_on_object_storage(s3, synthetic_dir, tmp_path):
+    """info (its version), dump, and a tiny pretrain whose DataLoader workers read from S3; HDF5 and a missing
+    bucket are one-line errors; the secret key is nowhere in what was printed or written."""
+    from test_pretrain import TINY
+
+    spec = write_spec(tmp_path / "tiny.yaml")
+    url = "s3://bucket/runs/train.zarr"
+    first = extract(synthetic_dir, url, spec, "--report", tmp_path / "report.json", env=s3)
+    info = json.loads(motionssl("info", url, "--json", env=s3, check=0).stdout)
+    assert info["totals"]["videos"] == 4 and info["version"].startswith("sha256:")
+    assert all(a["bytes"] > 0 for v in info["videos"] for a in v["arrays"].values())
+    npy = tmp_path / "mv.npy"
+    motionssl("dump", url, "moving/right_b", "mv", "-o", npy, env=s3, check=0)
+    assert np.load(npy).shape[0] == 20
+
+    run = tmp_path / "run"
+    r = motionssl("pretrain", url, "-o", run, *TINY, "--steps", "2", "--batch-size", "2", "--workers", "2",
+                  "--option", "queue_size=8", env=s3)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["store"] == url and summary["store_version"] == info["version"]
+
+    r = motionssl("extract", synthetic_dir, "-o", "s3://bucket/runs/h.h5store", "--format", "hdf5", "--spec", spec,
+                  "--no-progress", env=s3)
+    assert r.returncode == 2 and "stores on object storage are Zarr" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = motionssl("extract", synthetic_dir, "-o", "s3://no-such-bucket/x.zarr", "--spec", spec, "--no-progress",
+                  env=s3)
+    assert r.returncode == 2 and "cannot write to s3://no-such-bucket/x.zarr" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = motionssl("info", "s3://bucket/nothing.zarr", env=s3)
+    assert r.returncode == 2 and "is not a motionssl store" in r.stderr
+
+    import s3fs
+
+    from motionssl.stores import StoreError, open_store
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    shard = sorted(k for k in fs.find("bucket/runs/train.zarr/videos/hevc") if "/rgb/c/" in k)[0]
+    fs.rm_file(shard)  # damage: a missing shard object is an error, never zeros
+    r = motionssl("verify", url, env=s3)
+    assert r.returncode == 1 and "hevc: rgb: chunk file" in r.stdout and "is missing or empty" in r.stdout
+    with pytest.raises(StoreError, match="cannot read rgb of video 'hevc'"):
+        open_store(url).read("hevc", "rgb", 0, 2)
+
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    written += list(_objects("bucket/runs").values())
+    assert not any(SECRET.encode() in data for data in written)
+    assert SECRET not in first.stdout + first.stderr + r.stdout + r.stderr
