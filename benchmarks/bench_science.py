@@ -102,6 +102,13 @@ def labels_csv(dest: Path, stores: dict[str, Path]) -> Path:
     return path
 
 
+def resume_of(run: Path) -> str | None:
+    """A run that a stopped benchmark left part way (its checkpoint, no result.json) continues from its checkpoint."""
+    from motionssl.train import checkpoint
+
+    return "auto" if (run / checkpoint.LAST).exists() else None
+
+
 def pretrain(method: str, store: Path, run: Path, *, seed: int, steps: int) -> dict:
     from motionssl.train.config import resolve
     from motionssl.train.loop import train
@@ -110,7 +117,7 @@ def pretrain(method: str, store: Path, run: Path, *, seed: int, steps: int) -> d
     cfg = resolve(ALL[method].defaults, {}, {**COMMON, "method": method, "store": str(store), "out": str(run),
                                              "seed": seed, "steps": steps,
                                              "method_options": METHOD_OPTIONS[method]})
-    return train(cfg)
+    return train(cfg, resume=resume_of(run))
 
 
 def supervised(store: Path, labels: Path, run: Path, *, seed: int, steps: int) -> dict:
@@ -122,7 +129,7 @@ def supervised(store: Path, labels: Path, run: Path, *, seed: int, steps: int) -
                                           "seed": seed, "steps": steps,
                                           "method_options": {"labels": [str(labels)], "from_scratch": True,
                                                              "dropout": 0.0}})
-    return train(cfg, method_cls=Finetune)
+    return train(cfg, method_cls=Finetune, resume=resume_of(run))
 
 
 def features(backbone: torch.nn.Module, store_path: Path) -> tuple[np.ndarray, np.ndarray]:
