@@ -104,10 +104,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: f
     x, y = pred.double(), target.double()
     g = torch.exp(-((torch.arange(window, dtype=torch.float64) - window // 2) ** 2) / (2 * sigma ** 2))
     g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window).to(x.device)
+    c = x.shape[1]
+    rows, cols = g.view(1, 1, window, 1).expand(c, 1, window, 1), g.view(1, 1, 1, window).expand(c, 1, 1, window)
 
-    def blur(z):
-        return F.conv2d(z, kernel, groups=x.shape[1])
+    def blur(z):  # the 2-D Gaussian as two 1-D passes (it is separable): window / 2 times fewer products
+        return F.conv2d(F.conv2d(z, rows.to(z.device), groups=c), cols.to(z.device), groups=c)
 
     c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
     mx, my = blur(x), blur(y)
