@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 	$(BIN)/python benchmarks/bench_decoder_memory.py --out bench_out
 	$(BIN)/python benchmarks/bench_science.py --out bench_out
+	$(BIN)/python benchmarks/diagnose_science.py --out bench_out --seed 0
 
 # The device check: every CUDA path, timed, in about 8 minutes on one H100 (benchmarks/README.md, "GPU").
 gpu-check: $(STAMP)
