@@ -122,7 +122,7 @@ def gradient_norms(name: str, run: Path) -> dict:
     out = {}
     for term, value in loss_terms(name, method, batch).items():
         grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        norm = torch.sqrt(sum(((g.float() ** 2).sum() for g in grads if g is not None), torch.zeros(())))  # 0: no path
         out[term] = {"loss": value.item(), "grad_norm": float(norm)}
     return out
 
