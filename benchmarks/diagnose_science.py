@@ -129,7 +129,7 @@ def gradient_norms(name: str, run: Path) -> dict:
 
 # -- the motion path's own probe -----------------------------------------------------------------------------------
 
-def motion_encoder(name: str, method):
+def motion_encoder(name: str, method, *, edges_clamp: float):
     """(modality, clip length, function from a test view to pooled features) of the method's motion encoder."""
     if name == "cmd":
         mp = method.motion
@@ -142,7 +142,7 @@ def motion_encoder(name: str, method):
     if name == "mvcgc":
         return "mv", method.cfg.clip_len, lambda view: method.mv.backbone(method.mv_input(view))
     if name == "modist":
-        clamp = method.cfg_edges_clamp
+        clamp = edges_clamp
         return "edges", method.opts.motion_clip_len, \
             lambda view: method.motion_backbone(method.motion_input(view["edges"].float() / clamp))
     raise KeyError(name)
@@ -153,7 +153,8 @@ def motion_probe(name: str, method, stores: dict[str, Path]) -> dict:
     from motionssl.train.datasets import ClipDataset, Needs
 
     method.eval()
-    modality, clip_len, encode = motion_encoder(name, method)
+    clamp = float(open_store(stores["train"]).spec.flow.edges_clamp)
+    modality, clip_len, encode = motion_encoder(name, method, edges_clamp=clamp)
     feats = {}
     for split, path in stores.items():
         store = open_store(path)
@@ -247,12 +248,10 @@ def diagnose(name: str, run: Path, stores: dict[str, Path]) -> dict:
     out["gradients"] = gradient_norms(name, run)
     out["backbone"] = backbone_probes(run, stores)
     if name in ("cmd", "mvcgc", "modist"):
-        method, cfg, _, store = load_method(run)
-        method.cfg_edges_clamp = float(store.spec.flow.edges_clamp)
+        method, cfg, _, _ = load_method(run)
         out["motion_path_trained"] = motion_probe(name, method, stores)
         torch.manual_seed(0)
         fresh = type(method)(cfg, total_steps=cfg.steps)
-        fresh.cfg_edges_clamp = method.cfg_edges_clamp
         out["motion_path_untrained"] = motion_probe(name, fresh, stores)
     if name == "cgm":
         out["reconstruction"] = cgm_reconstruction(run)
