@@ -16,9 +16,9 @@ The stage is a function of the step (stage 2 from `init_steps`, default `init_fr
 run continues in its stage. Each stage has its own learning-rate schedule (`stage_schedule`, default on): stage 2
 starts again at --lr, as the paper's "continually train the cross guidance for another 200 epochs" at Adam 1e-4
 and CoCLR's code (one run per stage) do. With one cosine over both stages, stage 2 ran at under 35% of --lr, and
-in bench_science its cross task stayed at chance (README.md, "MVCGC"). Logged in both stages: rgb_top1 and mv_top1 (the own key ranks first among the stream's
-queue, stage 1's task), cross_top1 (a positive of the other stream ranks first, both directions averaged, stage 2's
-task) and positives (mean |S_i|).
+in bench_science its cross task stayed at chance (README.md, "MVCGC's schedule"). Logged in both stages: rgb_top1
+and mv_top1 (the own key ranks first among the stream's queue, stage 1's task), cross_top1 (a positive of the
+other stream ranks first, both directions averaged, stage 2's task) and positives (mean |S_i|).
 
 Settings: tau 0.07, m 0.999, queue 2048 (use 16384 for Kinetics-400), k 5, Adam lr 1e-4 with weight decay 1e-5;
 UCF101 ran 300 epochs of stage 1 and 200 of stage 2 (init_fraction 0.6 of 500 epochs), input 32 x 128 px.
