@@ -68,10 +68,6 @@ def spread_batch(dataset, *, per_class: int = 2) -> dict:
 
 def loss_terms(name: str, method, batch: dict) -> dict[str, torch.Tensor]:
     """Each loss term of the method on `batch`, separately (with the trained weights, in training mode)."""
-    from motionssl.train.contrastive import info_nce, momentum_keys
-    from motionssl.train.methods.modist import modist_losses
-    from motionssl.train.methods.mvcgc import cross_guidance_nce, topk_intersection
-
     step = method.total_steps - 1
     if name == "rgb-moco":
         return {"nce": method(batch, step=step)["loss"]}
@@ -86,27 +82,10 @@ def loss_terms(name: str, method, batch: dict) -> dict[str, torch.Tensor]:
         out = method.losses(batch, step=step)
         return {k: v for k, v in out.items() if k != "pos_sim"}
     if name == "modist":
-        (view_q, view_k), (motion_q, motion_k) = batch["views"], batch["motion_views"]
-        v_q = F.normalize(method.head(method.backbone(view_q["rgb"])), dim=1)
-        m_q = F.normalize(method.motion_head(method.motion_backbone(method.motion_input(motion_q["edges"]))), dim=1)
-        v_k = momentum_keys(method.backbone_k, method.head_k, view_k["rgb"], seed=1)
-        m_k = momentum_keys(method.motion_backbone_k, method.motion_head_k, method.motion_input(motion_k["edges"]),
-                            seed=1)
-        videos = batch["video"]
-        return modist_losses(v_q, v_k, m_q, m_k, method.queue.keys.clone(), method.motion_queue.keys.clone(),
-                             method.opts.tau, mask_v=method.queue.negatives_mask(videos),
-                             mask_m=method.motion_queue.negatives_mask(videos))
+        return method.losses(batch, step=step)
     if name == "mvcgc":
-        view_q, view_k = batch["views"]
-        q_r, q_m = method.rgb.query(view_q["rgb"]), method.mv.query(method.mv_input(view_q))
-        k_r, k_m = method.rgb.key(view_k["rgb"], seed=1), method.mv.key(method.mv_input(view_k), seed=2)
-        queue_r, queue_m = method.rgb.queue.keys.clone(), method.mv.queue.keys.clone()
-        same = method.rgb.queue.negatives_mask(batch["video"])
-        with torch.no_grad():
-            positives = topk_intersection(q_r @ queue_r.T, q_m @ queue_m.T, method.opts.k, exclude=same)
-        cross_r, _ = cross_guidance_nce(q_r, k_m, queue_m, positives, method.opts.tau, exclude=same)
-        return {"stage1_rgb": info_nce(q_r, k_r, queue_r, method.opts.tau, queue_mask=same),
-                "stage2_rgb_to_mv": cross_r}
+        terms, _ = method.losses(batch, step=step)
+        return {"stage1_rgb": terms["rgb"], "stage2_rgb_to_mv": terms["cross_rgb"]}
     if name == "cgm":
         return {"reconstruction": method(batch, step=step)["loss"]}
     raise KeyError(name)

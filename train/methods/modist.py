@@ -187,8 +187,8 @@ class MoDist(RGBMoCo):
         """(B, C, L, S, S) -> the motion pathway's input: as is (frames), or (B, C*L, 1, S, S) (channels)."""
         return edges if self.opts.motion_input == "frames" else edges.flatten(1, 2).unsqueeze(2)
 
-    def forward(self, batch: dict, *, step: int) -> dict:
-        o = self.opts
+    def losses(self, batch: dict, *, step: int) -> dict[str, Tensor]:
+        """`modist_losses` of the batch: {"v", "m", "mv"}; the keys join the banks. `forward` sums them."""
         (view_q, view_k), (motion_q, motion_k) = batch["views"], batch["motion_views"]
         videos = batch["video"]
         v_q = F.normalize(self.head(self.backbone(view_q["rgb"])), dim=1)
@@ -197,12 +197,16 @@ class MoDist(RGBMoCo):
         v_k = momentum_keys(self.backbone_k, self.head_k, view_k["rgb"], seed=seed)
         m_k = momentum_keys(self.motion_backbone_k, self.motion_head_k, self.motion_input(motion_k["edges"]),
                             seed=seed)
-        losses = modist_losses(v_q, v_k, m_q, m_k, self.queue.keys.clone(), self.motion_queue.keys.clone(), o.tau,
-                               mask_v=self.queue.negatives_mask(videos),
+        losses = modist_losses(v_q, v_k, m_q, m_k, self.queue.keys.clone(), self.motion_queue.keys.clone(),
+                               self.opts.tau, mask_v=self.queue.negatives_mask(videos),
                                mask_m=self.motion_queue.negatives_mask(videos))
-        loss = losses["v"] + losses["mv"] + (losses["m"] if o.motion_loss else 0)
         self.queue.enqueue(gather(v_k.float()), gather(videos))
         self.motion_queue.enqueue(gather(m_k.float()), gather(videos))
+        return losses
+
+    def forward(self, batch: dict, *, step: int) -> dict:
+        losses = self.losses(batch, step=step)
+        loss = losses["v"] + losses["mv"] + (losses["m"] if self.opts.motion_loss else 0)
         return {"loss": loss, "logs": {f"loss_{name}": v.item() for name, v in losses.items()}}
 
     @torch.no_grad()

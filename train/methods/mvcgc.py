@@ -228,33 +228,36 @@ class MVCGC(Method):
     def mv_input(self, view: dict) -> Tensor:
         return mv_clip_input(view["mv"], size=self.cfg.size, clamp=self.opts.mv_clamp)
 
-    def forward(self, batch: dict, *, step: int) -> dict:
+    def losses(self, batch: dict, *, step: int) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """The terms of both stages, {"rgb", "mv"} (stage 1) and {"cross_rgb", "cross_mv"} (stage 2, the RGB or MV
+        query against the other stream), with every accuracy for the log; the keys join the queues. `forward` sums
+        the terms of the step's stage."""
         view_q, view_k = batch["views"]
         videos, tau, seed = batch["video"], self.opts.tau, self.cfg.seed * 1_000_003 + step
         q_r, q_m = self.rgb.query(view_q["rgb"]), self.mv.query(self.mv_input(view_q))
         k_r, k_m = self.rgb.key(view_k["rgb"], seed=seed), self.mv.key(self.mv_input(view_k), seed=seed + 1)
         queue_r, queue_m = self.rgb.queue.keys.clone(), self.mv.queue.keys.clone()
         same_video = self.rgb.queue.negatives_mask(videos)  # both queues hold the same videos, in lockstep
-        stage = self.stage(step)
         with torch.no_grad():
             positives = self.positive_set(q_r @ queue_r.T, q_m @ queue_m.T, self.opts.k, exclude=same_video)
-        with torch.set_grad_enabled(stage == 2 and torch.is_grad_enabled()):  # stage 1: accuracies only
-            loss_r, correct_r = cross_guidance_nce(q_r, k_m, queue_m, positives, tau, exclude=same_video)
-            loss_m, correct_m = cross_guidance_nce(q_m, k_r, queue_r, positives, tau, exclude=same_video)
-        if stage == 1:
-            loss = (info_nce(q_r, k_r, queue_r, tau, queue_mask=same_video)
-                    + info_nce(q_m, k_m, queue_m, tau, queue_mask=same_video))
-        else:
-            loss = loss_r + loss_m
+        terms = {"rgb": info_nce(q_r, k_r, queue_r, tau, queue_mask=same_video),
+                 "mv": info_nce(q_m, k_m, queue_m, tau, queue_mask=same_video)}
+        terms["cross_rgb"], correct_r = cross_guidance_nce(q_r, k_m, queue_m, positives, tau, exclude=same_video)
+        terms["cross_mv"], correct_m = cross_guidance_nce(q_m, k_r, queue_r, positives, tau, exclude=same_video)
         with torch.no_grad():  # every accuracy in both stages, so log.csv keeps its columns
-            logs = {"stage": float(stage), "rgb_top1": own_key_top1(q_r, k_r, queue_r, same_video),
+            logs = {"stage": float(self.stage(step)), "rgb_top1": own_key_top1(q_r, k_r, queue_r, same_video),
                     "mv_top1": own_key_top1(q_m, k_m, queue_m, same_video),
                     "cross_top1": torch.cat([correct_r, correct_m]).float().mean().item(),
                     "positives": positives.sum(1).float().mean().item()}
         all_videos = gather(videos)
         self.rgb.queue.enqueue(gather(k_r.float()), all_videos)
         self.mv.queue.enqueue(gather(k_m.float()), all_videos)
-        return {"loss": loss, "logs": logs}
+        return terms, logs
+
+    def forward(self, batch: dict, *, step: int) -> dict:
+        terms, logs = self.losses(batch, step=step)
+        active = ("rgb", "mv") if self.stage(step) == 1 else ("cross_rgb", "cross_mv")
+        return {"loss": terms[active[0]] + terms[active[1]], "logs": logs}
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
