@@ -145,7 +145,9 @@ def codec_study(ref, clips: int, seed: int) -> dict:
     from motionssl.stores.h264 import ChunkCoder
 
     videos = sorted(ref.videos)
-    arrays = {a: {v: ref.read(v, a) for v in videos} for a in ("rgb", "flow", "boundary", "edges")}
+    # the stored uint8 values (the reader API dequantises flow and maps)
+    arrays = {a: {v: np.ascontiguousarray(ref._open(v).read(a, slice(None))) for v in videos}
+              for a in ("rgb", "flow", "boundary", "edges")}
     frames = sum(len(x) for x in arrays["rgb"].values())
     from motionssl.data_specs import load_spec
 
@@ -197,7 +199,7 @@ def codec_study(ref, clips: int, seed: int) -> dict:
     # H.264 GOPs of 8 (the shipped layout), decode-only the same way: the chunks a clip touches, up to its last frame
     rgb_c, plane_c = ChunkCoder("rgb", 12), ChunkCoder("planes", 0)
     h = {a: {v: [(rgb_c if a == "rgb" else plane_c).encode(x[i:i + 8]) for i in range(0, len(x), 8)]
-             for v, x in per.items()} for a, per in arrays.items() if a != "flow"}
+             for v, x in per.items()} for a, per in arrays.items()}
     row = {"bytes_per_frame": {a: sum(len(c) for per in h[a].values() for c in per) / frames for a in h},
            "lossy": True, "decode_clips_per_s": {}}
     for m in ("boundary", "edges"):
@@ -248,7 +250,7 @@ def main() -> None:
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
-                 "args": vars(args) | {"out": str(args.out)}, "candidates": {}}
+                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "candidates": {}}
     print(f"machine: {res['machine']['cpu_model']}, load {res['machine']['loadavg_at_start'][0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="motionssl-bench-layouts-") as tmp:
         tmp = args.work or Path(tmp)
