@@ -60,18 +60,11 @@ def _paint(x0, x1, y0, y1, values: np.ndarray, shape: tuple[int, int]) -> np.nda
     """(1 + k, h, w): per unit, whether any block covers it, and the mean of `values` (k, n) over
     the blocks covering it. Blocks span a few units each, so they are painted unit by unit."""
     h, w = shape
-    bw, bh = x1 - x0, y1 - y0
-    base = y0 * w + x0
-    # Offset by offset of the largest block, the blocks that reach that far: the unit order of the
-    # sums (offset, then block) is fixed, so the float sums do not depend on how this is vectorised.
-    index, block = [], []
-    for oy in range(max(int(bh.max()), 0)):
-        for ox in range(max(int(bw.max()), 0)):
-            sel = np.flatnonzero((bh > oy) & (bw > ox))
-            index.append(base[sel] + (oy * w + ox))
-            block.append(sel)
-    index = np.concatenate(index) if index else np.zeros(0, np.intp)
-    block = np.concatenate(block) if block else np.zeros(0, np.intp)
+    # Every block enumerates the largest block's offsets; those beyond its own extent are dropped.
+    oy, ox = np.arange((y1 - y0).max())[:, None, None], np.arange((x1 - x0).max())[:, None]
+    inside = ((oy < y1 - y0) & (ox < x1 - x0)).ravel()
+    index = ((y0 + oy) * w + (x0 + ox)).ravel()[inside]
+    block = np.flatnonzero(inside) % len(x0)
     count = np.bincount(index, minlength=h * w)
     covered = count > 0
     inverse = covered / np.maximum(count, 1)
