@@ -33,6 +33,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -111,7 +112,10 @@ def threaded_reads(store, clips: int, rounds: int) -> dict:
 
 def image_codecs() -> dict:
     """name -> (encode, decode, lossy) of one uint8 picture (H, W, 3) or (H, W); one thread each."""
-    import imagecodecs as ic
+    try:
+        import imagecodecs as ic
+    except ImportError:
+        sys.exit("--image-codecs needs imagecodecs: pip install -e '.[bench]'")
 
     def rgb3(fn):  # WebP and QOI code 3 or 4 channels: a gray plane goes in as three equal channels
         return lambda x: fn(np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x)
