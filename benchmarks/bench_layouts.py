@@ -142,6 +142,20 @@ def _planes(frames: np.ndarray) -> np.ndarray:
     return frames if frames.ndim == 3 else frames.transpose(0, 3, 1, 2).reshape(len(frames), -1, frames.shape[2])
 
 
+def decode_rates(picks: list, rgb: dict, read_clip) -> dict:
+    """Clips/s of `read_clip(map, video, frame indices)` over the picked clips, per map and stride (16 frames)."""
+    rates = {}
+    for m in ("boundary", "edges"):
+        for stride in (1, 4):
+            t0 = time.perf_counter()
+            for v, u in picks:
+                n = len(rgb[v])
+                start = int(u * max(n - 15 * stride, 1))
+                read_clip(m, v, [min(start + i * stride, n - 1) for i in range(16)])
+            rates[f"{m} stride {stride}"] = len(picks) / (time.perf_counter() - t0)
+    return rates
+
+
 def codec_study(ref, clips: int, seed: int) -> dict:
     """Per codec: bytes/frame per array, RGB PSNR, flow EPE, and decode-only clips/s (see the docstring, 6)."""
     from numcodecs import Blosc
@@ -186,41 +200,28 @@ def codec_study(ref, clips: int, seed: int) -> dict:
             epe = np.concatenate(epe)
             row["flow_epe_vs_lossless_px"] = {"mean": float(epe.mean()), "p95": float(np.percentile(epe, 95)),
                                               "max": float(epe.max())}
-        row["decode_clips_per_s"] = {}
-        for m in ("boundary", "edges"):
-            for stride in (1, 4):
-                t0 = time.perf_counter()
-                for v, u in picks:
-                    n = len(coded["rgb"][v])
-                    start = int(u * max(n - 15 * stride, 1))
-                    idx = [min(start + i * stride, n - 1) for i in range(16)]
-                    for i in idx:
-                        decode("rgb", v, coded["rgb"][v][i])
-                        decode(m, v, coded[m][v][i])
-                row["decode_clips_per_s"][f"{m} stride {stride}"] = clips / (time.perf_counter() - t0)
+        def frames_of(m, v, idx, coded=coded, decode=decode):
+            for i in idx:
+                decode("rgb", v, coded["rgb"][v][i])
+                decode(m, v, coded[m][v][i])
+
+        row["decode_clips_per_s"] = decode_rates(picks, arrays["rgb"], frames_of)
         out[name] = row
         print(f"  codec {name}: rgb {row['bytes_per_frame']['rgb']:.0f} B/frame", flush=True)
     # H.264 GOPs of 8 (the shipped layout), decode-only the same way: the chunks a clip touches, up to its last frame
     rgb_c, plane_c = ChunkCoder("rgb", 12), ChunkCoder("planes", 0)
     h = {a: {v: [(rgb_c if a == "rgb" else plane_c).encode(x[i:i + 8]) for i in range(0, len(x), 8)]
              for v, x in per.items()} for a, per in arrays.items()}
-    row = {"bytes_per_frame": {a: sum(len(c) for per in h[a].values() for c in per) / frames for a in h},
-           "lossy": True, "decode_clips_per_s": {}}
-    for m in ("boundary", "edges"):
-        for stride in (1, 4):
-            t0 = time.perf_counter()
-            for v, u in picks:
-                n = len(arrays["rgb"][v])
-                start = int(u * max(n - 15 * stride, 1))
-                idx = [min(start + i * stride, n - 1) for i in range(16)]
-                for a in ("rgb", m):
-                    shape = arrays[a][v].shape[1:]
-                    coder = rgb_c if a == "rgb" else plane_c
-                    for chunk in sorted({i // 8 for i in idx}):
-                        last = max(i for i in idx if i // 8 == chunk) % 8 + 1
-                        coder.decode(h[a][v][chunk], (8, *shape), last)
-            row["decode_clips_per_s"][f"{m} stride {stride}"] = clips / (time.perf_counter() - t0)
-    out["H.264 GOPs of 8 (shipped; rgb crf 12, maps qp 0)"] = row
+    def chunks_of(m, v, idx):
+        for a in ("rgb", m):
+            coder = rgb_c if a == "rgb" else plane_c
+            for chunk in sorted({i // 8 for i in idx}):
+                last = max(i for i in idx if i // 8 == chunk) % 8 + 1
+                coder.decode(h[a][v][chunk], (8, *arrays[a][v].shape[1:]), last)
+
+    out["H.264 GOPs of 8 (shipped; rgb crf 12, maps qp 0)"] = {
+        "bytes_per_frame": {a: sum(len(c) for per in h[a].values() for c in per) / frames for a in h},
+        "lossy": True, "decode_clips_per_s": decode_rates(picks, arrays["rgb"], chunks_of)}
     return out
 
 
