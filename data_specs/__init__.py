@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 SPEC_VERSION = 1
 KNOWN_SPEC_VERSIONS = (1,)
 MODALITIES = ("rgb", "iframes", "mv", "flow", "boundary", "edges")
@@ -265,6 +263,8 @@ def load_spec(name_or_path: str | Path) -> Spec:
         if s not in builtin_specs():
             raise SpecError(f"unknown spec {s!r}; choose one of {builtin_specs()} or give a path to a YAML file")
         text, source = resources.files(__name__).joinpath(f"{s}.yaml").read_text(), f"{s}.yaml"
+    import yaml  # here: a decoder process gets its spec as a dict and never parses YAML
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

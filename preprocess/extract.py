@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motionssl.data_specs import Spec
-from motionssl.stores import init_store, read_video_metas, write_index
+from motionssl.stores import init_store, package_version, read_video_metas, write_index
 from motionssl.stores.layout import INDEX, QUARANTINE, VIDEOS, read_json, scan_videos, video_path, write_json_atomic
 from motionssl.stores.lock import Locked, acquire_lock
 from motionssl.stores.remote import Remote, RemoteError, acquire_remote_lock, is_url, stage_dir
@@ -438,7 +438,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
         return {"path": str(videos[vid].resolve()), "source": str(videos[vid].relative_to(opts.video_dir)),
                 "video_id": vid, "store": str(store) if is_url(store) else str(store.resolve()), "format": fmt,
                 "spec": spec.to_dict(), "reencode": opts.reencode, "keep_partial": opts.keep_partial, "gpus": gpus,
-                } | ({"device": "cpu"} if cpu else {})
+                "motionssl_version": package_version()} | ({"device": "cpu"} if cpu else {})
 
     if fmt == "zarr" and todo:
         _ensure_zarr_parents(store, todo)

@@ -15,11 +15,12 @@ import numpy as np
 
 from motionssl.data_specs import Spec, mv_grid, spec_from_dict, stored_size
 from motionssl.stores.decode import BadVideo, Truncated, decode_frames, open_video
-from motionssl.stores import __version__, make_writer
+from motionssl.stores import make_writer, package_version
 
 
 def extract_video(job: dict, *, progress: Callable[[int], None] | None = None) -> dict:
-    """job: {path, video_id, store, format, spec (dict), reencode, keep_partial}. Returns the committed meta.
+    """job: {path, video_id, store, format, spec (dict), reencode, keep_partial, motionssl_version}. Returns the
+    committed meta. (`motionssl_version`: the driver's, so that a decoder process need not import importlib.metadata.)
 
     A video the decoder or demuxer finds damaged after N good frames fails (`Truncated`), or with
     job["keep_partial"] keeps those N frames, its meta's `partial` saying why.
@@ -130,7 +131,7 @@ def _extract(path: Path, job: dict, spec: Spec, progress: Callable[[int], None])
             "rotation": rotation, "stored_width": size[0], "stored_height": size[1],
             "mv_grid": [gh, gw] if mv_on else None, "has_mv": bool(mv_on and probe.has_mv_export),
             "iframes": n_iframes, "reencoded": bool(job.get("reencode")), "partial": partial, "notes": notes,
-            "spec_digest": spec.digest, "motionssl_version": __version__,
+            "spec_digest": spec.digest, "motionssl_version": job.get("motionssl_version") or package_version(),
             "seconds": round(time.perf_counter() - t0, 4),
         }
         return writer.commit(meta)

@@ -12,11 +12,11 @@ forked process reopens its own handles instead of sharing the parent's (which co
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
 from dataclasses import replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,24 @@ from motionssl.stores.layout import (
 
 FORMATS = ("zarr", "hdf5")
 
-try:  # recorded in every store's and video's meta; the package metadata is the one source of the number
-    __version__ = version("motionssl")
-except PackageNotFoundError:  # a source tree used without `pip install`
-    __version__ = "0+unknown"
+
+
+def __getattr__(name: str):
+    # Looked up when first asked: importlib.metadata's import is a tenth of a decoder process's start-up.
+    if name == "__version__":
+        return package_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def package_version() -> str:
+    """Recorded in every store's and video's meta; the package metadata is the one source of the number."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("motionssl")
+    except PackageNotFoundError:  # a source tree used without `pip install`
+        return "0+unknown"
 
 
 class StoreError(Exception):
@@ -66,7 +80,7 @@ class Store:
             raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
         version = self.root_meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {__version__} "
+            raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {package_version()} "
                              f"(knows {FORMAT_VERSION}); upgrade motionssl or re-extract")
         self.format = self.root_meta["format"]
         if self.format not in FORMATS:
@@ -253,7 +267,7 @@ def init_store(path: Path | str, fmt: str, spec: Spec) -> None:
                              f"{spec.name!r} ({spec.digest}); extract into a new -o, or delete the store first")
         return
     root_meta = {"format": fmt, "format_version": FORMAT_VERSION, "spec": spec.to_dict(),
-                 "spec_digest": spec.digest, "motionssl_version": __version__}
+                 "spec_digest": spec.digest, "motionssl_version": package_version()}
     if remote:
         from motionssl.stores.zarr_writer import group_doc
 

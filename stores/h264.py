@@ -47,13 +47,19 @@ def encode_chunk(frames: np.ndarray, *, layout: str, crf: int) -> bytes:
     return b"".join(out)
 
 
-def decode_chunk(data: bytes, shape: tuple[int, ...], *, layout: str, frames: int | None = None) -> np.ndarray:
+def decode_chunk(data: bytes, shape: tuple[int, ...], *, layout: str, frames: int | None = None,
+                 threads: int = 1, thread_type: str = "SLICE") -> np.ndarray:
     """The uint8 array of `shape` (n, H, W, ...) coded in `data`. Only the first `frames` frames are
-    decoded (P-frames depend on earlier ones only); the rest, and frames a partial chunk never had, are 0."""
+    decoded (P-frames depend on earlier ones only); the rest, and frames a partial chunk never had, are 0.
+
+    threads, thread_type: FFmpeg's decoder threads (0: one per core) and kind (SLICE, FRAME, AUTO). One thread,
+    the default, was the fastest per core (benchmarks/README.md, "Flow specs: store layout frontier")."""
     n = shape[0] if frames is None else min(frames, shape[0])
     out = np.zeros(shape, np.uint8)
     cc = av.CodecContext.create("h264", "r")
-    cc.thread_count = 1
+    cc.thread_count = threads
+    if threads != 1:
+        cc.thread_type = thread_type
     got = 0
     for packet in cc.parse(data) + cc.parse(None) + [None]:
         for frame in cc.decode(packet):

@@ -1,5 +1,6 @@
 """What `extract` costs and risks before the first video: a Dask cluster that does not start on a busy machine,
 and what each spec's decoder process imports."""
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,21 @@ def test_a_job_submitted_ahead_is_collected_after_it_finished(tmp_path):
         assert time.monotonic() - t0 < 5
     finally:
         decoder.stop()
+
+
+def test_a_decoder_job_parses_no_yaml_and_records_the_drivers_version(tmp_path):
+    """What a decoder process runs for a job (its spec comes as a dict, its version from the driver) imports no
+    YAML parser: one less import in every decoder's start-up (benchmarks/README.md, issue 19 part 3)."""
+    video = encode(tmp_path / "v.mp4", translating_frames(6, size=(64, 48), velocity=(2, 1)), "x264-nob")
+    parsed = load_spec("compressed")
+    init_store(tmp_path / "s.zarr", "zarr", parsed)
+    job = {"path": str(video), "source": "v.mp4", "video_id": "v", "store": str(tmp_path / "s.zarr"), "format": "zarr",
+           "spec": parsed.to_dict(), "reencode": False, "motionssl_version": "9.9.9-driver"}
+    code = ("import json, sys\n"
+            "from motionssl.preprocess.video_job import extract_video\n"
+            f"meta = extract_video(json.loads({json.dumps(json.dumps(job))}))\n"
+            "print(json.dumps({'yaml': 'yaml' in sys.modules, 'version': meta['motionssl_version']}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"yaml": False, "version": "9.9.9-driver"}
+    assert open_store(tmp_path / "s.zarr").meta("v")["motionssl_version"] == "9.9.9-driver"

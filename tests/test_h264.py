@@ -56,6 +56,21 @@ def test_decoding_stops_at_the_last_frame_asked_for():
     assert np.array_equal(head[:3], full[:3]) and not head[3:].any()
 
 
+@pytest.mark.parametrize("threads, kind", [(2, "FRAME"), (2, "SLICE"), (0, "AUTO")])
+def test_threaded_decoding_gives_the_same_frames(threads, kind):
+    """Decoder threads (measured for the frontier, benchmarks/README.md) change the speed, never the frames:
+    whole chunks, and chunks cut at the last frame a clip needs, where frame threads still hold frames back."""
+    frames = np.stack(translating_frames(8, size=(96, 64), velocity=(3, 1), seed=3))
+    for layout, data in (("rgb", encode_chunk(frames, layout="rgb", crf=12)),
+                         ("planes", encode_chunk(frames[..., :2], layout="planes", crf=0))):
+        shape = frames.shape if layout == "rgb" else frames[..., :2].shape
+        for n in (None, 3):
+            one = decode_chunk(data, shape, layout=layout, frames=n)
+            assert one.any()
+            assert np.array_equal(decode_chunk(data, shape, layout=layout, frames=n, threads=threads,
+                                               thread_type=kind), one)
+
+
 def test_partial_chunk_decodes_to_the_chunk_shape_zero_filled():
     frames = np.stack(translating_frames(3, size=(64, 64), velocity=(2, 0), seed=2))
     back = decode_chunk(encode_chunk(frames, layout="rgb", crf=12), (8, 64, 64, 3), layout="rgb")
