@@ -43,17 +43,39 @@ def unit(*shape, seed):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=1)
 
 
-def test_losses_match_a_naive_loop():
+@pytest.mark.parametrize("cross_negatives", ["key", "query"])
+def test_losses_match_a_naive_loop(cross_negatives):
     v_q, v_k, m_q, m_k = (unit(4, 8, seed=s) for s in range(4))
     bank_v, bank_m = unit(6, 8, seed=4), unit(6, 8, seed=5)
     mask_v, mask_m = torch.rand(4, 6, generator=torch.Generator().manual_seed(6)) < 0.3, torch.zeros(4, 6, dtype=bool)
     mask_m[1, 2:5] = True
-    ours = modist_losses(v_q, v_k, m_q, m_k, bank_v, bank_m, 0.1, mask_v=mask_v, mask_m=mask_m)
-    expected = {"v": naive_in(v_q, v_k, bank_v, 0.1, mask_v), "m": naive_in(m_q, m_k, bank_m, 0.1, mask_m),
-                "mv": naive_in(v_q, m_k, bank_v, 0.1, mask_v) + naive_in(m_q, v_k, bank_m, 0.1, mask_m)}
+    ours = modist_losses(v_q, v_k, m_q, m_k, bank_v, bank_m, 0.1, mask_v=mask_v, mask_m=mask_m,
+                         cross_negatives=cross_negatives)
+    if cross_negatives == "key":  # v_q against the motion bank, m_q against the visual bank
+        mv = naive_in(v_q, m_k, bank_m, 0.1, mask_m) + naive_in(m_q, v_k, bank_v, 0.1, mask_v)
+    else:
+        mv = naive_in(v_q, m_k, bank_v, 0.1, mask_v) + naive_in(m_q, v_k, bank_m, 0.1, mask_m)
+    expected = {"v": naive_in(v_q, v_k, bank_v, 0.1, mask_v), "m": naive_in(m_q, m_k, bank_m, 0.1, mask_m), "mv": mv}
     assert ours.keys() == expected.keys()
     for k in expected:
         assert ours[k].item() == pytest.approx(expected[k], rel=1e-6)
+
+
+def test_only_key_negatives_make_the_cross_task_need_the_video():
+    """Motion embeddings that carry nothing of their video (all one vector c), visual ones in a cone around c. The
+    term v_q -> m_k with the key's bank as negatives is at chance, ln(1 + N): its positive ties with every negative.
+    With the query's bank (eq. 2 as printed) it falls below chance anyway: c is closer to v_q than other videos' v."""
+    c = unit(1, 8, seed=0)
+    v = F.normalize(c + 0.5 * unit(14, 8, seed=1), dim=1)  # 4 queries, 4 keys, a bank of 6
+    m = c.expand(14, 8)
+    none = torch.zeros(4, 6, dtype=bool)
+    key = modist_losses(v[:4], v[4:8], m[:4], m[4:8], v[8:], m[8:], 0.1, mask_v=none, mask_m=none,
+                        cross_negatives="key")
+    query = modist_losses(v[:4], v[4:8], m[:4], m[4:8], v[8:], m[8:], 0.1, mask_v=none, mask_m=none)
+    key_vm = key["mv"].item() - naive_in(m[:4], v[4:8], v[8:], 0.1, none)  # less the m_q -> v_k term
+    query_vm = query["mv"].item() - naive_in(m[:4], v[4:8], m[8:], 0.1, none)
+    assert key_vm == pytest.approx(math.log(1 + 6))
+    assert query_vm < math.log(1 + 6) - 0.5
 
 
 def test_losses_of_collapsed_embeddings_are_log_one_plus_the_negatives():
@@ -193,6 +215,8 @@ def test_ablation_switches(tiny_modist, motion_store, tmp_path):
     assert out["loss"].item() == pytest.approx(out["logs"]["loss_v"] + out["logs"]["loss_mv"], rel=1e-6)
     with pytest.raises(Exception, match="motion_input must be one of frames, channels"):
         MoDist(modist_config(motion_store, tmp_path, motion_input="flow"), total_steps=1)
+    with pytest.raises(Exception, match="cross_negatives must be one of query, key"):
+        MoDist(modist_config(motion_store, tmp_path, cross_negatives="both"), total_steps=1)
 
 
 # -- end to end -----------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ entries of the query's own video are never negatives. With IN(query, positive, n
     L_v = IN(v_q, v_k, V),   L_m = IN(m_q, m_k, M),   L_mv = IN(v_q, m_k, V) + IN(m_q, v_k, M)   (eq. 2),
     L = L_v + L_m + L_mv                                                                          (eq. 3),
 queries from the online pathways, keys from the momentum ones, V and M the visual and motion banks.
+`cross_negatives=key` takes L_mv's negatives from the key's bank instead, IN(v_q, m_k, M) + IN(m_q, v_k, V): a
+task only the video's own motion solves. In bench_science it stayed at chance and taught the visual pathway less
+than eq. 2 (README.md, "MoDist").
 
 Sampling (§3.1, §4.1): the two visual clips are independent random clips of the video (crop, flip, colour as
 `rgb-moco`). The two motion clips are drawn, independently of them (temporal jitter), among the clips whose mean
@@ -47,6 +50,7 @@ from motionssl.train.sampling import clip_at
 from motionssl.train.shuffle_bn import group_batch_norms
 
 MOTION_INPUTS = ("frames", "channels")
+CROSS_NEGATIVES = ("query", "key")
 MOTION_SIGNALS = {"edges": 1, "flow": 2, "frame_diff": 1}  # Table 3b: the motion pathway's input, and its channels
 FLOW_SCALE = 20.0  # raw flow in output px is divided by this (the uint8 store's bound) to be of order 1
 
@@ -64,11 +68,15 @@ class MoDistOptions(MoCoOptions):
     sync: bool = False
     motion_loss: bool = True      # L_m
     motion_signal: str = "edges"  # edges | flow | frame_diff (Table 3b; module docstring)
+    cross_negatives: str = "query"  # query | key: L_mv's negatives from the query's bank (eq. 2) or the key's
 
     def __post_init__(self):
         if self.motion_signal not in MOTION_SIGNALS:
             raise ConfigError(f"modist: motion_signal must be one of {', '.join(MOTION_SIGNALS)}, "
                               f"got {self.motion_signal!r}")
+        if self.cross_negatives not in CROSS_NEGATIVES:
+            raise ConfigError(f"modist: cross_negatives must be one of {', '.join(CROSS_NEGATIVES)}, "
+                              f"got {self.cross_negatives!r}")
         if self.motion_input not in MOTION_INPUTS:
             raise ConfigError(f"modist: motion_input must be one of {', '.join(MOTION_INPUTS)}, "
                               f"got {self.motion_input!r}")
@@ -77,14 +85,18 @@ class MoDistOptions(MoCoOptions):
 
 
 def modist_losses(v_q: Tensor, v_k: Tensor, m_q: Tensor, m_k: Tensor, bank_v: Tensor, bank_m: Tensor, tau: float, *,
-                  mask_v: Tensor | None = None, mask_m: Tensor | None = None) -> dict[str, Tensor]:
+                  mask_v: Tensor | None = None, mask_m: Tensor | None = None,
+                  cross_negatives: str = "query") -> dict[str, Tensor]:
     """{"v", "m", "mv"}: eqs. 1-2 on L2-normalised (B, D) queries and keys and (N, D) banks; `mask_v`, `mask_m`
-    (B, N) drop bank entries (same video) from query i's denominator. The negatives of a cross-modal term are those
-    of its query's modality, as eq. 2 writes them."""
+    (B, N) drop bank entries (same video) from query i's denominator. The negatives of a cross-modal term come from
+    its query's bank, as eq. 2 writes them ("query"), or from its key's bank ("key": the query must pick its own
+    video's key among other videos' keys of the same modality, CMC's cross-modal task)."""
+    if cross_negatives == "key":
+        mv = info_nce(v_q, m_k, bank_m, tau, queue_mask=mask_m) + info_nce(m_q, v_k, bank_v, tau, queue_mask=mask_v)
+    else:
+        mv = info_nce(v_q, m_k, bank_v, tau, queue_mask=mask_v) + info_nce(m_q, v_k, bank_m, tau, queue_mask=mask_m)
     return {"v": info_nce(v_q, v_k, bank_v, tau, queue_mask=mask_v),
-            "m": info_nce(m_q, m_k, bank_m, tau, queue_mask=mask_m),
-            "mv": (info_nce(v_q, m_k, bank_v, tau, queue_mask=mask_v)
-                   + info_nce(m_q, v_k, bank_m, tau, queue_mask=mask_m))}
+            "m": info_nce(m_q, m_k, bank_m, tau, queue_mask=mask_m), "mv": mv}
 
 
 class MoDistClips(ClipDataset):
@@ -199,7 +211,8 @@ class MoDist(RGBMoCo):
                             seed=seed)
         losses = modist_losses(v_q, v_k, m_q, m_k, self.queue.keys.clone(), self.motion_queue.keys.clone(),
                                self.opts.tau, mask_v=self.queue.negatives_mask(videos),
-                               mask_m=self.motion_queue.negatives_mask(videos))
+                               mask_m=self.motion_queue.negatives_mask(videos),
+                               cross_negatives=self.opts.cross_negatives)
         self.queue.enqueue(gather(v_k.float()), gather(videos))
         self.motion_queue.enqueue(gather(m_k.float()), gather(videos))
         return losses
