@@ -101,6 +101,22 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def prepare(work: Path, n: int, frames: int) -> float | None:
+    """The store of n videos and its n empty input files under `work`, unless a finished earlier run left them
+    there (--work); the seconds it took, or None when they were there."""
+    store, videos, done = work / f"s{n}.zarr", work / f"videos{n}", work / f"s{n}.done"
+    if done.is_file() and json.loads(done.read_text()) == {"frames": frames}:
+        return None
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(videos, ignore_errors=True)
+    seconds = generate(store, n, frames)
+    for vid in ids(n):
+        (videos / vid).parent.mkdir(parents=True, exist_ok=True)
+        (videos / f"{vid}.mp4").touch()
+    done.write_text(json.dumps({"frames": frames}))
+    return seconds
+
+
 def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -> dict:
     from motionssl.preprocess.extract import ExtractOptions, run_extract
     from motionssl.stores.summary import summarize
@@ -109,12 +125,8 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     from motionssl.train.faults import usable_store
     from motionssl.train.loop import KeySampler
 
-    store = work / f"s{n}.zarr"
-    row = {"videos": n, "generate_s": generate(store, n, frames)}
-    videos = work / f"videos{n}"
-    for vid in ids(n):
-        (videos / vid).parent.mkdir(parents=True, exist_ok=True)
-        (videos / f"{vid}.mp4").touch()
+    store, videos = work / f"s{n}.zarr", work / f"videos{n}"
+    row = {"videos": n, "generate_s": prepare(work, n, frames)}
     index = read_json(store / INDEX)["videos"]
     opts = ExtractOptions(video_dir=videos, store=store, spec=tiny_spec(), workers=1, progress=False,
                           report=work / "report.json")
@@ -140,8 +152,6 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     row["sampler_epoch_s"], keys = timed(lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])
     assert len(keys) == n
     row["pretrain_startup_s"] = row["open_store_s"] + row["startup_check_s"] + row["dataset_s"] + row["sampler_epoch_s"]
-    shutil.rmtree(store)
-    shutil.rmtree(videos)
     return row
 
 
@@ -246,13 +256,25 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=30.0)
     ap.add_argument("--latency-batches", type=int, default=8)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--work", type=Path, help="keep the generated stores in this directory and reuse them on the "
+                    "next run (default: a temporary directory, removed)")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="only generate the stores into --work (outside a timing lock), time nothing")
     args = ap.parse_args()
+    if args.generate_only and args.work is None:
+        ap.error("--generate-only needs --work DIR")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine_info(("numpy", "zarr", "s3fs", "moto", "torch")), "frames": args.frames,
                "scale": []}
-    work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    if args.generate_only:
+        for n in sizes:
+            print(json.dumps({"videos": n, "generate_s": prepare(work, n, args.frames)}), flush=True)
+        return
     try:
-        for n in (int(x) for x in args.sizes.split(",") if x):
+        for n in sizes:
             row = scale_row(work, n, args.frames, args.verify_max, args.info_max)
             results["scale"].append(row)
             print(json.dumps({**row, "loadavg": os.getloadavg()}), flush=True)
@@ -260,7 +282,8 @@ def main() -> None:
             results["latency"] = latency_rows(work, args.latency_videos, args.latency_ms, args.latency_batches)
             print(json.dumps(results["latency"]), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     (args.out / "bench_scale.json").write_text(json.dumps(results, indent=1))
 
 

@@ -80,6 +80,7 @@ class Store:
         self._readers: dict[str, object] = {}
         self._pid = os.getpid()
         self._index: dict[str, dict] | None = None
+        self._videos: list[str] | None = None  # the sorted listing: sorted once, not on every look
         self._version: str | None = None
 
     # -- listing
@@ -111,7 +112,9 @@ class Store:
 
     @property
     def videos(self) -> list[str]:
-        return sorted(self.index)
+        if self._videos is None:
+            self._videos = sorted(self.index)
+        return self._videos
 
     def meta(self, video_id: str) -> dict:
         if video_id not in self.index:
@@ -175,6 +178,7 @@ class Store:
         self.version  # noqa: B018  (the whole store's, computed before the listing shrinks)
         other = copy.copy(self)
         other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
+        other._videos = None
         other._readers = {}
         return other
 
