@@ -162,6 +162,19 @@ class Store:
         """Frames at arbitrary time indices (any order, repeats allowed), in data_specs units."""
         return self._read(video_id, name, indices)
 
+    def read_arrays(self, video_id: str, names, indices) -> dict[str, np.ndarray]:
+        """{name: frames at `indices`} of several arrays of one video, in data_specs units; on object storage
+        fetched together, in one round of requests (a clip's rgb, mv and mv_valid)."""
+        reader = self._open(video_id)
+        many = getattr(reader, "read_many", None)
+        try:
+            raw = many(names, indices) if many else {name: reader.read(name, indices) for name in names}
+        except (IndexError, KeyError):  # the caller's mistake, not damage
+            raise
+        except Exception as e:
+            raise self._damaged(video_id, ", ".join(names), e) from e
+        return {name: _decode(raw[name], reader.attrs(name)) for name in names}
+
     def _read(self, video_id: str, name: str, sel) -> np.ndarray:
         reader = self._open(video_id)
         try:
