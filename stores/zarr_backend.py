@@ -134,7 +134,8 @@ class RemoteZarrVideoReader(ZarrVideoReader):
                for name in plans}
         first = [(name, shard) for name, (frames, _, shards) in plans.items() for shard in shards
                  if frames.index_of(shard) is None]
-        tails = self.remote.get_ranges([(key[name](shard), -TAIL_BYTES, None) for name, shard in first])
+        tails = self.remote.get_ranges([(key[name](shard), -TAIL_BYTES, None) for name, shard in first]) \
+            if first else []
         whole = set()
         for (name, shard), tail in zip(first, tails):
             frames = plans[name][0]
