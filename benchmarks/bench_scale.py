@@ -97,10 +97,12 @@ def generate(root: Path, n: int, frames: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn):
-    t0 = time.perf_counter()
+def timed(row: dict, key: str, fn):
+    """fn(), its wall seconds in row[key] and its process CPU seconds in row[key + "_cpu"] (under load the two part)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t0, out
+    row[key], row[f"{key}_cpu"] = time.perf_counter() - t0, time.process_time() - c0
+    return out
 
 
 def prepare(work: Path, n: int, frames: int) -> float | None:
@@ -136,22 +138,22 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):
-        row["resume_scan_s"], code = timed(lambda: run_extract(opts))
+        code = timed(row, "resume_scan_s", lambda: run_extract(opts))
     assert code == 0 and json.loads((work / "report.json").read_text())["summary"]["skipped"] == n
-    row["index_write_s"], _ = timed(lambda: write_index(store, index))
-    row["open_store_s"], s = timed(lambda: (lambda st: (st, st.videos, st.version))(open_store(store))[0])
+    timed(row, "index_write_s", lambda: write_index(store, index))
     if n <= info_max:
-        row["info_s"], summary = timed(lambda: summarize(open_store(store)))
+        summary = timed(row, "info_s", lambda: summarize(open_store(store)))
         assert summary["totals"]["videos"] == n
     if n <= verify_max:
-        row["verify_s"], problems = timed(lambda: verify_store(open_store(store)))
+        problems = timed(row, "verify_s", lambda: verify_store(open_store(store)))
         assert problems == [], problems[:3]
-    s = open_store(store)
-    row["startup_check_s"], (s, broken) = timed(lambda: usable_store(s, skip_broken=False, announce=False))
+    s = timed(row, "open_store_s", lambda: (lambda st: (st, st.videos, st.version))(open_store(store))[0])
+    # as pretrain does: the check on the store just opened (its index parsed once, by open_store)
+    s, broken = timed(row, "startup_check_s", lambda: usable_store(s, skip_broken=False, announce=False))
     assert broken == {}
-    row["dataset_s"], ds = timed(lambda: ClipDataset(s, Needs(modalities=("rgb", "mv"), clip_len=4, stride=1)))
+    ds = timed(row, "dataset_s", lambda: ClipDataset(s, Needs(modalities=("rgb", "mv"), clip_len=4, stride=1)))
     sampler = KeySampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
-    row["sampler_epoch_s"], keys = timed(lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])
+    keys = timed(row, "sampler_epoch_s", lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])
     assert len(keys) == n
     row["pretrain_startup_s"] = row["open_store_s"] + row["startup_check_s"] + row["dataset_s"] + row["sampler_epoch_s"]
     return row
