@@ -17,7 +17,9 @@ Then, each timed once with a warm page cache:
 
 Latency: --latency-videos videos of 48 frames, written to a local directory and, through the same writer, to a
 local S3 server (moto) whose every request first sleeps --latency-ms; one DataLoader worker reads rgb + mv clips
-(16 frames, stride 1, batches of 8) from each, side by side; clips/s per worker.
+(16 frames, stride 1, batches of 8) from each, side by side; clips/s per worker, cold (each clip a video the worker
+has not read yet) and warm (videos read before), the server at 0 ms and at --latency-ms; and the server's own cost per
+request without delay.
 Writes OUT/bench_scale.json.
 """
 from __future__ import annotations
@@ -95,10 +97,28 @@ def generate(root: Path, n: int, frames: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn):
-    t0 = time.perf_counter()
+def timed(row: dict, key: str, fn):
+    """fn(), its wall seconds in row[key] and its process CPU seconds in row[key + "_cpu"] (under load the two part)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t0, out
+    row[key], row[f"{key}_cpu"] = time.perf_counter() - t0, time.process_time() - c0
+    return out
+
+
+def prepare(work: Path, n: int, frames: int) -> float | None:
+    """The store of n videos and its n empty input files under `work`, unless a finished earlier run left them
+    there (--work); the seconds it took, or None when they were there."""
+    store, videos, done = work / f"s{n}.zarr", work / f"videos{n}", work / f"s{n}.done"
+    if done.is_file() and json.loads(done.read_text()) == {"frames": frames}:
+        return None
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(videos, ignore_errors=True)
+    seconds = generate(store, n, frames)
+    for vid in ids(n):
+        (videos / vid).parent.mkdir(parents=True, exist_ok=True)
+        (videos / f"{vid}.mp4").touch()
+    done.write_text(json.dumps({"frames": frames}))
+    return seconds
 
 
 def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -> dict:
@@ -109,12 +129,8 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     from motionssl.train.faults import usable_store
     from motionssl.train.loop import KeySampler
 
-    store = work / f"s{n}.zarr"
-    row = {"videos": n, "generate_s": generate(store, n, frames)}
-    videos = work / f"videos{n}"
-    for vid in ids(n):
-        (videos / vid).parent.mkdir(parents=True, exist_ok=True)
-        (videos / f"{vid}.mp4").touch()
+    store, videos = work / f"s{n}.zarr", work / f"videos{n}"
+    row = {"videos": n, "generate_s": prepare(work, n, frames)}
     index = read_json(store / INDEX)["videos"]
     opts = ExtractOptions(video_dir=videos, store=store, spec=tiny_spec(), workers=1, progress=False,
                           report=work / "report.json")
@@ -122,26 +138,24 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):
-        row["resume_scan_s"], code = timed(lambda: run_extract(opts))
+        code = timed(row, "resume_scan_s", lambda: run_extract(opts))
     assert code == 0 and json.loads((work / "report.json").read_text())["summary"]["skipped"] == n
-    row["index_write_s"], _ = timed(lambda: write_index(store, index))
-    row["open_store_s"], s = timed(lambda: (lambda st: (st, st.videos, st.version))(open_store(store))[0])
+    timed(row, "index_write_s", lambda: write_index(store, index))
     if n <= info_max:
-        row["info_s"], summary = timed(lambda: summarize(open_store(store)))
+        summary = timed(row, "info_s", lambda: summarize(open_store(store)))
         assert summary["totals"]["videos"] == n
     if n <= verify_max:
-        row["verify_s"], problems = timed(lambda: verify_store(open_store(store)))
+        problems = timed(row, "verify_s", lambda: verify_store(open_store(store)))
         assert problems == [], problems[:3]
-    s = open_store(store)
-    row["startup_check_s"], (s, broken) = timed(lambda: usable_store(s, skip_broken=False, announce=False))
+    s = timed(row, "open_store_s", lambda: (lambda st: (st, st.videos, st.version))(open_store(store))[0])
+    # as pretrain does: the check on the store just opened (its index parsed once, by open_store)
+    s, broken = timed(row, "startup_check_s", lambda: usable_store(s, skip_broken=False, announce=False))
     assert broken == {}
-    row["dataset_s"], ds = timed(lambda: ClipDataset(s, Needs(modalities=("rgb", "mv"), clip_len=4, stride=1)))
+    ds = timed(row, "dataset_s", lambda: ClipDataset(s, Needs(modalities=("rgb", "mv"), clip_len=4, stride=1)))
     sampler = KeySampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
-    row["sampler_epoch_s"], keys = timed(lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])
+    keys = timed(row, "sampler_epoch_s", lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])
     assert len(keys) == n
     row["pretrain_startup_s"] = row["open_store_s"] + row["startup_check_s"] + row["dataset_s"] + row["sampler_epoch_s"]
-    shutil.rmtree(store)
-    shutil.rmtree(videos)
     return row
 
 
@@ -155,11 +169,11 @@ class DelayedS3:
         from werkzeug.serving import make_server
 
         app = DomainDispatcherApplication(create_backend_app)
-        self.requests = 0
+        self.requests, self.delay = 0, delay
 
         def delayed(environ, start_response):
             self.requests += 1
-            time.sleep(delay)
+            time.sleep(self.delay)
             return app(environ, start_response)
 
         self.server = make_server("127.0.0.1", 0, delayed, threaded=True)
@@ -171,62 +185,90 @@ class DelayedS3:
         self.server.shutdown()
 
 
-def loader_rate(store, batches: int, batch_size: int = 8) -> float:
-    """Clips/s of one DataLoader worker reading rgb + mv clips (16 frames, stride 1), after one warm-up batch."""
+def loader_rates(store, videos: int, batches: int, batch_size: int = 8) -> dict:
+    """Clips/s of one DataLoader worker (persistent, as the trainer's) reading rgb + mv clips (16 frames, stride 1):
+    `cold` over the first epoch after its first batch (every clip a video the worker has not read yet: its commit
+    record and shard indices fetched), `warm` over the next `batches` batches (each video read before)."""
     from torch.utils.data import DataLoader
 
     from motionssl.train.collate import collate
     from motionssl.train.datasets import ClipDataset, Needs
-    from motionssl.train.loop import KeySampler, worker_init
-
     from motionssl.train.faults import TrackedDataset
+    from motionssl.train.loop import KeySampler, worker_init
 
     ds = TrackedDataset(ClipDataset(store, Needs(modalities=("rgb", "mv"), clip_len=16, stride=1), size=32),
                         workers=1)  # as the trainer reads: a batch from object storage is fetched in threads
     sampler = KeySampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=1, worker_init_fn=worker_init,
-                        collate_fn=collate, drop_last=True)
-    epoch, it = 0, iter(loader)
+                        collate_fn=collate, drop_last=True, persistent_workers=True)
+    it = iter(loader)
     next(it)
     t0 = time.perf_counter()
-    n = 0
+    cold = sum(len(b["index"]) for b in it)  # the rest of epoch 0
+    out = {"cold": cold / (time.perf_counter() - t0)}
+    epoch, n, t0 = 0, 0, time.perf_counter()
     while n < batches * batch_size:
-        try:
-            next(it)
-        except StopIteration:  # a new epoch: the same worker goes on
-            epoch += 1
-            sampler.set_epoch(epoch)
-            it = iter(loader)
-            continue
-        n += batch_size
-    return n / (time.perf_counter() - t0)
+        epoch += 1
+        sampler.set_epoch(epoch)
+        for b in loader:
+            n += len(b["index"])
+            if n >= batches * batch_size:
+                break
+    out["warm"] = n / (time.perf_counter() - t0)
+    return out
+
+
+def server_cost(server: DelayedS3, root: str, n: int = 200) -> dict:
+    """The local S3 server's own cost, without delay: n ranged GETs of 1 KiB one after another, and n at once."""
+    from motionssl.stores.remote import Remote
+
+    remote, delay, server.delay = Remote(root), server.delay, 0.0
+    key = next(k for k in remote.find("videos") if "/rgb/c/" in k)
+    try:
+        remote.get_ranges([(key, 0, 1024)])
+        t0 = time.perf_counter()
+        for _ in range(n):
+            remote.get_ranges([(key, 0, 1024)])
+        one_by_one = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        remote.get_ranges([(key, 0, 1024)] * n)
+        at_once = (time.perf_counter() - t0) / n
+    finally:
+        server.delay = delay
+    return {"get_ms_one_by_one": one_by_one * 1000, "get_ms_each_of_many_at_once": at_once * 1000}
 
 
 def latency_rows(work: Path, videos: int, latency_ms: float, batches: int) -> dict:
     logging_quiet()
-    server = DelayedS3(latency_ms / 1000)
+    server = DelayedS3(0.0)
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=server.endpoint)
+    here = Path(tempfile.mkdtemp(prefix="latency-", dir=work))
     try:
         import s3fs
 
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
         spec = tiny_spec()
-        out = {"videos": videos, "latency_ms": latency_ms}
-        for where, root in (("local", work / "lat.zarr"), ("s3", "s3://bench/lat.zarr")):
+        out = {"videos": videos, "latency_ms": latency_ms, "batches": batches}
+        for where, root in (("local", here / "lat.zarr"), ("s3", "s3://bench/lat.zarr")):
             t0 = time.perf_counter()
             init_store(root, "zarr", spec)
             metas = {f"v_{i:03d}": write_video(root, f"v_{i:03d}", spec, 48, i) for i in range(videos)}
             write_index(root, metas)
             out[f"{where}_write_s"] = time.perf_counter() - t0
+        out["server"] = server_cost(server, "s3://bench/lat.zarr")
+        out["local_clips_per_s"] = loader_rates(open_store(here / "lat.zarr"), videos, batches)
+        for delay in (0.0, latency_ms):
+            server.delay = delay / 1000
             before = server.requests
-            out[f"{where}_clips_per_s"] = loader_rate(open_store(root), batches)
-            out[f"{where}_requests"] = server.requests - before
-        out["s3_over_local"] = out["s3_clips_per_s"] / out["local_clips_per_s"]
-        out["s3_requests_per_clip"] = out["s3_requests"] / ((batches + 1) * 8)
+            out[f"s3_{delay:g}ms_clips_per_s"] = loader_rates(open_store("s3://bench/lat.zarr"), videos, batches)
+            out[f"s3_{delay:g}ms_requests_per_clip"] = (server.requests - before) / (videos + batches * 8)
+        slow = out[f"s3_{latency_ms:g}ms_clips_per_s"]
+        out["s3_over_local"] = {k: slow[k] / out["local_clips_per_s"][k] for k in ("cold", "warm")}
         return out
     finally:
         server.stop()
+        shutil.rmtree(here, ignore_errors=True)
 
 
 def logging_quiet():
@@ -242,17 +284,29 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--verify-max", type=int, default=10000, help="verify only stores up to this many videos")
     ap.add_argument("--info-max", type=int, default=10000, help="run info only on stores up to this many videos")
-    ap.add_argument("--latency-videos", type=int, default=32)
+    ap.add_argument("--latency-videos", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=30.0)
     ap.add_argument("--latency-batches", type=int, default=8)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--work", type=Path, help="keep the generated stores in this directory and reuse them on the "
+                    "next run (default: a temporary directory, removed)")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="only generate the stores into --work (outside a timing lock), time nothing")
     args = ap.parse_args()
+    if args.generate_only and args.work is None:
+        ap.error("--generate-only needs --work DIR")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine_info(("numpy", "zarr", "s3fs", "moto", "torch")), "frames": args.frames,
                "scale": []}
-    work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    if args.generate_only:
+        for n in sizes:
+            print(json.dumps({"videos": n, "generate_s": prepare(work, n, args.frames)}), flush=True)
+        return
     try:
-        for n in (int(x) for x in args.sizes.split(",") if x):
+        for n in sizes:
             row = scale_row(work, n, args.frames, args.verify_max, args.info_max)
             results["scale"].append(row)
             print(json.dumps({**row, "loadavg": os.getloadavg()}), flush=True)
@@ -260,7 +314,8 @@ def main() -> None:
             results["latency"] = latency_rows(work, args.latency_videos, args.latency_ms, args.latency_batches)
             print(json.dumps(results["latency"]), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     (args.out / "bench_scale.json").write_text(json.dumps(results, indent=1))
 
 

@@ -94,6 +94,7 @@ class Store:
         self._readers: dict[str, object] = {}
         self._pid = os.getpid()
         self._index: dict[str, dict] | None = None
+        self._videos: list[str] | None = None  # the sorted listing: sorted once, not on every look
         self._version: str | None = None
 
     # -- listing
@@ -125,7 +126,9 @@ class Store:
 
     @property
     def videos(self) -> list[str]:
-        return sorted(self.index)
+        if self._videos is None:
+            self._videos = sorted(self.index)
+        return self._videos
 
     def meta(self, video_id: str) -> dict:
         if video_id not in self.index:
@@ -173,6 +176,19 @@ class Store:
         """Frames at arbitrary time indices (any order, repeats allowed), in data_specs units."""
         return self._read(video_id, name, indices)
 
+    def read_arrays(self, video_id: str, names, indices) -> dict[str, np.ndarray]:
+        """{name: frames at `indices`} of several arrays of one video, in data_specs units; on object storage
+        fetched together, in one round of requests (a clip's rgb, mv and mv_valid)."""
+        reader = self._open(video_id)
+        many = getattr(reader, "read_many", None)
+        try:
+            raw = many(names, indices) if many else {name: reader.read(name, indices) for name in names}
+        except (IndexError, KeyError):  # the caller's mistake, not damage
+            raise
+        except Exception as e:
+            raise self._damaged(video_id, ", ".join(names), e) from e
+        return {name: _decode(raw[name], reader.attrs(name)) for name in names}
+
     def _read(self, video_id: str, name: str, sel) -> np.ndarray:
         reader = self._open(video_id)
         try:
@@ -189,6 +205,7 @@ class Store:
         self.version  # noqa: B018  (the whole store's, computed before the listing shrinks)
         other = copy.copy(self)
         other._index = {vid: m for vid, m in self.index.items() if vid not in drop}
+        other._videos = None
         other._readers = {}
         return other
 

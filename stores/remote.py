@@ -128,26 +128,44 @@ class Remote:
     # -- many objects at once: one round trip of latency for the batch, not one per object
     def get_many(self, rels: list[str]) -> dict[str, bytes | None]:
         """{rel: bytes, or None where absent}, fetched concurrently."""
-        if not rels:
-            return {}
-        fs = self.fs
-        if not getattr(fs, "async_impl", False):
+        async def one(fs, rel):
+            try:
+                return await fs._cat_file(self.key(rel), **self._one_get)
+            except FileNotFoundError:
+                return None
+
+        if not getattr(self.fs, "async_impl", False):
             return {rel: self.get(rel) for rel in rels}
+        return dict(zip(rels, self._concurrently([lambda fs, r=r: one(fs, r) for r in rels])))
+
+    def get_ranges(self, ranges: list[tuple[str, int, int | None]]) -> list[bytes]:
+        """The bytes [start, end) of each (rel, start, end), fetched concurrently: one round trip for the lot.
+        start < 0 with end None: the object's last -start bytes (all of it when it is smaller). A missing object
+        raises FileNotFoundError."""
+        if not getattr(self.fs, "async_impl", False):
+            return [self.fs.cat_file(self.key(rel), start=start, end=end) for rel, start, end in ranges]
+        return self._concurrently([lambda fs, r=r: fs._cat_file(self.key(r[0]), start=r[1], end=r[2])
+                                   for r in ranges])
+
+    def _concurrently(self, calls: list) -> list:
+        """Each call(fs), an awaitable, run concurrently (at most CONCURRENCY in flight) on the async client's event
+        loop; the results in order."""
+        if not calls:
+            return []
         from fsspec.asyn import sync
 
-        async def fetch_all():
+        fs = self.fs
+
+        async def run_all():
             gate = asyncio.Semaphore(CONCURRENCY)
 
-            async def one(rel):
+            async def one(call):
                 async with gate:
-                    try:
-                        return await fs._cat_file(self.key(rel), **self._one_get)
-                    except FileNotFoundError:
-                        return None
+                    return await call(fs)
 
-            return await asyncio.gather(*(one(r) for r in rels))
+            return await asyncio.gather(*(one(c) for c in calls))
 
-        return dict(zip(rels, sync(fs.loop, fetch_all)))
+        return list(sync(fs.loop, run_all))
 
     def put_many(self, objects: dict[str, bytes]) -> None:
         if objects:

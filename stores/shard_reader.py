@@ -38,7 +38,7 @@ def checked(data: bytes, what: str) -> bytes:
 
 
 class ShardedFrames:
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, shard_t: int, chunk_t: int,
+    def __init__(self, path: Path | str, shape: tuple[int, ...], dtype: np.dtype, shard_t: int, chunk_t: int,
                  h264: ChunkCoder | None = None, checksum: bool = False):
         self.path, self.shape, self.dtype = path, shape, dtype
         self.shard_t, self.chunk_t = shard_t, chunk_t
@@ -49,7 +49,7 @@ class ShardedFrames:
         self._checksum = checksum
 
     @classmethod
-    def open(cls, path: Path, metadata: dict) -> ShardedFrames | None:
+    def open(cls, path: Path | str, metadata: dict) -> ShardedFrames | None:
         """The reader of the array at `path` with zarr.json `metadata`, or None when its layout is another."""
         codecs = metadata.get("codecs", [])
         if metadata.get("chunk_grid", {}).get("name") != "regular" or len(codecs) != 1 \
@@ -75,29 +75,56 @@ class ShardedFrames:
         h264 = ChunkCoder.from_dict(conf["codecs"][0]) if inner == [CODEC_NAME] else None
         return cls(path, tuple(shape), dtype, shard[0], chunk[0], h264, checksum)
 
-    def _shard_file(self, shard: int) -> Path:
-        return self.path / "c" / "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of a shard's index at its end: (offset, nbytes) per chunk, then a crc32c."""
+        return 16 * self.per_shard + CRC
 
-    def _chunk(self, fd: int, shard: int, k: int, frames: int, dest: np.ndarray | None = None) -> np.ndarray:
-        """Chunk k of the shard open as `fd`, decoded: at least its first `frames` frames; into `dest` (a
-        C-contiguous chunk-shaped array) when given, for Blosc chunks."""
+    def shard_key(self, shard: int) -> str:
+        """The shard's file (or object) name relative to the array: c/<shard>/0/0..."""
+        return "c/" + "/".join([str(shard)] + ["0"] * (len(self.shape) - 1))
+
+    def _shard_file(self, shard: int) -> str:
+        return f"{self.path}/{self.shard_key(shard)}"
+
+    def index_of(self, shard: int, tail: bytes | None = None) -> np.ndarray | None:
+        """The shard's index: cached, or parsed (and cached) from `tail`, bytes that end where the shard ends; None
+        when neither."""
         index = self._index.get(shard)
-        if index is None:
-            size = 16 * self.per_shard + 4
-            end = os.fstat(fd).st_size
-            raw = os.pread(fd, size, max(end - size, 0))
-            if len(raw) < size:
-                raise OSError(f"{self._shard_file(shard)}: shard file of {end} bytes is shorter than its index; "
+        if index is None and tail is not None:
+            if len(tail) < self.index_bytes:
+                raise OSError(f"{self._shard_file(shard)}: shard of {len(tail)} bytes is shorter than its index; "
                               "run `motionssl verify`")
+            raw = tail[len(tail) - self.index_bytes:]
             index = self._index[shard] = np.frombuffer(checked(raw, f"{self._shard_file(shard)}: shard index"),
                                                        "<u8").reshape(-1, 2)
+        return index
+
+    def span(self, shard: int, ks) -> tuple[int, int]:
+        """[start, end) of the bytes holding chunks `ks` of the shard (its index known): the writer writes a
+        shard's chunks one after another, so a clip's chunks of one shard are one range."""
+        index = self._index[shard]
+        chunks = [self._entry(index, shard, k) for k in ks]
+        return min(o for o, _ in chunks), max(o + n for o, n in chunks)
+
+    def _entry(self, index: np.ndarray, shard: int, k: int) -> tuple[int, int]:
         offset, nbytes = index[k]
-        chunk = shard * self.per_shard + k
         if offset == MISSING:  # never written: the writer writes every chunk, so this is damage
-            raise OSError(f"{self.path}: chunk {chunk} is missing; run `motionssl verify`")
-        data = os.pread(fd, int(nbytes), int(offset))
-        if len(data) < nbytes:
-            raise OSError(f"{self.path}: chunk {chunk} lies past the end of its shard file; run `motionssl verify`")
+            raise OSError(f"{self.path}: chunk {shard * self.per_shard + k} is missing; run `motionssl verify`")
+        return int(offset), int(nbytes)
+
+    def chunk_in(self, shard: int, k: int, data: bytes, start: int) -> bytes:
+        """Chunk k's bytes out of `data`, the shard's bytes from `start` on."""
+        offset, nbytes = self._entry(self._index[shard], shard, k)
+        out = data[offset - start:offset - start + nbytes]
+        if offset < start or len(out) < nbytes:
+            raise OSError(f"{self.path}: chunk {shard * self.per_shard + k} lies past the end of its shard; run "
+                          "`motionssl verify`")
+        return out
+
+    def _decode(self, data: bytes, chunk: int, frames: int, dest: np.ndarray | None = None) -> np.ndarray:
+        """A chunk's bytes, decoded: at least its first `frames` frames; into `dest` (a C-contiguous chunk-shaped
+        array) when given, for Blosc chunks."""
         if self._checksum:
             data = checked(data, f"{self.path}: chunk {chunk}")
         if self._h264 is not None:  # P-frames depend on earlier ones only: stop at the last frame asked for
@@ -111,36 +138,64 @@ class ShardedFrames:
             return dest
         return np.frombuffer(blosc.decompress(data), self.dtype).reshape(self.chunk_shape)
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Frames at `indices` (any order, repeats allowed); each shard file is opened and each chunk decoded
-        once per call."""
+    def chunks_of(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """(frame indices checked and made non-negative, the distinct chunks that hold them, in order)."""
         indices = np.asarray(indices, np.int64)
         n = self.shape[0]
         if indices.size and (indices.min() < -n or indices.max() >= n):
             raise IndexError(f"frame index out of range for {n} frames: {indices.min()}..{indices.max()}")
         indices = indices % max(n, 1)
+        return indices, np.unique(indices // self.chunk_t)
+
+    def read(self, indices, fetched: dict[int, bytes] | None = None) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed); each chunk decoded once per call. Chunks come from
+        `fetched` ({chunk: bytes}, fetched by the caller) or else from the shard files, each opened once."""
+        indices, needed = self.chunks_of(indices)
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
-        chunks, within = np.divmod(indices, self.chunk_t)
-        needed, inverse = np.unique(chunks, return_inverse=True)
+        within = indices % self.chunk_t
+        inverse = np.searchsorted(needed, indices // self.chunk_t)
         # One-frame Blosc chunks at distinct frames (a clip's read): each decodes straight into its row of `out`.
         direct = self.chunk_t == 1 and self._h264 is None and len(needed) == len(indices)
         rows_of = np.argsort(indices, kind="stable") if direct else None  # row of needed[j]: rows_of[j]
-        fd, fd_shard = -1, -1
+        files = _ShardFiles(self) if fetched is None else None
         try:
             for j, chunk in enumerate(needed.tolist()):
-                shard, k = divmod(chunk, self.per_shard)
-                if shard != fd_shard:
-                    if fd >= 0:
-                        os.close(fd)
-                    fd, fd_shard = os.open(self._shard_file(shard), os.O_RDONLY), shard
+                data = fetched[chunk] if files is None else files.chunk(chunk)
                 if direct:
                     row = int(rows_of[j])
-                    self._chunk(fd, shard, k, 1, dest=out[row:row + 1])
+                    self._decode(data, chunk, 1, dest=out[row:row + 1])
                     continue
                 rows = np.flatnonzero(inverse == j)
-                frames = self._chunk(fd, shard, k, int(within[rows].max()) + 1)
+                frames = self._decode(data, chunk, int(within[rows].max()) + 1)
                 out[rows] = frames[within[rows]]
         finally:
-            if fd >= 0:
-                os.close(fd)
+            if files is not None:
+                files.close()
         return out
+
+
+class _ShardFiles:
+    """Chunks of an array on disk, read with pread from its shard files, one open file at a time."""
+
+    def __init__(self, frames: ShardedFrames):
+        self.frames, self.fd, self.shard = frames, -1, -1
+
+    def chunk(self, chunk: int) -> bytes:
+        f = self.frames
+        shard, k = divmod(chunk, f.per_shard)
+        if shard != self.shard:
+            self.close()
+            self.fd, self.shard = os.open(f._shard_file(shard), os.O_RDONLY), shard
+        if f.index_of(shard) is None:
+            end = os.fstat(self.fd).st_size
+            f.index_of(shard, os.pread(self.fd, f.index_bytes, max(end - f.index_bytes, 0)))
+        offset, nbytes = f._entry(f.index_of(shard), shard, k)
+        data = os.pread(self.fd, nbytes, offset)
+        if len(data) < nbytes:
+            raise OSError(f"{f.path}: chunk {chunk} lies past the end of its shard file; run `motionssl verify`")
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd, self.shard = -1, -1

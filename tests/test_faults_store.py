@@ -57,6 +57,33 @@ def test_verify_names_a_corrupt_chunk_and_a_truncated_file_of_an_hdf5_store(tmp_
     assert open_store(s.path).read("a", "rgb", 0, 4).shape == (4, 8, 12, 3)  # the sound chunks still read
 
 
+def test_the_start_up_check_finds_the_same_damage_from_the_recorded_lengths_and_from_the_documents(tmp_path):
+    """The start-up check of a Zarr store takes each array's length and shard from the index (`arrays`, recorded at
+    commit) or, for older stores, from the array's document: both name the same files. Damage: a missing shard file
+    of three, an empty array document, a video directory gone."""
+    from motionssl.stores import read_video_meta, write_index
+
+    s = build_store(tmp_path / "s", "zarr", ids=("a", "b", "c", "d"))  # rgb: 40 frames in shards of 16
+    recorded = {vid: read_video_meta(s.path, "zarr", vid) for vid in s.videos}
+    assert all(m["arrays"]["rgb"] == {"frames": 40, "shard": 16, "ndim": 4} for m in recorded.values())
+    (s.path / "videos" / "a" / "rgb" / "c" / "1" / "0" / "0" / "0").unlink()
+    (s.path / "videos" / "b" / "pts" / "zarr.json").write_bytes(b"")
+    import shutil
+
+    shutil.rmtree(s.path / "videos" / "c")
+    expected = {"a": "rgb: chunk file videos/a/rgb/c/1/0/0/0 is missing or empty; delete videos/a and rerun "
+                     "`motionssl extract` with the same arguments to redo it",
+                "b": "missing arrays ['pts']; delete videos/b and rerun `motionssl extract` with the same arguments "
+                     "to redo it",
+                "c": "videos/c is missing; rerun `motionssl extract` with the same arguments"}
+    old = {vid: {k: v for k, v in m.items() if k != "arrays"} for vid, m in recorded.items()}
+    for index in (recorded, old):
+        write_index(s.path, index)
+        assert broken_videos(open_store(s.path)) == expected
+    (s.path / "videos" / "b" / "pts" / "zarr.json").write_text("{not json")  # older stores read the document
+    assert "missing arrays ['pts']" in broken_videos(open_store(s.path))["b"]
+
+
 HOLD_OPEN = """
 import sys, time, h5py
 f = h5py.File(sys.argv[1], "r+")

@@ -138,3 +138,84 @@ def test_info_pretrain_and_errors_on_object_storage(s3, synthetic_dir, tmp_path)
     written += list(_objects("bucket/runs").values())
     assert not any(SECRET.encode() in data for data in written)
     assert SECRET not in first.stdout + first.stderr + r.stdout + r.stderr
+
+
+def _write_video(root, vid: str, spec, seed: int, frames: int = 40) -> dict:
+    """One video of random rgb (H.264 or Blosc, per the spec), mv (float16) and mv_valid through the real writer."""
+    from motionssl.stores import make_writer
+
+    rng = np.random.default_rng(seed)
+    w = make_writer(root, "zarr", vid, spec)
+    w.add_array("rgb", (24, 32, 3), np.uint8)
+    w.add_array("mv", (6, 8, 2), np.float16)
+    w.add_array("mv_valid", (6, 8), np.bool_)
+    w.add_array("pts", (), np.float64, chunk=4096, shard=4096)
+    for t in range(frames):
+        w.append("rgb", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+        mv = rng.normal(0, 3, (6, 8, 2)).astype(np.float16)
+        w.append("mv", mv)
+        w.append("mv_valid", mv[..., 0] > 0)
+        w.append("pts", np.float64(t / 25))
+    return w.commit({"id": vid, "frames": frames, "spec_digest": spec.digest})
+
+
+@pytest.mark.parametrize("rgb_codec", ["blosc", "h264"])
+def test_a_clip_from_s3_is_the_clip_from_disk_fetched_in_one_round_of_requests(s3, tmp_path, monkeypatch,
+                                                                                 rgb_codec):
+    """The remote reader (chunks of every array of a clip in one round of ranged GETs, shard indices kept per
+    reader) decodes exactly what the disk reader and zarr-python decode; a shard bigger than the tail it asks first
+    takes a second round; a re-extracted video is read from its new attempt, never through the old one's indices."""
+    import zarr
+
+    from conftest import TINY_SPEC
+    from motionssl.data_specs import spec_from_dict
+    from motionssl.stores import StoreError, init_store, open_store, write_index
+    from motionssl.stores import zarr_backend
+
+    spec = spec_from_dict({**TINY_SPEC, "storage": {**TINY_SPEC["storage"], "rgb_codec": rgb_codec}})
+    url = f"s3://bucket/clips-{rgb_codec}.zarr"
+    for root in (tmp_path / "s.zarr", url):
+        init_store(root, "zarr", spec)
+        write_index(root, {"v": _write_video(root, "v", spec, 0)})
+    local, remote = open_store(tmp_path / "s.zarr"), open_store(url)
+    names = ["mv", "mv_valid", "pts", "rgb"]
+    rounds = []
+    get_ranges = remote.remote.get_ranges
+    monkeypatch.setattr(remote.remote, "get_ranges", lambda ranges: rounds.append(len(ranges)) or get_ranges(ranges))
+
+    clip = np.array([13, 14, 15, 16, 17, 33])  # across shards 0, 1 and 2 of 16 frames
+    got = remote.read_arrays("v", names, clip)
+    want = local.read_arrays("v", names, clip)
+    for name in names:
+        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+        on_disk = zarr.open_array(str(tmp_path / "s.zarr" / "videos" / "v" / name), mode="r")
+        assert np.array_equal(on_disk.get_orthogonal_selection((clip,)), got[name]), name
+    # first touch: one round of tails (3 shards each of rgb, mv, mv_valid; pts, one unsharded chunk, is zarr's);
+    # each shard is whole in its tail
+    assert rounds == [9], rounds
+    rounds.clear()
+    again = remote.read_arrays("v", names, np.arange(20, 36))  # shards 1 and 2, indices kept: one round of ranges
+    assert rounds == [6], rounds
+    np.testing.assert_array_equal(again["rgb"], local.read("v", "rgb", 20, 36))
+
+    # shards larger than the tail asked first: indices from the tail, chunks in a second round of ranges
+    monkeypatch.setattr(zarr_backend, "TAIL_BYTES", 100)
+    fresh = open_store(url)
+    rounds.clear()
+    get_fresh = fresh.remote.get_ranges
+    monkeypatch.setattr(fresh.remote, "get_ranges", lambda ranges: rounds.append(len(ranges)) or get_fresh(ranges))
+    got = fresh.read_arrays("v", names, clip)
+    assert len(rounds) == 2 and rounds[0] == 9 and 3 <= rounds[1] <= 9, rounds
+    for name in names:
+        assert np.array_equal(got[name], want[name]), name
+
+    # re-extracted under a new attempt: a new reader reads the new data; the old one fails, never mixes the two
+    old_prefix = remote._open("v").prefix
+    write_index(url, {"v": _write_video(url, "v", spec, 1)})
+    new = open_store(url)
+    assert new._open("v").prefix != old_prefix
+    init_store(tmp_path / "t.zarr", "zarr", spec)
+    write_index(tmp_path / "t.zarr", {"v": _write_video(tmp_path / "t.zarr", "v", spec, 1)})
+    np.testing.assert_array_equal(new.read_at("v", "rgb", clip), open_store(tmp_path / "t.zarr").read_at("v", "rgb", clip))
+    with pytest.raises(StoreError, match="cannot read .*of video 'v'"):
+        remote.read_arrays("v", names, clip)

@@ -204,10 +204,14 @@ class ClipDataset(Dataset):
         return g, g
 
     def _read(self, vid: str, name: str, idx: np.ndarray) -> np.ndarray:
-        """One read_at, of increasing unique indices (what both backends read fastest), then expanded."""
+        return self._read_arrays(vid, [name], idx)[name]
+
+    def _read_arrays(self, vid: str, names: list[str], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays at the same frames, read at increasing unique indices (what both backends read fastest), then
+        expanded; from object storage all in one round of requests (`Store.read_arrays`)."""
         uniq, inverse = np.unique(idx, return_inverse=True)
-        arr = self.store.read_at(vid, name, uniq)
-        return arr if len(uniq) == len(idx) else arr[inverse]
+        arrays = self.store.read_arrays(vid, names, uniq)
+        return arrays if len(uniq) == len(idx) else {name: a[inverse] for name, a in arrays.items()}
 
     def _view(self, vid: str, idx: np.ndarray, spatial: SpatialParams, color: ColorParams | None,
               hw: tuple[int, int], raw: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -215,7 +219,7 @@ class ClipDataset(Dataset):
         mods = self.needs.modalities
         names = set(mods) | ({"mv_valid"} if "mv" in mods else set())
         if raw is None:
-            raw = {name: self._read(vid, name, idx) for name in sorted(names)}
+            raw = self._read_arrays(vid, sorted(names), idx)
         view: dict = {"frames": torch.from_numpy(idx)}
         if "rgb" in mods:
             view["rgb"], view["rgb_color"] = self._rgb(raw["rgb"], spatial, color)

@@ -50,6 +50,9 @@ class DecodedMotionStore:
             return self.read_at(video_id, name, np.arange(self.meta(video_id)["frames"])[start:stop])
         return self.store.read(video_id, name, start, stop)
 
+    def read_arrays(self, video_id: str, names, indices) -> dict[str, np.ndarray]:
+        return {name: self.read_at(video_id, name, indices) for name in names}
+
     def read_at(self, video_id: str, name: str, indices) -> np.ndarray:
         if name not in DECODED:
             return self.store.read_at(video_id, name, indices)

@@ -143,11 +143,11 @@ class MotionFocusedClips(ClipDataset):
         return motion_crop(maps.mean(axis=0), rng, percentile=self.percentile, cover=self.cover, scale=self.scale,
                            flip_p=self.flip_p)
 
-    def _read(self, vid: str, name: str, idx: np.ndarray) -> np.ndarray:
+    def _read_arrays(self, vid: str, names: list[str], idx: np.ndarray) -> dict[str, np.ndarray]:
         last = self._last_maps
-        if name == "boundary" and last is not None and last[0] == vid and np.array_equal(last[1], idx):
-            return last[2]
-        return super()._read(vid, name, idx)
+        if "boundary" in names and last is not None and last[0] == vid and np.array_equal(last[1], idx):
+            return {**super()._read_arrays(vid, [n for n in names if n != "boundary"], idx), "boundary": last[2]}
+        return super()._read_arrays(vid, names, idx)
 
 
 # -- method -------------------------------------------------------------------------------------------------------
