@@ -1,6 +1,6 @@
 """Does each method learn motion? Every method against rgb-moco, a random backbone and a supervised bound, 3 seeds.
 
-    .venv/bin/python benchmarks/bench_science.py --out bench_out            # about an hour on 2 CPU cores
+    .venv/bin/python benchmarks/bench_science.py --out bench_out            # 80 minutes on 2 CPU cores
     .venv/bin/python benchmarks/bench_science.py --out bench_out --seeds 0 --steps 4 --per-class 4 --test-per-class 1  # smoke
 
 The data: `preprocess/motion_classes.py --classes motions`, 8 classes that differ only in how one textured square
