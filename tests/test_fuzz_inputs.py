@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from motionssl.data_specs import Spec, SpecError, load_spec, spec_from_dict
@@ -52,6 +52,9 @@ def test_hmdb51_splits_give_a_split_or_one_line(label, content, store_ids):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=st.sampled_from(["video_id,label,split", "label,youtube_id,time_start,time_end,split", "a,b", ""]),
        rows=CONTENT, store_ids=STORE_IDS)
+@example(header="video_id,label,split", rows='",\n,', store_ids=[])  # a quoted id with a newline (found by CI)
+@example(header="video_id,label,split", rows='"a\nb",x,train\n"a\nb",x,train', store_ids=["a\nb"])  # listed twice
+@example(header="video_id,label,split", rows='"a\nb",x,train', store_ids=["c"])  # not in the store
 def test_csv_and_kinetics_label_files_give_a_split_or_one_line(header, rows, store_ids):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "labels.csv"

@@ -23,6 +23,12 @@ class SplitError(ValueError):
     """Label files that cannot be read or resolved against the store; the message lists what is wrong."""
 
 
+def printable(video_id: str) -> str:
+    """An id as is, or quoted with escapes if it holds a newline or another unprintable character (a quoted CSV
+    field can), so that an error stays one line."""
+    return video_id if video_id.isprintable() else repr(video_id)
+
+
 @dataclass(frozen=True)
 class Entry:
     forms: tuple[str, ...]  # the ids this video may have in a store, most specific first
@@ -118,7 +124,7 @@ def generic_csv(files: Sequence[Path]) -> tuple[list[Entry], list[str]]:
     for f in files:
         for row in _csv_rows(f, ("video_id", "label", "split")):
             if row["split"] not in PARTS:
-                raise SplitError(f"{f}: split {row['split']!r} of {row['video_id']} is not train or test")
+                raise SplitError(f"{f}: split {row['split']!r} of {printable(row['video_id'])} is not train or test")
             entries.append(Entry(_stem_forms(row["video_id"]), row["label"], row["split"]))
     return entries, sorted({e.label for e in entries})
 
@@ -144,12 +150,13 @@ def resolve(entries: Iterable[Entry], classes: Sequence[str], store_ids: Iterabl
         else:
             parts[e.part][vid] = index[e.label]
     if unmatched:
-        shown = ", ".join(unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
-        example = ", ".join(ids[:3]) or "none: the store is empty"
+        shown = ", ".join(map(printable, unmatched[:10])) + (f" and {len(unmatched) - 10} more"
+                                                             if len(unmatched) > 10 else "")
+        example = ", ".join(map(printable, ids[:3])) or "none: the store is empty"
         raise SplitError(f"{len(unmatched)} of the videos in {source} are not in the store (its ids look like "
                          f"{example}): {shown}; extract them or fix the labels")  # one line, as every CLI error
     if twice:
-        raise SplitError(f"{source}: {len(twice)} videos are listed twice: {', '.join(twice[:10])}")
+        raise SplitError(f"{source}: {len(twice)} videos are listed twice: {', '.join(map(printable, twice[:10]))}")
     return Split(tuple(classes), parts["train"], parts["test"])
 
 
