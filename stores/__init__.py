@@ -29,7 +29,6 @@ from motionssl.stores.layout import (
 FORMATS = ("zarr", "hdf5")
 
 
-
 def __getattr__(name: str):
     # Looked up when first asked: importlib.metadata's import is a tenth of a decoder process's start-up.
     if name == "__version__":
