@@ -1,6 +1,6 @@
 """Does each method learn motion? Every method against rgb-moco, a random backbone and a supervised bound, 3 seeds.
 
-    .venv/bin/python benchmarks/bench_science.py --out bench_out            # 80 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_science.py --out bench_out            # about an hour on 2 CPU cores (benchmarks/README.md)
     .venv/bin/python benchmarks/bench_science.py --out bench_out --seeds 0 --steps 4 --per-class 4 --test-per-class 1  # smoke
 
 The data: `preprocess/motion_classes.py --classes motions`, 8 classes that differ only in how one textured square
@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.connection
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -52,6 +56,8 @@ METHOD_OPTIONS: dict[str, dict] = {
     "modist": {"queue_size": 256, "hidden": 256, "motion_clip_len": 8, "motion_stride": 1},
     "cgm": {"k_hr": 5},  # as measured in benchmarks/README.md, before the reach rule (9) was the default
 }
+# Seconds per run measured alone (benchmarks/README.md): the longest start first, so two jobs end together.
+COST = {"cgm": 500, "cmd": 270, "mvcgc": 225, "modist": 175, "rgb-moco": 135, "mcl": 135, "supervised": 90, "random": 6}
 FRAMES = 12  # per video
 VIEWS = 3  # clips per video at evaluation, evenly spaced over the 5 starts of an 8-frame clip
 
@@ -253,7 +259,7 @@ def summarise(results: dict[str, list[dict]]) -> dict:
     return table
 
 
-def markdown(table: dict, *, steps: int, seeds: list[int], wall: float) -> str:
+def markdown(table: dict, *, steps: int, seeds: list[int], wall: float, jobs: int = 1, threads: int = 2) -> str:
     def cell(row, k):
         return f"{100 * row[k]['mean']:.1f} ± {100 * row[k]['std']:.1f}" if k in row else "-"
 
@@ -261,7 +267,8 @@ def markdown(table: dict, *, steps: int, seeds: list[int], wall: float) -> str:
         g = row.get(f"gap_{k}")
         return "-" if g is None else f"{100 * g['gap']:+.1f} ± {100 * g['std']:.1f}{' ✓' if g['goal_met'] else ''}"
 
-    lines = [f"{steps} steps, seeds {', '.join(map(str, seeds))} asked, wall time {wall / 60:.1f} min; % mean ± std "
+    lines = [f"{steps} steps, seeds {', '.join(map(str, seeds))} asked, wall time {wall / 60:.1f} min ({jobs} runs at a "
+             f"time, {threads} torch thread{'s' if threads > 1 else ''} each); % mean ± std "
              f"over the seeds run; ✓: at least 10 points over rgb-moco and over 2 std of the difference",
              "", "| method | seeds | R@1 | R@5 | linear top-1 | R@1 − rgb-moco | linear − rgb-moco | train s/run |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -280,35 +287,76 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=72, help="videos per class, test ones included")
     ap.add_argument("--test-per-class", type=int, default=8)
     ap.add_argument("--methods", default=",".join(METHODS + BASELINES))
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="runs at a time, each in its own process on cores/jobs torch threads (default 2: one core "
+                         "each on 2 cores, more steps per second than one run on both)")
     a = ap.parse_args()
-    torch.set_num_threads(2)
     out = a.out / f"science_{a.steps}_{a.per_class}_{a.test_per_class}"  # runs are reused only for the same budget
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
+    names = a.methods.split(",")
+    jobs = max(1, min(a.jobs, len(seeds) * len(names)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     data = a.out / f"science_data_{a.per_class}_{a.test_per_class}"  # stores are reused only at the same size
     stores = build_stores(data, per_class=a.per_class, test_per_class=a.test_per_class)
     labels = labels_csv(data, stores)
-    results: dict[str, list[dict]] = {}
     machine = machine_info(("torch", "av", "zarr"))
+    done: dict[tuple[str, int], dict] = {}
     md = ""
-    for seed in seeds:
-        for name in a.methods.split(","):
-            r = run_one(name, stores, labels, out, seed=seed, steps=a.steps)
-            results.setdefault(name, []).append(r)
-            print(f"{name} seed {seed}: R@1 {100 * r['R@1']:.1f}, linear {100 * r['linear_top1']:.1f}"
-                  + (f", classifier {100 * r['classifier_top1']:.1f}" if "classifier_top1" in r else "")
-                  + f" ({r['seconds']:.0f} s)", flush=True)
-            md = write_report(a, results, machine, seeds=seeds, wall=time.perf_counter() - t0)  # after every run
+    for name, seed, r in run_all(names, seeds, stores, labels, out, steps=a.steps, jobs=jobs, threads=threads):
+        done[name, seed] = r
+        print(f"{name} seed {seed}: R@1 {100 * r['R@1']:.1f}, linear {100 * r['linear_top1']:.1f}"
+              + (f", classifier {100 * r['classifier_top1']:.1f}" if "classifier_top1" in r else "")
+              + f" ({r['seconds']:.0f} s)", flush=True)
+        results = {n: [done[n, s] for s in seeds if (n, s) in done] for n in names if any((n, s) in done for s in seeds)}
+        md = write_report(a, results, machine, seeds=seeds, wall=time.perf_counter() - t0, jobs=jobs,
+                          threads=threads)  # after every run
     print(md)
 
 
-def write_report(a: argparse.Namespace, results: dict, machine: dict, *, seeds: list[int], wall: float) -> str:
+def run_all(names: list[str], seeds: list[int], stores: dict[str, Path], labels: Path, out: Path, *, steps: int,
+            jobs: int, threads: int) -> Iterator[tuple[str, int, dict]]:
+    """Every (method, seed) run, `jobs` at a time, longest first (COST), each in a spawned process that writes its
+    result.json; yields them as they finish. One job runs in this process."""
+    tasks = sorted(((n, s) for s in seeds for n in names), key=lambda t: -COST.get(t[0], 0))
+    if jobs == 1:
+        for name, seed in tasks:
+            yield name, seed, run_one(name, stores, labels, out, seed=seed, steps=steps)
+        return
+    ctx = multiprocessing.get_context("spawn")  # not daemonic: a run's DataLoader starts its own worker
+    running: dict[int, tuple[str, int, multiprocessing.process.BaseProcess]] = {}
+    while tasks or running:
+        while tasks and len(running) < jobs:
+            name, seed = tasks.pop(0)
+            p = ctx.Process(target=run_child, args=(name, stores, labels, out, seed, steps, threads))
+            p.start()
+            running[p.sentinel] = (name, seed, p)
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            name, seed, p = running.pop(sentinel)
+            p.join()
+            if p.exitcode != 0:
+                for _, _, other in running.values():
+                    other.terminate()
+                raise SystemExit(f"bench_science: {name} seed {seed} failed (exit code {p.exitcode}; its output is "
+                                 f"above); rerun the same command to continue from the runs that finished")
+            yield name, seed, json.loads((out / f"{name}-s{seed}" / "result.json").read_text())
+
+
+def run_child(name: str, stores: dict[str, Path], labels: Path, out: Path, seed: int, steps: int,
+              threads: int) -> None:
+    torch.set_num_threads(threads)
+    run_one(name, stores, labels, out, seed=seed, steps=steps)
+
+
+def write_report(a: argparse.Namespace, results: dict, machine: dict, *, seeds: list[int], wall: float, jobs: int,
+                 threads: int) -> str:
     table = summarise(results)
-    md = markdown(table, steps=a.steps, seeds=seeds, wall=wall)
+    md = markdown(table, steps=a.steps, seeds=seeds, wall=wall, jobs=jobs, threads=threads)
     report = {"machine": machine, "steps": a.steps, "seeds": seeds, "per_class": a.per_class,
               "test_per_class": a.test_per_class, "common": COMMON, "method_options": METHOD_OPTIONS, "views": VIEWS,
-              "wall_s": wall, "summary": table, "runs": results}
+              "wall_s": wall, "jobs": jobs, "threads_per_job": threads, "summary": table, "runs": results}
     (a.out / "bench_science.json").write_text(json.dumps(report, indent=1))
     (a.out / "bench_science.md").write_text(md)
     return md
