@@ -84,13 +84,17 @@ _first_jobs: dict = {}  # video id -> (the decoder process already extracting it
 
 def start_decoders(n: int, *, preload: tuple[str, ...] = (), first_jobs: tuple[dict, ...] = ()) -> None:
     """Start n decoder processes now, for the workers of a local cluster to take, so that their
-    start-up (an interpreter, numpy, PyAV, `preload`) overlaps this process's own (Dask, the cluster).
-    Decoder i starts on first_jobs[i] at once; the task of that video collects its result."""
-    from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess
+    start-up overlaps this process's own (Dask, the cluster). While this process has no other thread they are
+    copies of it (fork), which skip a fresh interpreter's imports; else fresh ones, which import numpy, PyAV and
+    `preload`. Decoder i starts on first_jobs[i] at once; the task of that video collects its result."""
+    from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess, can_fork
 
+    fork = can_fork()
+    if fork and any(job["format"] == "hdf5" for job in first_jobs):
+        import motionssl.stores.hdf5_backend  # noqa: F401  imported once here rather than in each copy
     for i in range(n):
         decoder = DecoderProcess(preload=preload)
-        decoder.start()
+        decoder.start(fork=fork)
         _all_decoders.append(decoder)
         try:
             if i < len(first_jobs):
@@ -443,7 +447,7 @@ def _run_locked(opts: ExtractOptions, videos: dict[str, Path], report_path: Path
     if fmt == "zarr" and todo:
         _ensure_zarr_parents(store, todo)
     if todo and not opts.scheduler and not gpus:  # the first videos start while Dask imports and starts
-        n = local_workers(opts, 0)
+        n = min(local_workers(opts, 0), len(todo))  # a worker with no video never needs its decoder
         start_decoders(n, preload=_flow_modules(spec), first_jobs=tuple(job_of(v, _uses_gpu(spec)) for v in todo[:n]))
 
     failures = frames = 0

@@ -4,7 +4,9 @@ A segfault or an endless loop inside FFmpeg kills or stalls only that process: t
 gives a dead decoder's video one more try in a fresh decoder, then reports it failed (quarantined,
 see `extract.py`), and goes on. The decoder process is a plain
 subprocess (not multiprocessing), so it also works inside daemonic Dask worker processes, and it
-is reused across videos so its start-up cost is paid once per worker.
+is reused across videos so its start-up cost is paid once per worker. extract's first decoders,
+started before Dask, are instead copies (os.fork) of its still single-threaded main process, which
+skips a fresh interpreter's imports; every later one (a retry after a crash) is a fresh subprocess.
 
 Protocol: one JSON job per line on the child's stdin, one JSON result per line on a private pipe.
 """
@@ -40,29 +42,77 @@ class DecoderFailed(Exception):
         self.hung = hung
 
 
+# One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so they are set before a decoder imports
+# them (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
+PINNED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
+
+
+def can_fork() -> bool:
+    """Whether `DecoderProcess.start(fork=True)` is safe here: no other thread (Dask's, say) in this process, and
+    not a Dask nanny's worker, whose malloc settings (MALLOC_TRIM_THRESHOLD_, see `start`) a copy would keep."""
+    import threading
+
+    return (sys.platform.startswith("linux") and threading.active_count() == 1
+            and "MALLOC_TRIM_THRESHOLD_" not in os.environ)
+
+
+class _Forked:
+    """What DecoderProcess uses of subprocess.Popen, for a child made by os.fork."""
+
+    def __init__(self, pid: int, stdin):
+        self.pid, self.stdin, self.returncode = pid, stdin, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
 class DecoderProcess:
     def __init__(self, *, preload: tuple[str, ...] = ()):
         """preload: modules the process imports as it starts, before its first job (torch: seconds)."""
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | _Forked | None = None
         self._results = None
         self._pending = b""
         self.preload = preload
 
-    def start(self) -> None:
-        """Start the process (also done by `run` when needed): its imports then overlap the caller's work."""
+    def start(self, *, fork: bool = False) -> None:
+        """Start the process (also done by `run` when needed): its imports then overlap the caller's work.
+
+        fork: a copy of this process instead of a fresh interpreter, sharing what this one imported (numpy,
+        PyAV, the writer: about 0.3 s of CPU per decoder, benchmarks/README.md). Only while this process has no
+        other thread (`can_fork`): a thread holding a lock at the fork would leave it held in the copy."""
         r, w = os.pipe()
-        # One core per decoder: OpenCV and BLAS/OpenMP pools read these at import, so set them before
-        # it starts (on a loaded machine a 2-thread BLAS pool made a tiny matmul 400x slower).
-        env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1", MOTIONSSL_PRELOAD=",".join(self.preload))
-        # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
-        # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
-        env.pop("MALLOC_TRIM_THRESHOLD_", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "motionssl.preprocess.isolation"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(w,), env=env, text=True,
-        )
+        if fork:
+            from motionssl.preprocess import video_job  # noqa: F401  imported once here, not in every copy
+
+            jobs_r, jobs_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                _serve_forked(jobs_r, w, self.preload)  # never returns
+            os.close(jobs_r)
+            self.proc = _Forked(pid, os.fdopen(jobs_w, "w"))
+        else:
+            env = dict(os.environ, MOTIONSSL_RESULT_FD=str(w), MOTIONSSL_PRELOAD=",".join(self.preload), **PINNED)
+            # Dask's nanny sets a 64 KiB malloc trim threshold for its workers; inherited by a decoder
+            # that allocates a frame buffer per frame, it tripled system CPU (benchmarks/README.md).
+            env.pop("MALLOC_TRIM_THRESHOLD_", None)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "motionssl.preprocess.isolation"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(w,), env=env, text=True,
+            )
         os.close(w)
         self._results = os.fdopen(r, "rb", buffering=0)  # unbuffered: select sees every byte not yet read
         self._pending = b""
@@ -179,15 +229,37 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _serve() -> None:
+def _serve_forked(jobs_fd: int, result_fd: int, preload: tuple[str, ...]) -> None:
+    """The decoder in a child made by os.fork: as a fresh one would (`_serve`), then exit, never returning
+    into the code that forked it (its `finally` blocks would release the parent's lock)."""
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        keep = sorted((jobs_fd, result_fd))  # the parent's other descriptors (pipes of other decoders) closed
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
+        os.environ.update(PINNED)  # for what this copy imports from now on (OpenCV, torch)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # and the pools already loaded (numpy's BLAS)
+        _serve(os.fdopen(jobs_fd, "r"), os.fdopen(result_fd, "w"), preload)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _serve(jobs, out, preload) -> None:
+    """One result line on `out` per job line from `jobs`, until `jobs` ends."""
     from motionssl.stores.decode import BadVideo, limit_threads
     from motionssl.preprocess.video_job import extract_video
 
     _die_with_parent()
     limit_threads()
-    for module in filter(None, os.environ.get("MOTIONSSL_PRELOAD", "").split(",")):
+    for module in preload:
         importlib.import_module(module)
-    out = os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w")
     last, slow = [0.0], [False]
 
     def progress(frames: int) -> None:
@@ -198,7 +270,7 @@ def _serve() -> None:
             out.flush()
             last[0] = time.monotonic()
 
-    for line in sys.stdin:
+    for line in jobs:
         job = json.loads(line)
         faults = _inject_faults(job["video_id"])
         slow[0] = "slow" in faults
@@ -219,4 +291,5 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.stdin, os.fdopen(int(os.environ["MOTIONSSL_RESULT_FD"]), "w"),
+           tuple(filter(None, os.environ.get("MOTIONSSL_PRELOAD", "").split(","))))

@@ -122,3 +122,70 @@ def test_a_decoder_job_parses_no_yaml_and_records_the_drivers_version(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"yaml": False, "version": "9.9.9-driver"}
     assert open_store(tmp_path / "s.zarr").meta("v")["motionssl_version"] == "9.9.9-driver"
+
+
+FORKED_DECODERS = """
+import json, os, sys
+from motionssl.preprocess.isolation import DecoderFailed, DecoderProcess, can_fork
+
+job = json.loads(sys.argv[1])
+out = {"can_fork": can_fork()}
+first, second = DecoderProcess(), DecoderProcess()
+try:
+    first.start(fork=True)
+    second.start(fork=True)
+    out["ok"] = second.run(job, 300)["ok"]
+    out["cmdline"] = open(f"/proc/{second.proc.pid}/cmdline", "rb").read() == open("/proc/self/cmdline", "rb").read()
+    out["fds"] = sorted(os.readlink(f"/proc/{second.proc.pid}/fd/{fd}").split(":")[0]
+                        for fd in os.listdir(f"/proc/{second.proc.pid}/fd"))
+    try:
+        first.run(dict(job, video_id="crash_me"), 300)
+    except DecoderFailed as e:
+        out["crash"] = str(e)
+finally:
+    first.stop()
+    second.stop()
+    with open(sys.argv[2], "a") as f:  # the parent's cleanup: a copy that returned into this code would run it too
+        f.write(f"{os.getpid()}\\n")
+print(json.dumps(out))
+"""
+
+
+def test_forked_decoders_share_the_parents_imports_and_stay_isolated(tmp_path):
+    """extract's first decoders are copies (fork) of its single-threaded main process, which has already imported
+    numpy, PyAV and the writer: a copy does the job as a fresh decoder would, holds only its own two pipes and
+    /dev/null (not the pipes of the decoder forked before it), and its crash is still only its own: a real
+    SIGSEGV (fault hook) fails that decoder's job with the signal named, and no copy ever returns into the code
+    that forked it (the parent's cleanup runs once)."""
+    video = encode(tmp_path / "v.mp4", translating_frames(6, size=(64, 48), velocity=(2, 1)), "x264-nob")
+    parsed = load_spec("compressed")
+    init_store(tmp_path / "s.zarr", "zarr", parsed)
+    job = {"path": str(video), "source": "v.mp4", "video_id": "v", "store": str(tmp_path / "s.zarr"),
+           "format": "zarr", "spec": parsed.to_dict(), "reencode": False}
+    marker = tmp_path / "cleanup.log"
+    r = subprocess.run([sys.executable, "-c", FORKED_DECODERS, json.dumps(job), str(marker)], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env={**os.environ, "MOTIONSSL_FAULT": "crash:crash_me"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["can_fork"] and out["ok"] and out["cmdline"], out
+    assert out["fds"] == ["/dev/null"] * 3 + ["pipe"] * 2, out
+    assert out["crash"] == "decoder process crashed (signal SIGSEGV)", out
+    assert len(marker.read_text().split()) == 1
+    assert open_store(tmp_path / "s.zarr").meta("v")["frames"] == 6
+
+
+def test_extract_forks_its_first_decoders_only_while_single_threaded():
+    """A copy of a process with other threads could inherit a lock one of them held: extract forks only before
+    Dask starts its threads, and spawns fresh decoders (a retry after a crash, say) afterwards."""
+    import threading
+
+    from motionssl.preprocess.isolation import can_fork
+
+    done = threading.Event()
+    t = threading.Thread(target=done.wait)
+    t.start()
+    try:
+        assert not can_fork()
+    finally:
+        done.set()
+        t.join()
