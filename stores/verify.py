@@ -6,8 +6,10 @@ lengths, HDF5 files that will not open), cheap enough to run before each trainin
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from motionssl.stores import Store, StoreError
 from motionssl.stores.layout import INDEX, VIDEOS, read_json, scan_videos, video_path
 
 PER_FRAME = ("rgb", "pts", "frame_type", "mv", "mv_valid")
+CHECK_THREADS = 2  # the start-up check's system calls release the GIL (benchmarks/README.md, "Scale")
+CHECK_BLOCK = 1000  # videos per task: a task per video would cost about what checking it does
 
 
 def _redo(store: Store, path: Path | str) -> str:
@@ -80,9 +84,10 @@ def _verify_remote(store: Store) -> list[str]:
     return problems
 
 
-def broken_videos(store: Store) -> dict[str, str]:
-    """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data. (On object
-    storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the chunks too.)"""
+def broken_videos(store: Store, *, threads: int = CHECK_THREADS, block: int = CHECK_BLOCK) -> dict[str, str]:
+    """{video id: its problems, '; '-joined} over the store's listed videos in their order, without decoding any
+    data. (On object storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the
+    chunks too.) A Zarr store's videos are checked in `threads` threads, `block` videos a task, the answer the same."""
     if store.remote:
         from motionssl.stores.remote import commit_key, parse_commit, video_prefix
 
@@ -96,11 +101,20 @@ def broken_videos(store: Store) -> dict[str, str]:
             if problems:
                 out[vid] = "; ".join(problems)
         return out
-    if store.format == "zarr":
-        names, base = store.spec.arrays(), f"{store.path}/{VIDEOS}"
-        found = ((vid, _check_zarr_files(store, vid, f"{base}/{vid}", names)) for vid in store.videos)
-    else:
+    if store.format == "hdf5":
         found = ((vid, _check_video(store, vid, read_through=False)) for vid in store.videos)
+        return {vid: "; ".join(problems) for vid, problems in found if problems}
+    names, base, index, videos = store.spec.arrays(), f"{store.path}/{VIDEOS}", store.index, store.videos
+
+    def check(vids: list[str]) -> list[tuple[str, list[str]]]:
+        return [(vid, _check_zarr_files(store, vid, index.get(vid), f"{base}/{vid}", names)) for vid in vids]
+
+    blocks = [videos[i:i + block] for i in range(0, len(videos), block)]
+    if threads > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            found = [pair for done in pool.map(check, blocks) for pair in done]  # map keeps the blocks' order
+    else:
+        found = check(videos)
     return {vid: "; ".join(problems) for vid, problems in found if problems}
 
 
@@ -153,13 +167,11 @@ def _check_lengths(store: Store, path: Path, meta: dict, shapes: dict[str, tuple
     return out
 
 
-def _check_zarr_files(store: Store, vid: str, root: str, names: tuple[str, ...]) -> list[str]:
+def _check_zarr_files(store: Store, vid: str, meta: dict | None, root: str, names: tuple[str, ...]) -> list[str]:
     """The start-up check of one Zarr video, without zarr: every array's metadata document and every shard file,
     present and not empty. One `stat` per file, relative to the video's directory (open once), on strings: at 100,000
     videos pathlib's objects and the full paths' lookups cost more than the checks (benchmarks/README.md, "Scale")."""
-    try:
-        meta = store.meta(vid)
-    except KeyError:
+    if meta is None:
         return ["not in the index"]
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -182,13 +194,13 @@ def _check_zarr_files(store: Store, vid: str, root: str, names: tuple[str, ...])
             except (OSError, ValueError):
                 continue  # reported as a missing array
             shapes[name] = (frames,)
-            for key in _shard_keys(frames, shard, ndim):
+            for rel in _shard_files(name, frames, shard, ndim):
                 try:
-                    if os.stat(f"{name}/{key}", dir_fd=fd).st_size:
+                    if os.stat(rel, dir_fd=fd).st_size:
                         continue
                 except OSError:
                     pass
-                missing.setdefault(name, []).append(Path(root, name, key))
+                missing.setdefault(name, []).append(Path(root, rel))
     finally:
         os.close(fd)
     out = _check_lengths(store, root, meta, shapes)
@@ -215,6 +227,12 @@ def _chunk_keys(doc: dict) -> list[str]:
     """The keys of a zarr array's shard (or unsharded chunk) files, relative to the array."""
     shape = doc["shape"]
     return _shard_keys(shape[0] if shape else 0, doc["chunk_grid"]["configuration"]["chunk_shape"][0], len(shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shard_files(name: str, frames: int, shard: int, ndim: int) -> tuple[str, ...]:
+    """`name/key` of each shard file: videos of one length share one tuple, not a string per file each."""
+    return tuple(f"{name}/{key}" for key in _shard_keys(frames, shard, ndim))
 
 
 def _shard_keys(frames: int, shard: int, ndim: int) -> list[str]:
