@@ -12,7 +12,7 @@ Then, each timed once with a warm page cache:
     report written;
   - `write_index` alone; `open_store` with its listing and version; `info` (summarize); `verify` (up to
     --verify-max videos: it reads every array through);
-  - pretrain's start-up check (`usable_store`; and beside it the same check in one thread) and the rest of its set-up before the first batch: the dataset over
+  - pretrain's start-up check (`usable_store`) and the rest of its set-up before the first batch: the dataset over
     the listing and one epoch's sampler set-up (`KeySampler.set_epoch` and its index list).
 
 Latency: --latency-videos videos of 48 frames, written to a local directory and, through the same writer, to a
@@ -124,7 +124,7 @@ def prepare(work: Path, n: int, frames: int) -> float | None:
 def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -> dict:
     from motionssl.preprocess.extract import ExtractOptions, run_extract
     from motionssl.stores.summary import summarize
-    from motionssl.stores.verify import broken_videos, verify_store
+    from motionssl.stores.verify import verify_store
     from motionssl.train.datasets import ClipDataset, Needs
     from motionssl.train.faults import usable_store
     from motionssl.train.loop import KeySampler
@@ -151,8 +151,6 @@ def scale_row(work: Path, n: int, frames: int, verify_max: int, info_max: int) -
     # as pretrain does: the check on the store just opened (its index parsed once, by open_store)
     s, broken = timed(row, "startup_check_s", lambda: usable_store(s, skip_broken=False, announce=False))
     assert broken == {}
-    # the alternative, side by side: the same check in one thread
-    assert timed(row, "startup_check_one_thread_s", lambda: broken_videos(s, threads=1)) == {}
     ds = timed(row, "dataset_s", lambda: ClipDataset(s, Needs(modalities=("rgb", "mv"), clip_len=4, stride=1)))
     sampler = KeySampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     keys = timed(row, "sampler_epoch_s", lambda: (sampler.set_epoch(1), list(iter(sampler)))[1])

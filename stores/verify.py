@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from motionssl.stores import Store, StoreError
 from motionssl.stores.layout import INDEX, VIDEOS, read_json, scan_videos, video_path
 
 PER_FRAME = ("rgb", "pts", "frame_type", "mv", "mv_valid")
-CHECK_THREADS = 2  # the start-up check's system calls release the GIL (benchmarks/README.md, "Scale")
-CHECK_BLOCK = 1000  # videos per task: a task per video would cost about what checking it does
 
 
 def _redo(store: Store, path: Path | str) -> str:
@@ -84,10 +81,10 @@ def _verify_remote(store: Store) -> list[str]:
     return problems
 
 
-def broken_videos(store: Store, *, threads: int = CHECK_THREADS, block: int = CHECK_BLOCK) -> dict[str, str]:
-    """{video id: its problems, '; '-joined} over the store's listed videos in their order, without decoding any
-    data. (On object storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the
-    chunks too.) A Zarr store's videos are checked in `threads` threads, `block` videos a task, the answer the same."""
+def broken_videos(store: Store) -> dict[str, str]:
+    """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data. (On object
+    storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the chunks too.)
+    Checking in 2 threads was measured and not kept: no faster on 2 cores (benchmarks/README.md, "Scale")."""
     if store.remote:
         from motionssl.stores.remote import commit_key, parse_commit, video_prefix
 
@@ -101,20 +98,11 @@ def broken_videos(store: Store, *, threads: int = CHECK_THREADS, block: int = CH
             if problems:
                 out[vid] = "; ".join(problems)
         return out
-    if store.format == "hdf5":
-        found = ((vid, _check_video(store, vid, read_through=False)) for vid in store.videos)
-        return {vid: "; ".join(problems) for vid, problems in found if problems}
-    names, base, index, videos = store.spec.arrays(), f"{store.path}/{VIDEOS}", store.index, store.videos
-
-    def check(vids: list[str]) -> list[tuple[str, list[str]]]:
-        return [(vid, _check_zarr_files(store, vid, index.get(vid), f"{base}/{vid}", names)) for vid in vids]
-
-    blocks = [videos[i:i + block] for i in range(0, len(videos), block)]
-    if threads > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            found = [pair for done in pool.map(check, blocks) for pair in done]  # map keeps the blocks' order
+    if store.format == "zarr":
+        names, base, index = store.spec.arrays(), f"{store.path}/{VIDEOS}", store.index
+        found = ((vid, _check_zarr_files(store, vid, index.get(vid), f"{base}/{vid}", names)) for vid in store.videos)
     else:
-        found = check(videos)
+        found = ((vid, _check_video(store, vid, read_through=False)) for vid in store.videos)
     return {vid: "; ".join(problems) for vid, problems in found if problems}
 
 

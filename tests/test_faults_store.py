@@ -84,22 +84,6 @@ def test_the_start_up_check_finds_the_same_damage_from_the_recorded_lengths_and_
     assert "missing arrays ['pts']" in broken_videos(open_store(s.path))["b"]
 
 
-def test_the_start_up_check_in_threads_gives_the_serial_answer(tmp_path):
-    """Checked in threads, a block of videos a task, the start-up check names the same damage of the same videos in
-    the same order as in one thread: the broken videos the trainer's refusal names first stay the same."""
-    import shutil
-
-    s = build_store(tmp_path / "s", "zarr", ids=("a", "b", "c", "d", "e", "f", "g"))  # rgb: shards c/0, c/1, c/2
-    (s.path / "videos" / "b" / "rgb" / "c" / "1" / "0" / "0" / "0").unlink()
-    (s.path / "videos" / "d" / "pts" / "zarr.json").write_bytes(b"")
-    shutil.rmtree(s.path / "videos" / "f")
-    (s.path / "videos" / "g" / "rgb" / "c" / "2" / "0" / "0" / "0").write_bytes(b"")
-    serial = broken_videos(open_store(s.path), threads=1)
-    assert list(serial) == ["b", "d", "f", "g"] and "rgb: chunk file videos/g/rgb/c/2/0/0/0" in serial["g"]
-    for block in (1, 2, 3):
-        assert list(broken_videos(open_store(s.path), threads=2, block=block).items()) == list(serial.items())
-
-
 HOLD_OPEN = """
 import sys, time, h5py
 f = h5py.File(sys.argv[1], "r+")
