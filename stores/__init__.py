@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import hashlib
 import json
 import os
@@ -266,13 +265,7 @@ def parse_index(data: bytes) -> tuple[dict[str, dict], str | None]:
     """({id: meta}, the version) of index.json's bytes; the version is None for an index not in index_bytes' form
     (older stores), for `index_digest` to compute. Hashing the bytes, never a digest stored beside them, so any
     change of the file changes the version, and the same {id: meta} gets the same version in either form."""
-    paused = gc.isenabled()
-    gc.disable()  # millions of new dicts would set off full collections; JSON makes no cycles for gc to find
-    try:
-        videos = json.loads(data)["videos"]
-    finally:
-        if paused:
-            gc.enable()
+    videos = json.loads(data)["videos"]
     if data.startswith(_HEAD) and data.endswith(_TAIL):
         return videos, _digest(memoryview(data)[len(_HEAD):-len(_TAIL)])
     return videos, None
