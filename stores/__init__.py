@@ -23,7 +23,7 @@ import numpy as np
 
 from motionssl.data_specs import Spec, SpecError, spec_from_dict
 from motionssl.stores.layout import (
-    FORMAT_VERSION, INDEX, ROOT_META, read_json, scan_videos, video_path, write_json_atomic,
+    FORMAT_VERSION, INDEX, ROOT_META, read_json, scan_videos, video_path, write_atomic, write_json_atomic,
 )
 
 FORMATS = ("zarr", "hdf5")
@@ -100,16 +100,18 @@ class Store:
     @property
     def index(self) -> dict[str, dict]:
         if self._index is None and self.remote:
-            index = self.remote.get_json(INDEX)
-            if index is None:  # no index yet (extract never finished): list the commit records
+            data = self.remote.get(INDEX)
+            if data is None:  # no index yet (extract never finished): list the commit records
                 from motionssl.stores.remote import scan_commits
 
-                index = {"videos": {vid: a["motionssl_video"] for vid, a in scan_commits(self.remote)[0].items()}}
-            self._index = index["videos"]
+                self._index = {vid: a["motionssl_video"] for vid, a in scan_commits(self.remote)[0].items()}
+            else:
+                self._index, self._version = parse_index(data)
         if self._index is None:
             index_file = self.path / INDEX
             if index_file.is_file():
-                self._index = read_json(index_file)["videos"]
+                with open(index_file, "rb") as f:
+                    self._index, self._version = parse_index(f.read())
             else:  # no index yet (extract never finished): fall back to the slow scan
                 ids, _ = scan_videos(self.path, self.format)
                 self._index = {vid: self._open(vid).meta() for vid in ids}
@@ -119,8 +121,9 @@ class Store:
     def version(self) -> str:
         """The store's content version: a digest of its index (every committed video's id and meta, which holds its
         frame count, source and spec digest). Any video added, redone or removed changes it; a run records it."""
+        index = self.index  # an index read in index_bytes' form brings its version
         if self._version is None:
-            self._version = index_digest(self.index)
+            self._version = index_digest(index)
         return self._version
 
     @property
@@ -236,9 +239,36 @@ def _decode(raw: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 def index_digest(index: dict[str, dict]) -> str:
-    """`sha256:` and 16 hex digits of the index's canonical JSON (sorted keys, no spaces)."""
-    canonical = json.dumps(index, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    """`sha256:` and 16 hex digits of the index's canonical JSON (sorted keys, no spaces, ASCII)."""
+    return _digest(_canonical(index))
+
+
+def _canonical(index: dict[str, dict]) -> bytes:
+    return json.dumps(index, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _digest(canonical) -> str:
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()[:16]
+
+
+# index.json as written: {"canonical":true,"videos":CANONICAL}, so a reader hashes the file's own bytes for the
+# version instead of serialising every meta again (data_specs/README.md, "Version").
+_HEAD, _TAIL = b'{"canonical":true,"videos":', b"}"
+
+
+def index_bytes(index: dict[str, dict]) -> bytes:
+    """index.json's content for {id: meta}."""
+    return _HEAD + _canonical(index) + _TAIL
+
+
+def parse_index(data: bytes) -> tuple[dict[str, dict], str | None]:
+    """({id: meta}, the version) of index.json's bytes; the version is None for an index not in index_bytes' form
+    (older stores), for `index_digest` to compute. Hashing the bytes, never a digest stored beside them, so any
+    change of the file changes the version, and the same {id: meta} gets the same version in either form."""
+    videos = json.loads(data)["videos"]
+    if data.startswith(_HEAD) and data.endswith(_TAIL):
+        return videos, _digest(memoryview(data)[len(_HEAD):-len(_TAIL)])
+    return videos, None
 
 
 def _remote(path):
@@ -343,6 +373,6 @@ def read_video_meta(store_path: Path, fmt: str, video_id: str) -> dict | None:
 def write_index(store_path: Path | str, metas: dict[str, dict]) -> None:
     remote = _remote(store_path)
     if remote:
-        remote.put(INDEX, json.dumps({"videos": metas}, sort_keys=True).encode())  # one PUT: all of it or the old
+        remote.put(INDEX, index_bytes(metas))  # one PUT: all of it or the old
     else:
-        write_json_atomic(Path(store_path) / INDEX, {"videos": metas}, indent=None)
+        write_atomic(Path(store_path) / INDEX, index_bytes(metas))

@@ -2,7 +2,7 @@
 
 STORE/
   motionssl.json        format, format_version, spec, spec_digest, motionssl_version
-  index.json            {"videos": {id: meta}}, rewritten by `extract` as videos complete
+  index.json            {"canonical": true, "videos": {id: meta}}, rewritten by `extract` as videos complete
   quarantine.json       (when any) videos whose decoder crashed or hung, not retried until their file changes
   zarr.json             (zarr only) root group, so plain zarr can open the store
   videos/<id>           (zarr) one group per video; (hdf5) videos/<id>.h5, one file per video
@@ -36,14 +36,18 @@ def is_temp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_json_atomic(path: Path, obj, *, indent: int | None = 1) -> None:
-    """`indent=None` for large documents: json's C encoder serialises only those, 10x faster (the index)."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` into `path` whole or not at all: a temporary beside it, fsynced, renamed over it."""
     tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=indent, sort_keys=True))
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def read_json(path: Path):

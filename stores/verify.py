@@ -6,6 +6,7 @@ lengths, HDF5 files that will not open), cheap enough to run before each trainin
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -82,7 +83,8 @@ def _verify_remote(store: Store) -> list[str]:
 
 def broken_videos(store: Store) -> dict[str, str]:
     """{video id: its problems, '; '-joined} over the store's listed videos, without decoding any data. (On object
-    storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the chunks too.)"""
+    storage: each commit record and its arrays' lengths, fetched concurrently; `verify` lists the chunks too.)
+    Checking in 2 threads was measured and not kept: no faster on 2 cores (benchmarks/README.md, "Scale")."""
     if store.remote:
         from motionssl.stores.remote import commit_key, parse_commit, video_prefix
 
@@ -97,8 +99,8 @@ def broken_videos(store: Store) -> dict[str, str]:
                 out[vid] = "; ".join(problems)
         return out
     if store.format == "zarr":
-        names, base = store.spec.arrays(), f"{store.path}/{VIDEOS}"
-        found = ((vid, _check_zarr_files(store, vid, f"{base}/{vid}", names)) for vid in store.videos)
+        names, base, index = store.spec.arrays(), f"{store.path}/{VIDEOS}", store.index
+        found = ((vid, _check_zarr_files(store, vid, index.get(vid), f"{base}/{vid}", names)) for vid in store.videos)
     else:
         found = ((vid, _check_video(store, vid, read_through=False)) for vid in store.videos)
     return {vid: "; ".join(problems) for vid, problems in found if problems}
@@ -153,13 +155,11 @@ def _check_lengths(store: Store, path: Path, meta: dict, shapes: dict[str, tuple
     return out
 
 
-def _check_zarr_files(store: Store, vid: str, root: str, names: tuple[str, ...]) -> list[str]:
+def _check_zarr_files(store: Store, vid: str, meta: dict | None, root: str, names: tuple[str, ...]) -> list[str]:
     """The start-up check of one Zarr video, without zarr: every array's metadata document and every shard file,
     present and not empty. One `stat` per file, relative to the video's directory (open once), on strings: at 100,000
     videos pathlib's objects and the full paths' lookups cost more than the checks (benchmarks/README.md, "Scale")."""
-    try:
-        meta = store.meta(vid)
-    except KeyError:
+    if meta is None:
         return ["not in the index"]
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -182,13 +182,13 @@ def _check_zarr_files(store: Store, vid: str, root: str, names: tuple[str, ...])
             except (OSError, ValueError):
                 continue  # reported as a missing array
             shapes[name] = (frames,)
-            for key in _shard_keys(frames, shard, ndim):
+            for rel in _shard_files(name, frames, shard, ndim):
                 try:
-                    if os.stat(f"{name}/{key}", dir_fd=fd).st_size:
+                    if os.stat(rel, dir_fd=fd).st_size:
                         continue
                 except OSError:
                     pass
-                missing.setdefault(name, []).append(Path(root, name, key))
+                missing.setdefault(name, []).append(Path(root, rel))
     finally:
         os.close(fd)
     out = _check_lengths(store, root, meta, shapes)
@@ -215,6 +215,12 @@ def _chunk_keys(doc: dict) -> list[str]:
     """The keys of a zarr array's shard (or unsharded chunk) files, relative to the array."""
     shape = doc["shape"]
     return _shard_keys(shape[0] if shape else 0, doc["chunk_grid"]["configuration"]["chunk_shape"][0], len(shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shard_files(name: str, frames: int, shard: int, ndim: int) -> tuple[str, ...]:
+    """`name/key` of each shard file: videos of one length share one tuple, not a string per file each."""
+    return tuple(f"{name}/{key}" for key in _shard_keys(frames, shard, ndim))
 
 
 def _shard_keys(frames: int, shard: int, ndim: int) -> list[str]:

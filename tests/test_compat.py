@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from motionssl.stores import open_store
+from motionssl.stores import open_store, write_index
 from motionssl.stores.verify import verify_store
 from motionssl.train import checkpoint
 from motionssl.train.config import config_from_dict
@@ -37,6 +37,20 @@ def test_an_old_store_reads_byte_for_byte(name):
         assert {a: digest(store.read(vid, a)) for a in store.arrays(vid)} == arrays
     sample = ClipDataset(store, Needs(modalities=("rgb", "mv"), clip_len=2, stride=2), size=16, train=False)[0]
     assert sample["views"][0]["mv"].shape == (2, 2, 4, 4)
+
+
+@pytest.mark.parametrize("name, version", [("old_store.zarr", "sha256:9a722009dcf71513"),
+                                           ("old_store_h5", "sha256:da21bd7b2cb4ddd8")])
+def test_an_old_store_keeps_its_version_when_reindexed(name, version, tmp_path):
+    """The version a run recorded on an old store (computed by re-serialising its index, as motionssl did before the
+    canonical index.json) stays the same once the index is rewritten in today's form, as the next extract does: its
+    resume sees no change."""
+    store = tmp_path / name
+    shutil.copytree(FIXTURES / name, store)
+    assert open_store(store).version == version
+    write_index(store, open_store(store).index)
+    assert (store / "index.json").read_bytes().startswith(b'{"canonical":true,"videos":')
+    assert open_store(store).version == version
 
 
 def converted(tmp_path: Path) -> Path:

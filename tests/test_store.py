@@ -1,5 +1,6 @@
 """The reader API over both backends, store metadata checks, verify on damaged stores, and specs."""
 import ast
+import hashlib
 import json
 import multiprocessing as mp
 import pickle
@@ -342,3 +343,41 @@ def test_a_store_written_before_chunk_checksums_still_reads(tmp_path, fmt):
     assert s.read("a", "rgb", 5, 7)[:, 0, 0, 0].tolist() == [5, 6]
     with pytest.raises(StoreError, match="made without chunk checksums .*checksums: false"):
         init_store(tmp_path / "s", fmt, spec_from_dict({**TINY_SPEC, "modalities": ["rgb"]}))
+
+
+def test_the_version_hashes_the_index_bytes_and_older_indexes_keep_theirs(tmp_path):
+    """index.json is written in canonical form, so the version is a hash of its bytes; it equals the digest of the
+    re-serialised index (data_specs/README.md, "Version"), which indexes in any other form still get: a store
+    indexed before keeps its version, and the same videos get the same version in either form. Any change of the
+    videos changes it, a hand edit that keeps the canonical head included."""
+    from motionssl.stores import index_digest, parse_index
+    from motionssl.stores.layout import INDEX
+
+    s = build_store(tmp_path / "s", "zarr")
+    videos = {vid: {**s.meta(vid), "source": f"clàss ü/{vid} \"x\".mp4", "fps": 29.97, "notes": ["a, b: c"]}
+              for vid in s.videos}
+    write_index(s.path, videos)
+    data = (s.path / INDEX).read_bytes()
+    assert data.startswith(b'{"canonical":true,"videos":{') and data.isascii()
+    read, by_bytes = parse_index(data)
+    assert read == videos and by_bytes == index_digest(videos) == open_store(s.path).version
+    # the version of this index as every motionssl before the canonical form computed it
+    old = "sha256:" + hashlib.sha256(json.dumps(videos, sort_keys=True, separators=(",", ":")).encode()
+                                     ).hexdigest()[:16]
+    assert by_bytes == old
+
+    for older in (json.dumps({"videos": videos}, sort_keys=True),            # the index as written before
+                  json.dumps({"videos": videos}, indent=1, sort_keys=True),  # and before that
+                  json.dumps({"canonical": True, "videos": videos}, indent=1)):  # reformatted by hand
+        (s.path / INDEX).write_text(older)
+        assert parse_index(older.encode())[1] is None and open_store(s.path).version == old
+
+    changed = {**videos, "a": {**videos["a"], "frames": 39}}
+    write_index(s.path, changed)
+    assert open_store(s.path).version == index_digest(changed) != old
+    canonical = data[len(b'{"canonical":true,"videos":'):-1]
+    for edited in (data.replace(b'"frames":40', b'"frames":39', 1),  # canonical head kept, content changed
+                   data[:-1] + b',"videos":' + canonical.replace(b'"frames":40', b'"frames":39', 1) + b"}"):
+        (s.path / INDEX).write_bytes(edited)  # the second: a later duplicate key is what json reads
+        st = open_store(s.path)
+        assert st.meta("a")["frames"] == 39 and st.version != old
