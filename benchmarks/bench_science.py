@@ -319,7 +319,7 @@ def main() -> None:
 def run_all(names: list[str], seeds: list[int], stores: dict[str, Path], labels: Path, out: Path, *, steps: int,
             jobs: int, threads: int) -> Iterator[tuple[str, int, dict]]:
     """Every (method, seed) run, `jobs` at a time, longest first (COST), each in a spawned process that writes its
-    result.json; yields them as they finish. One job runs in this process."""
+    result.json; yields them as they finish. With one job, they run in this process, one after another."""
     tasks = sorted(((n, s) for s in seeds for n in names), key=lambda t: -COST.get(t[0], 0))
     if jobs == 1:
         for name, seed in tasks:
