@@ -1,6 +1,6 @@
 """Does each method learn motion? Every method against rgb-moco, a random backbone and a supervised bound, 3 seeds.
 
-    .venv/bin/python benchmarks/bench_science.py --out bench_out            # about an hour on 2 CPU cores (benchmarks/README.md)
+    .venv/bin/python benchmarks/bench_science.py --out bench_out            # about an hour on 2 CPU cores
     .venv/bin/python benchmarks/bench_science.py --out bench_out --seeds 0 --steps 4 --per-class 4 --test-per-class 1  # smoke
 
 The data: `preprocess/motion_classes.py --classes motions`, 8 classes that differ only in how one textured square
@@ -267,8 +267,8 @@ def markdown(table: dict, *, steps: int, seeds: list[int], wall: float, jobs: in
         g = row.get(f"gap_{k}")
         return "-" if g is None else f"{100 * g['gap']:+.1f} ± {100 * g['std']:.1f}{' ✓' if g['goal_met'] else ''}"
 
-    lines = [f"{steps} steps, seeds {', '.join(map(str, seeds))} asked, wall time {wall / 60:.1f} min ({jobs} runs at a "
-             f"time, {threads} torch thread{'s' if threads > 1 else ''} each); % mean ± std "
+    lines = [f"{steps} steps, seeds {', '.join(map(str, seeds))} asked, wall time {wall / 60:.1f} min "
+             f"({jobs} runs at a time, {threads} torch thread{'s' if threads > 1 else ''} each); % mean ± std "
              f"over the seeds run; ✓: at least 10 points over rgb-moco and over 2 std of the difference",
              "", "| method | seeds | R@1 | R@5 | linear top-1 | R@1 − rgb-moco | linear − rgb-moco | train s/run |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -310,7 +310,8 @@ def main() -> None:
         print(f"{name} seed {seed}: R@1 {100 * r['R@1']:.1f}, linear {100 * r['linear_top1']:.1f}"
               + (f", classifier {100 * r['classifier_top1']:.1f}" if "classifier_top1" in r else "")
               + f" ({r['seconds']:.0f} s)", flush=True)
-        results = {n: [done[n, s] for s in seeds if (n, s) in done] for n in names if any((n, s) in done for s in seeds)}
+        results = {n: [done[n, s] for s in seeds if (n, s) in done] for n in names
+                   if any((n, s) in done for s in seeds)}
         md = write_report(a, results, machine, seeds=seeds, wall=time.perf_counter() - t0, jobs=jobs,
                           threads=threads)  # after every run
     print(md)
