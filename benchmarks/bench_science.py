@@ -319,36 +319,58 @@ def main() -> None:
 
 def run_all(names: list[str], seeds: list[int], stores: dict[str, Path], labels: Path, out: Path, *, steps: int,
             jobs: int, threads: int) -> Iterator[tuple[str, int, dict]]:
-    """Every (method, seed) run, `jobs` at a time, longest first (COST), each in a spawned process that writes its
-    result.json; yields them as they finish. With one job, they run in this process, one after another."""
+    """Every (method, seed) run, `jobs` at a time, longest first (COST), each writing its result.json; yields them as
+    they finish. With one job, they run in this process, one after another; with more, in `jobs` spawned worker
+    processes that each take the next run when free (one interpreter and its imports per worker, not per run)."""
     tasks = sorted(((n, s) for s in seeds for n in names), key=lambda t: -COST.get(t[0], 0))
     if jobs == 1:
         for name, seed in tasks:
             yield name, seed, run_one(name, stores, labels, out, seed=seed, steps=steps)
         return
     ctx = multiprocessing.get_context("spawn")  # not daemonic: a run's DataLoader starts its own worker
-    running: dict[int, tuple[str, int, multiprocessing.process.BaseProcess]] = {}
-    while tasks or running:
-        while tasks and len(running) < jobs:
-            name, seed = tasks.pop(0)
-            p = ctx.Process(target=run_child, args=(name, stores, labels, out, seed, steps, threads))
-            p.start()
-            running[p.sentinel] = (name, seed, p)
-        for sentinel in multiprocessing.connection.wait(list(running)):
-            name, seed, p = running.pop(sentinel)
-            p.join()
-            if p.exitcode != 0:
-                for _, _, other in running.values():
-                    other.terminate()
-                raise SystemExit(f"bench_science: {name} seed {seed} failed (exit code {p.exitcode}; its output is "
-                                 f"above); rerun the same command to continue from the runs that finished")
-            yield name, seed, json.loads((out / f"{name}-s{seed}" / "result.json").read_text())
+    todo = ctx.Queue()
+    for task in tasks:
+        todo.put(task)
+    workers = {}  # the parent's end of each worker's pipe -> (process, the run it is on)
+    for _ in range(min(jobs, len(tasks))):
+        todo.put(None)
+        mine, theirs = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=serve_runs, args=(todo, theirs, stores, labels, out, steps, threads))
+        p.start()
+        theirs.close()
+        workers[mine] = [p, None]
+    try:
+        while workers:
+            for ready in multiprocessing.connection.wait(list(workers)):
+                p, current = workers[ready]
+                try:
+                    event, name, seed = ready.recv()
+                except EOFError:  # the worker is gone: done with the queue, or dead in a run
+                    p.join()
+                    del workers[ready]
+                    if p.exitcode != 0 or current is not None:
+                        name, seed = current or ("a run", "?")
+                        raise SystemExit(f"bench_science: {name} seed {seed} failed (exit code {p.exitcode}; its "
+                                         f"output is above); rerun the same command to continue from the runs that "
+                                         f"finished")
+                    continue
+                workers[ready][1] = (name, seed) if event == "start" else None
+                if event == "done":
+                    yield name, seed, json.loads((out / f"{name}-s{seed}" / "result.json").read_text())
+    finally:
+        for p, _ in workers.values():
+            p.terminate()
 
 
-def run_child(name: str, stores: dict[str, Path], labels: Path, out: Path, seed: int, steps: int,
-              threads: int) -> None:
+def serve_runs(todo, conn, stores: dict[str, Path], labels: Path, out: Path, steps: int, threads: int) -> None:
+    """A worker process: runs from `todo` until its None, saying on `conn` when each starts and ends."""
     torch.set_num_threads(threads)
-    run_one(name, stores, labels, out, seed=seed, steps=steps)
+    while (task := todo.get()) is not None:
+        name, seed = task
+        conn.send(("start", name, seed))
+        run_one(name, stores, labels, out, seed=seed, steps=steps)
+        conn.send(("done", name, seed))
+    conn.close()
 
 
 def write_report(a: argparse.Namespace, results: dict, machine: dict, *, seeds: list[int], wall: float, jobs: int,

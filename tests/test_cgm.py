@@ -71,6 +71,46 @@ def test_pixel_adaptive_warp_is_eq1():
     np.testing.assert_allclose(got, naive_warp(x, filters), atol=1e-10)
 
 
+def unfold_warp(x: torch.Tensor, filters: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """Eq. 1 through `F.unfold` and autograd: the reference for the hand-written backward."""
+    n, c, h, w = x.shape
+    k = int(round(filters.shape[1] ** 0.5))
+    p = k // 2 * dilation
+    patches = torch.nn.functional.unfold(torch.nn.functional.pad(x, (p, p, p, p), mode="replicate"), k,
+                                         dilation=dilation).view(n, c, k * k, h, w)
+    return (patches * filters.flip(1).unsqueeze(1)).sum(2)
+
+
+@pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 4), (5, 2)])
+def test_pixel_adaptive_warp_gradients_match_autograd_through_unfold(k, dilation):
+    torch.manual_seed(k + dilation)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    filters = torch.randn(2, k * k, 9, 11, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    got = pixel_adaptive_warp(x, filters, dilation=dilation)
+    want = unfold_warp(x, filters, dilation)
+    assert torch.allclose(got, want, atol=1e-12)
+    grads_got = torch.autograd.grad((got * weight).sum(), (x, filters))
+    grads_want = torch.autograd.grad((want * weight).sum(), (x, filters))
+    for g, w in zip(grads_got, grads_want):
+        assert torch.allclose(g, w, atol=1e-12)
+    # one input without a gradient (the frames warped by the HR maps)
+    (g_filters,) = torch.autograd.grad(pixel_adaptive_warp(x.detach(), filters, dilation=dilation).sum(), filters)
+    assert torch.allclose(g_filters, torch.autograd.grad(unfold_warp(x.detach(), filters, dilation).sum(),
+                                                         filters)[0], atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: pixel_adaptive_warp(a, b, dilation=dilation),
+                                    (x[:1, :, :5, :6], filters[:1, :, :5, :6]))
+
+
+def test_pixel_adaptive_warp_promotes_dtypes_and_returns_gradients_in_each_inputs_dtype():
+    x = torch.randn(1, 2, 6, 6, dtype=torch.bfloat16, requires_grad=True)
+    filters = torch.rand(1, 9, 6, 6, requires_grad=True)
+    out = pixel_adaptive_warp(x, filters)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and filters.grad.dtype == torch.float32
+
+
 def test_one_hot_filters_reproduce_a_known_shift():
     """A one-hot tap at (dy, dx) = (1, -2) moves content by (-2, +1): frame t+1 of a texture translating that way."""
     frames = translating_frames(2, size=(40, 32), velocity=(-2, 1), seed=7)

@@ -87,17 +87,57 @@ def _kernel_size(taps: int) -> int:
 
 
 def pixel_adaptive_warp(x: Tensor, filters: Tensor, *, dilation: int = 1) -> Tensor:
-    """Eq. 1: (N, C, H, W) frames or features and (N, k*k, H, W) per-pixel filters -> (N, C, H, W).
+    """Eq. 1: (N, C, H, W) frames or features and (N, k*k, H, W) per-pixel filters -> (N, C, H, W), in the dtype
+    the two promote to.
 
     The same filter applies to every channel of a pixel; borders are replicated (module docstring). With
     `dilation` d, tap (dy, dx) reads X[y - d*dy, x - d*dx]: the filter of `dilate_filters(filters, d)`."""
-    n, c, h, w = x.shape
-    taps = filters.shape[1]
-    r = _kernel_size(taps) // 2
-    p = r * dilation
-    patches = F.unfold(F.pad(x, (p, p, p, p), mode="replicate"), 2 * r + 1, dilation=dilation).view(n, c, taps, h, w)
-    # unfold's tap (i, j) reads x[y + i - r, x + j - r], eq. 1's tap (dy, dx) reads x[y - dy, x - dx]: reversed
-    return (patches * filters.flip(1).unsqueeze(1)).sum(2)
+    _kernel_size(filters.shape[1])
+    return _PixelAdaptiveWarp.apply(x, filters, dilation)
+
+
+class _PixelAdaptiveWarp(torch.autograd.Function):
+    """Eq. 1 as k*k shifted multiply-adds with a hand-written backward: autograd through `F.unfold` keeps a k*k
+    times larger copy of the input and was most of a CGM-Net step on CPU (benchmarks/README.md, "Science")."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, filters: Tensor, dilation: int) -> Tensor:
+        dtype = torch.promote_types(x.dtype, filters.dtype)
+        k = math.isqrt(filters.shape[1])
+        r, p = k // 2, k // 2 * dilation
+        h, w = x.shape[-2:]
+        padded = F.pad(x.to(dtype), (p, p, p, p), mode="replicate")
+        weights = filters.to(dtype)
+        out = padded.new_zeros(x.shape)
+        for tap, (oy, ox) in enumerate(_tap_offsets(k, r, p, dilation)):
+            out.addcmul_(padded[:, :, oy:oy + h, ox:ox + w], weights[:, tap:tap + 1])
+        ctx.save_for_backward(padded, weights)
+        ctx.geometry = (k, r, p, dilation, x.shape, x.dtype, filters.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        padded, weights = ctx.saved_tensors
+        k, r, p, dilation, shape, x_dtype, f_dtype = ctx.geometry
+        h, w = shape[-2:]
+        grad = grad.to(padded.dtype)
+        grad_f = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
+        grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[0] else None
+        for tap, (oy, ox) in enumerate(_tap_offsets(k, r, p, dilation)):
+            if grad_f is not None:
+                grad_f[:, tap] = (grad * padded[:, :, oy:oy + h, ox:ox + w]).sum(1)
+            if grad_padded is not None:
+                grad_padded[:, :, oy:oy + h, ox:ox + w].addcmul_(grad, weights[:, tap:tap + 1])
+        grad_x = None
+        if grad_padded is not None:  # the replicated border's gradient goes back to the edge it copies
+            grad_x = torch.ops.aten.replication_pad2d_backward(grad_padded, padded[:, :, p:p + h, p:p + w],
+                                                               [p, p, p, p]).to(x_dtype)
+        return grad_x, None if grad_f is None else grad_f.to(f_dtype), None
+
+
+def _tap_offsets(k: int, r: int, p: int, dilation: int) -> list[tuple[int, int]]:
+    """Row-major taps (dy, dx) -> where X[y - d*dy, x - d*dx] starts in the input padded by p."""
+    return [(p - dilation * (i - r), p - dilation * (j - r)) for i in range(k) for j in range(k)]
 
 
 def dilate_filters(filters: Tensor, dilation: int) -> Tensor:
@@ -254,6 +294,8 @@ class CGMUL(nn.Module):
     def forward(self, context: Tensor, motion: Tensor, lr_map: Tensor) -> Tensor:
         s = context_correlation(context, motion, lr_map)                          # eq. 2
         fused = torch.cat([context, motion, s, s * context, s * motion], dim=1)   # eqs. 3-4
+        # channels-last: oneDNN's faster layout for this conv, the largest of a CGM-Net step (benchmarks/README.md)
+        fused = fused.contiguous(memory_format=torch.channels_last)
         hr = periodic_shuffle(self.conv(fused), self.scale)                       # eq. 5
         return hr.softmax(1) if self.softmax else hr
 
