@@ -63,6 +63,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from motionssl.stores import Store, open_store
@@ -116,6 +117,7 @@ class _PixelAdaptiveWarp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         padded, weights = ctx.saved_tensors
         k, r, p, dilation, shape, x_dtype, f_dtype = ctx.geometry
