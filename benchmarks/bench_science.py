@@ -56,7 +56,7 @@ METHOD_OPTIONS: dict[str, dict] = {
     "modist": {"queue_size": 256, "hidden": 256, "motion_clip_len": 8, "motion_stride": 1},
     "cgm": {"k_hr": 5},  # as measured in benchmarks/README.md, before the reach rule (9) was the default
 }
-# Seconds per run measured alone (benchmarks/README.md): the longest start first, so two jobs end together.
+# Rough train seconds per run on one core (benchmarks/README.md), only to order them: the longest start first.
 COST = {"cgm": 360, "cmd": 270, "mvcgc": 225, "modist": 175, "rgb-moco": 135, "mcl": 135, "supervised": 90, "random": 6}
 FRAMES = 12  # per video
 VIEWS = 3  # clips per video at evaluation, evenly spaced over the 5 starts of an 8-frame clip
