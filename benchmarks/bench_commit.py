@@ -1,5 +1,5 @@
 """Committing videos on object storage: the commit-record writer (stores/remote.py) against Icechunk, side by side on
-one local S3 server (moto), and what each does when two writers commit at once.
+one local S3 server (moto, in a process of its own), and what each does when two writers commit at once.
 
     .venv/bin/python -m pip install 'icechunk>=1.1'     # benchmarks only (the `bench` extra), not a dependency
     .venv/bin/python benchmarks/bench_commit.py --out bench_out
@@ -34,13 +34,58 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_scale import DelayedS3, filled_writer, ids, logging_quiet, tiny_spec, video_meta, write_video  # noqa: E402
+from bench_scale import filled_writer, ids, logging_quiet, tiny_spec, video_meta, write_video  # noqa: E402
 from machine import machine_info  # noqa: E402
 from motionssl.stores import init_store  # noqa: E402
 from motionssl.stores.remote import Remote, scan_commits  # noqa: E402
 from motionssl.stores.zarr_writer import group_doc  # noqa: E402
 
 BUCKET = "bench"
+METHODS = ("GET", "PUT", "HEAD", "DELETE", "POST", "other")  # a listing is a GET
+
+
+def serve(port, counts) -> None:
+    """moto's S3 app on localhost, each request counted by method into the shared `counts`; `port` set when up."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging_quiet()
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def counted(environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        with counts.get_lock():
+            counts[METHODS.index(method) if method in METHODS else len(METHODS) - 1] += 1
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, counted, threaded=True)
+    port.value = server.port
+    server.serve_forever()
+
+
+class S3Server:
+    """moto's S3 server in a process of its own, so that its Python does not share a client's interpreter lock (the
+    commit record's client is Python, Icechunk's is Rust)."""
+
+    def __init__(self):
+        ctx = mp.get_context("spawn")
+        self.counts, port = ctx.Array("q", len(METHODS)), ctx.Value("i", 0)
+        self.proc = ctx.Process(target=serve, args=(port, self.counts), daemon=True)
+        self.proc.start()
+        deadline = time.monotonic() + 60
+        while not port.value:
+            if time.monotonic() > deadline or not self.proc.is_alive():
+                raise RuntimeError("the S3 server did not start")
+            time.sleep(0.05)
+        self.endpoint = f"http://127.0.0.1:{port.value}"
+
+    @property
+    def methods(self) -> dict[str, int]:
+        return {m: n for m, n in zip(METHODS, self.counts[:]) if n}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.join()
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -145,7 +190,7 @@ def record_commit(url: str, vid: str, spec, frames: int, seed: int, ready=None) 
 
 # -- one after another ----------------------------------------------------------------------------------------------
 
-def sequential(server: DelayedS3, spec, videos: int, frames: int, window: int, work: Path) -> dict:
+def sequential(server: S3Server, spec, videos: int, frames: int, window: int, work: Path) -> dict:
     import icechunk
 
     vids = ids(videos)
@@ -251,7 +296,7 @@ def two_writers(design: str, endpoint: str, target: str, vids_a: list[str], vids
     return out
 
 
-def concurrent(server: DelayedS3, spec, k: int, frames: int) -> dict:
+def concurrent(server: S3Server, spec, k: int, frames: int) -> dict:
     from motionssl.stores import StoreError, open_store
     from motionssl.stores.verify import verify_store
 
@@ -290,7 +335,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     logging_quiet()
-    server = DelayedS3(0.0)
+    server = S3Server()
     os.environ.update(s3_env(server.endpoint))
     work = Path(tempfile.mkdtemp(prefix="bench_commit-"))
     try:

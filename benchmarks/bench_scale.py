@@ -179,15 +179,9 @@ class DelayedS3:
 
         app = DomainDispatcherApplication(create_backend_app)
         self.requests, self.delay = 0, delay
-        self.methods: dict[str, int] = {}  # requests by HTTP method (a listing is a GET)
-
-        counting = threading.Lock()  # the server answers in threads
 
         def delayed(environ, start_response):
-            with counting:
-                self.requests += 1
-                method = environ["REQUEST_METHOD"]
-                self.methods[method] = self.methods.get(method, 0) + 1
+            self.requests += 1
             time.sleep(self.delay)
             return app(environ, start_response)
 
