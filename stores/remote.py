@@ -82,9 +82,9 @@ class Remote:
 
     @property
     def _one_get(self) -> dict:
-        """Each read one GET. s3fs and gcsfs ask an object's size (a HEAD) before a read, to split a large one into
-        concurrent parts, and gcsfs's split path turns a suffix range (the last N bytes) into two HEADs and an
-        explicit range that is invalid for an object shorter than N; ours are small."""
+        """Each read one GET. To split a large read into concurrent parts, s3fs asks an object's size (a HEAD) before
+        a whole read, and gcsfs 2026.4-2026.8 its metadata (two requests) before any read, turning a suffix range (the
+        last N bytes) into an explicit one, invalid for an object shorter than N. Ours are small."""
         if self.scheme in ("s3", "s3a"):
             return {"max_concurrency": 1}
         return {"concurrency": 1} if self.scheme in GCS else {}
