@@ -5,13 +5,14 @@ one local S3 server (moto, in a process of its own), and what each does when two
     .venv/bin/python benchmarks/bench_commit.py --out bench_out
 
 Videos: bench_scale's tiny ones (--frames frames of 43x32, the `compressed` spec's seven arrays, chunks of 4 frames in
-shards of 16). Both designs upload the same encoded bytes. Per video, timed from a finished local video to a video
+shards of 16). Both designs upload objects of the same sizes. Per video, timed from a finished local video to a video
 that readers see, with the server's requests counted by method (a listing is a GET):
   - commit record: the real writer's commit (`RemoteZarrVideoWriter`: the arrays uploaded under a fresh token, the
     record PUT, earlier attempts listed and deleted);
   - Icechunk: one transaction per video, which is what a rerun-safe extract needs (a video visible once it is
     committed, a killed run losing at most the videos in flight): a writable session on `main`, the video's objects
-    (its zarr.json documents and shard files, the same bytes) set in the session's store, `commit`.
+    (its zarr.json documents and shard files: those of one video the writer made, set again for each) set in the
+    session's store, `commit`.
 --videos videos are committed one after another into each, alternating between the two; the first and the last
 --window videos are reported apart, since an Icechunk commit rewrites the snapshot, which lists every node.
 
