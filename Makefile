@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,s3,slurm]'  # s3, slurm: their tests run too (a local S3 server, 2 gloo processes)
+	$(BIN)/python -m pip install -q -e '.[dev,s3,gs,slurm]'  # s3, gs, slurm: their tests run too (local S3 and GCS servers, 2 gloo processes)
 	touch $(STAMP)
 
 test: $(STAMP)

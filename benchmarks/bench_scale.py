@@ -53,16 +53,25 @@ def tiny_spec():
 
 def write_video(root, vid: str, spec, frames: int, seed: int) -> dict:
     """One video through the real writer (`make_writer`: a directory or a URL)."""
+    return filled_writer(root, vid, spec, frames, seed).commit(video_meta(vid, spec, frames))
+
+
+def filled_writer(root, vid: str, spec, frames: int, seed: int):
+    """The writer of one video with all its frames appended, not yet committed."""
     gh, gw = mv_grid(W, H, spec.mv.cell)
     rng = np.random.default_rng(seed)
     wr = make_writer(root, "zarr", vid, spec)
     write_arrays(wr, rng.integers(0, 16, (frames, H, W, 3), dtype=np.uint8) * 16,
                  rng.normal(0, 2, (frames, gh, gw, 2)).astype(np.float16))
-    meta = {"id": vid, "source": f"{vid}.mp4", "frames": frames, "fps": 25.0, "codec": "h264", "width": W,
+    return wr
+
+
+def video_meta(vid: str, spec, frames: int) -> dict:
+    gh, gw = mv_grid(W, H, spec.mv.cell)
+    return {"id": vid, "source": f"{vid}.mp4", "frames": frames, "fps": 25.0, "codec": "h264", "width": W,
             "height": H, "rotation": 0, "stored_width": W, "stored_height": H, "mv_grid": [gh, gw], "has_mv": True,
             "iframes": -(-frames // 12), "reencoded": False, "partial": None, "notes": [],
             "spec_digest": spec.digest, "motionssl_version": "bench", "seconds": 0.01}
-    return wr.commit(meta)
 
 
 def ids(n: int) -> list[str]:

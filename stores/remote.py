@@ -12,11 +12,12 @@ Object stores have no rename, so a video cannot appear at once by moving a finis
   that video is next committed; a rerun redoes the video under a new token;
 - `--overwrite`, and two writers of one video, each upload under their own token: whichever commit record lands
   last wins, and either is a complete video. Two `extract` runs on one store are refused anyway by the lock, an
-  object created only if absent (a conditional PUT, `If-None-Match: *`).
+  object created only if absent (a conditional PUT: `If-None-Match: *` on S3, `ifGenerationMatch=0` on GCS).
 
 Credentials come from the client library's own chain (for s3fs/botocore: AWS_* variables, ~/.aws/config and
-credentials, instance roles; AWS_ENDPOINT_URL for S3-compatible servers). motionssl never reads, prints or writes
-them.
+credentials, instance roles; AWS_ENDPOINT_URL for S3-compatible servers; for gcsfs: GOOGLE_APPLICATION_CREDENTIALS,
+gcloud's config, the metadata server; STORAGE_EMULATOR_HOST for an emulator). motionssl never reads, prints or
+writes them.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from motionssl.stores.zarr_writer import ZarrVideoWriter
 COMMIT = "zarr.json"  # the video group's document: the commit record
 DATA_MARK = "d-"  # prefix of one attempt's arrays under videos/<id>/
 CONCURRENCY = 64  # requests in flight in one batch
+GCS = ("gs", "gcs")  # gcsfs's schemes
 
 
 def is_url(path) -> bool:
@@ -69,8 +71,9 @@ class Remote:
                 # No listings cache: a listing must never hide an object written after it (a commit record).
                 self._fs = fsspec.filesystem(self.scheme, use_listings_cache=False)
             except (ImportError, ValueError) as e:
+                extra = "gs" if self.scheme in GCS else "s3"
                 raise RemoteError(f"{self.url}: {self.scheme}:// stores need the client library: pip install "
-                                  f"'motionssl[s3]' (s3fs; gcsfs for gs://) ({type(e).__name__}: {e})") from None
+                                  f"'motionssl[{extra}]' ({type(e).__name__}: {e})") from None
             self._pid = os.getpid()
         return self._fs
 
@@ -79,8 +82,12 @@ class Remote:
 
     @property
     def _one_get(self) -> dict:
-        """s3fs asks an object's size (a HEAD) before each whole read, to split large ones; ours are small."""
-        return {"max_concurrency": 1} if self.scheme in ("s3", "s3a") else {}
+        """Each read one GET. To split a large read into concurrent parts, s3fs asks an object's size (a HEAD) before
+        a whole read, and gcsfs 2026.4-2026.8 its metadata (two requests) before any read, turning a suffix range (the
+        last N bytes) into an explicit one, invalid for an object shorter than N. Ours are small."""
+        if self.scheme in ("s3", "s3a"):
+            return {"max_concurrency": 1}
+        return {"concurrency": 1} if self.scheme in GCS else {}
 
     def key(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -143,9 +150,11 @@ class Remote:
         start < 0 with end None: the object's last -start bytes (all of it when it is smaller). A missing object
         raises FileNotFoundError."""
         if not getattr(self.fs, "async_impl", False):
-            return [self.fs.cat_file(self.key(rel), start=start, end=end) for rel, start, end in ranges]
-        return self._concurrently([lambda fs, r=r: fs._cat_file(self.key(r[0]), start=r[1], end=r[2])
-                                   for r in ranges])
+            got = [self.fs.cat_file(self.key(rel), start=start, end=end) for rel, start, end in ranges]
+        else:
+            got = self._concurrently([lambda fs, r=r: fs._cat_file(self.key(r[0]), start=r[1], end=r[2],
+                                                                   **self._one_get) for r in ranges])
+        return [_within(data, start, end) for data, (_, start, end) in zip(got, ranges)]
 
     def _concurrently(self, calls: list) -> list:
         """Each call(fs), an awaitable, run concurrently (at most CONCURRENCY in flight) on the async client's event
@@ -187,6 +196,15 @@ class Remote:
             return {}
         cut = len(self.root) + 1
         return {k[cut:]: int(v.get("size") or 0) for k, v in found.items()}
+
+
+def _within(data: bytes, start: int, end: int | None) -> bytes:
+    """The asked part of a ranged read's reply. A server may ignore a Range header and send the whole object (HTTP
+    allows it; gcp-storage-emulator does so for a suffix range), which is then longer than what was asked."""
+    asked = -start if end is None and start < 0 else None if end is None else end - start
+    if asked is not None and len(data) > asked:
+        return data[start:end]
+    return data
 
 
 def video_prefix(video_id: str) -> str:
