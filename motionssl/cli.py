@@ -185,8 +185,8 @@ def extract(
     from motionssl.data_specs import SpecError, load_spec
     from motionssl.preprocess.extract import ExtractOptions, FatalError, run_extract
 
-    # At exit, after every exit handler: no last garbage collection over the whole heap (Dask's, numpy's, ...),
-    # which the OS frees anyway; about 0.2 s of the command's wall (benchmarks/README.md, issue 19 part 3).
+    # At exit, after every exit handler: no last garbage collections over the whole heap (Dask's, numpy's, ...),
+    # which the OS frees anyway (benchmarks/README.md, "Round four").
     atexit.register(gc.freeze)
     try:
         opts = ExtractOptions(

@@ -33,9 +33,8 @@ START_BASE_S, START_PER_WORKER_S = 60.0, 1.0
 # A decoder that dies (a signal, an exit) is given one more try in a fresh process: a death can be transient
 # (the OOM killer, a killed process). A hang is not retried: it already cost a whole --timeout.
 MAX_ATTEMPTS = 2
-# The in-process cluster's periodic work, which takes CPU from the decoders on every core: the statistical profiler
-# (every 10 ms per worker), the event-loop tick (20 ms) and the system monitor (0.5 s) feed a dashboard that is not
-# installed; about 0.3 s of CPU less per 24-clip run (benchmarks/README.md, issue 19 part 3, round four).
+# The in-process cluster's periodic work takes CPU from the decoders: the statistical profiler, the event-loop tick
+# and the system monitor at their defaults cost more than the run's own tasks (benchmarks/README.md, "Round four").
 QUIET_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                  "distributed.admin.system-monitor.interval": "5s"}
 
@@ -314,7 +313,7 @@ def _start_client(opts: ExtractOptions, gpus: int):
                 cluster = LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=40,
                     resources={"GPU": 1} if gpus else None, death_timeout=timeout,
-                    memory_limit=0,  # no memory monitor: a worker thread holds only records; decoders hold the frames
+                    memory_limit=0,  # no memory monitor: a worker thread holds only records, the decoders the frames
                 )
                 return Client(cluster, timeout=timeout), cluster
         except (OSError, RuntimeError) as e:  # TimeoutError is an OSError; RuntimeError: "Cluster failed to start"
