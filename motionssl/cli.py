@@ -1,7 +1,9 @@
 """The `motionssl` command line."""
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import inspect
 import json
 import os
@@ -183,6 +185,9 @@ def extract(
     from motionssl.data_specs import SpecError, load_spec
     from motionssl.preprocess.extract import ExtractOptions, FatalError, run_extract
 
+    # At exit, after every exit handler: no last garbage collections over the whole heap (Dask's, numpy's, ...),
+    # which the OS frees anyway (benchmarks/README.md, "Round four").
+    atexit.register(gc.freeze)
     try:
         opts = ExtractOptions(
             video_dir=video_dir, store=_location(output), spec=load_spec(spec), fmt=format.value, workers=workers,

@@ -1,6 +1,7 @@
 """`motionssl extract`: every video of a directory into one store, one Dask task per video."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -32,6 +33,10 @@ START_BASE_S, START_PER_WORKER_S = 60.0, 1.0
 # A decoder that dies (a signal, an exit) is given one more try in a fresh process: a death can be transient
 # (the OOM killer, a killed process). A hang is not retried: it already cost a whole --timeout.
 MAX_ATTEMPTS = 2
+# The in-process cluster's periodic work takes CPU from the decoders: the statistical profiler, the event-loop tick
+# and the system monitor at their defaults cost more than the run's own tasks (benchmarks/README.md, "Round four").
+QUIET_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+                 "distributed.admin.system-monitor.interval": "5s"}
 
 
 class FatalError(Exception):
@@ -92,18 +97,24 @@ def start_decoders(n: int, *, preload: tuple[str, ...] = (), first_jobs: tuple[d
     fork = can_fork()
     if fork and any(job["format"] == "hdf5" for job in first_jobs):
         import motionssl.stores.hdf5_backend  # noqa: F401  imported once here rather than in each copy
-    for i in range(n):
-        decoder = DecoderProcess(preload=preload)
-        decoder.start(fork=fork)
-        _all_decoders.append(decoder)
-        try:
-            if i < len(first_jobs):
-                decoder.submit(first_jobs[i])
-                _first_jobs[first_jobs[i]["video_id"]] = decoder, first_jobs[i]
-                continue
-        except DecoderFailed:  # died at once: its task runs the job the usual way, with its retry
-            pass
-        _started.put(decoder)
+    if fork:  # the copies' garbage collector then never walks (and copies) the pages of what they inherit
+        gc.freeze()
+    try:
+        for i in range(n):
+            decoder = DecoderProcess(preload=preload)
+            decoder.start(fork=fork)
+            _all_decoders.append(decoder)
+            try:
+                if i < len(first_jobs):
+                    decoder.submit(first_jobs[i])
+                    _first_jobs[first_jobs[i]["video_id"]] = decoder, first_jobs[i]
+                    continue
+            except DecoderFailed:  # died at once: its task runs the job the usual way, with its retry
+                pass
+            _started.put(decoder)
+    finally:
+        if fork:
+            gc.unfreeze()
 
 
 def stop_decoders() -> None:
@@ -298,10 +309,11 @@ def _start_client(opts: ExtractOptions, gpus: int):
         # interpreter and Dask's imports for nothing (0.7 s of wall per run, benchmarks/README.md).
         try:
             with dask.config.set({"distributed.logging.distributed": "error",
-                                  "distributed.comm.timeouts.connect": f"{timeout}s"}):
+                                  "distributed.comm.timeouts.connect": f"{timeout}s", **QUIET_CLUSTER}):
                 cluster = LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=40,
                     resources={"GPU": 1} if gpus else None, death_timeout=timeout,
+                    memory_limit=0,  # no memory monitor: a worker thread holds only records, the decoders the frames
                 )
                 return Client(cluster, timeout=timeout), cluster
         except (OSError, RuntimeError) as e:  # TimeoutError is an OSError; RuntimeError: "Cluster failed to start"

@@ -21,7 +21,6 @@ writes them.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -161,6 +160,8 @@ class Remote:
         loop; the results in order."""
         if not calls:
             return []
+        import asyncio  # here: extract imports this module before it forks its decoders, which never need it
+
         from fsspec.asyn import sync
 
         fs = self.fs

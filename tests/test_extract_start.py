@@ -189,3 +189,24 @@ def test_extract_forks_its_first_decoders_only_while_single_threaded():
     finally:
         done.set()
         t.join()
+
+
+def test_the_local_cluster_runs_without_dasks_profiler_and_monitors(tmp_path):
+    """The in-process cluster's periodic work (the statistical profiler every 10 ms per worker, a 20 ms tick per
+    server, the system and memory monitors) took more CPU from the decoders than the run's own tasks
+    (benchmarks/README.md, "Round four"): extract's local cluster starts without the profiler and the memory monitor,
+    and with a slower tick and system monitor. Checked on the running cluster, so a renamed Dask setting fails here."""
+    from motionssl.preprocess.extract import ExtractOptions, _start_client
+
+    opts = ExtractOptions(video_dir=tmp_path, store=tmp_path / "s.zarr", spec=load_spec("compressed"), workers=2)
+    client, cluster = _start_client(opts, 0)
+    try:
+        assert len(cluster.workers) == 2
+        for worker in cluster.workers.values():
+            assert not {"profile", "profile-cycle", "memory_monitor"} & set(worker.periodic_callbacks)
+        for server in (cluster.scheduler, *cluster.workers.values()):
+            assert server.periodic_callbacks["tick"].callback_time == 1000
+            assert server.periodic_callbacks["monitor"].callback_time == 5000
+    finally:
+        client.close()
+        cluster.close()
