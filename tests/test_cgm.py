@@ -102,6 +102,13 @@ def test_pixel_adaptive_warp_gradients_match_autograd_through_unfold(k, dilation
                                     (x[:1, :, :5, :6], filters[:1, :, :5, :6]))
 
 
+def test_pixel_adaptive_warp_refuses_filters_of_another_grid():
+    with pytest.raises(ValueError, match="need"):
+        pixel_adaptive_warp(torch.zeros(1, 3, 6, 6), torch.zeros(1, 9, 1, 6))  # would broadcast silently
+    with pytest.raises(ValueError, match="k\\*k taps"):
+        pixel_adaptive_warp(torch.zeros(1, 3, 6, 6), torch.zeros(1, 8, 6, 6))
+
+
 def test_pixel_adaptive_warp_promotes_dtypes_and_returns_gradients_in_each_inputs_dtype():
     x = torch.randn(1, 2, 6, 6, dtype=torch.bfloat16, requires_grad=True)
     filters = torch.rand(1, 9, 6, 6, requires_grad=True)

@@ -94,6 +94,9 @@ def pixel_adaptive_warp(x: Tensor, filters: Tensor, *, dilation: int = 1) -> Ten
     The same filter applies to every channel of a pixel; borders are replicated (module docstring). With
     `dilation` d, tap (dy, dx) reads X[y - d*dy, x - d*dx]: the filter of `dilate_filters(filters, d)`."""
     _kernel_size(filters.shape[1])
+    if x.dim() != 4 or filters.dim() != 4 or x.shape[0] != filters.shape[0] or x.shape[2:] != filters.shape[2:]:
+        raise ValueError(f"warp of {tuple(x.shape)} frames by {tuple(filters.shape)} filters: need (N, C, H, W) "
+                         f"and (N, k*k, H, W)")
     return _PixelAdaptiveWarp.apply(x, filters, dilation)
 
 
