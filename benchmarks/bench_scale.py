@@ -18,13 +18,15 @@ Then, each timed once with a warm page cache:
 Latency: --latency-videos videos of 48 frames, written to a local directory and, through the same writer, to a
 local S3 server (moto) whose every request first sleeps --latency-ms; one DataLoader worker reads rgb + mv clips
 (16 frames, stride 1, batches of 8) from each, side by side; clips/s per worker, cold (each clip a video the worker
-has not read yet) and warm (videos read before), the server at 0 ms and at --latency-ms; and the server's own cost per
-request without delay.
+has not read yet) and warm (videos read before), the server at 0 ms and at --latency-ms, with the worker's and the
+server's CPU per clip; at --latency-ms also through s3fs's own GETs (the reader before signed URLs); and the cost of
+one GET without delay, by client, split into the client's and the server's CPU.
 Writes OUT/bench_scale.json.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -178,12 +180,17 @@ class DelayedS3:
         from werkzeug.serving import make_server
 
         app = DomainDispatcherApplication(create_backend_app)
-        self.requests, self.delay = 0, delay
+        self.requests, self.delay, self.cpu = 0, delay, 0.0
+        lock = threading.Lock()
 
         def delayed(environ, start_response):
-            self.requests += 1
             time.sleep(self.delay)
-            return app(environ, start_response)
+            t0 = time.thread_time()  # each request has a thread of its own (werkzeug closes every connection)
+            body = app(environ, start_response)
+            with lock:
+                self.requests += 1
+                self.cpu += time.thread_time() - t0
+            return body
 
         self.server = make_server("127.0.0.1", 0, delayed, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -194,10 +201,11 @@ class DelayedS3:
         self.server.shutdown()
 
 
-def loader_rates(store, videos: int, batches: int, batch_size: int = 8) -> dict:
+def loader_rates(store, videos: int, batches: int, batch_size: int = 8, server_cpu=lambda: 0.0) -> dict:
     """Clips/s of one DataLoader worker (persistent, as the trainer's) reading rgb + mv clips (16 frames, stride 1):
     `cold` over the first epoch after its first batch (every clip a video the worker has not read yet: its commit
-    record and shard indices fetched), `warm` over the next `batches` batches (each video read before)."""
+    record and shard indices fetched), `warm` over the next `batches` batches (each video read before). With each,
+    the CPU per clip of the worker and of the server (`server_cpu()`: its CPU seconds so far)."""
     from torch.utils.data import DataLoader
 
     from motionssl.train.collate import collate
@@ -212,10 +220,12 @@ def loader_rates(store, videos: int, batches: int, batch_size: int = 8) -> dict:
                         collate_fn=collate, drop_last=True, persistent_workers=True)
     it = iter(loader)
     next(it)
-    t0 = time.perf_counter()
+    worker = it._workers[0].pid
+    t0, c0, s0 = time.perf_counter(), _cpu_of(worker), server_cpu()
     cold = sum(len(b["index"]) for b in it)  # the rest of epoch 0
-    out = {"cold": cold / (time.perf_counter() - t0)}
-    epoch, n, t0 = 0, 0, time.perf_counter()
+    out = {"cold": cold / (time.perf_counter() - t0), "cold_worker_cpu_ms_per_clip": (_cpu_of(worker) - c0) / cold * 1e3,
+           "cold_server_cpu_ms_per_clip": (server_cpu() - s0) / cold * 1e3}
+    epoch, n, t0, c0, s0 = 0, 0, time.perf_counter(), _cpu_of(worker), server_cpu()
     while n < batches * batch_size:
         epoch += 1
         sampler.set_epoch(epoch)
@@ -224,27 +234,55 @@ def loader_rates(store, videos: int, batches: int, batch_size: int = 8) -> dict:
             if n >= batches * batch_size:
                 break
     out["warm"] = n / (time.perf_counter() - t0)
+    out["warm_worker_cpu_ms_per_clip"] = (_cpu_of(worker) - c0) / n * 1e3
+    out["warm_server_cpu_ms_per_clip"] = (server_cpu() - s0) / n * 1e3
     return out
 
 
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def gets_of(client: str):
+    """Reads from S3 by signed URL (motionssl's reader, `stores/s3_get.py`) or through s3fs's own GETs (before)."""
+    from motionssl.stores import s3_get
+
+    usable = s3_get.usable
+    if client == "s3fs":
+        s3_get.usable = lambda fs: False
+    try:
+        yield
+    finally:
+        s3_get.usable = usable
+
+
 def server_cost(server: DelayedS3, root: str, n: int = 200) -> dict:
-    """The local S3 server's own cost, without delay: n ranged GETs of 1 KiB one after another, and n at once."""
+    """Cost of one ranged GET of 1 KiB without delay, by client: wall ms one after another and each of n at once,
+    and CPU ms of the client (this process less the server's threads) and of the server."""
     from motionssl.stores.remote import Remote
 
-    remote, delay, server.delay = Remote(root), server.delay, 0.0
-    key = next(k for k in remote.find("videos") if "/rgb/c/" in k)
+    delay, server.delay, out = server.delay, 0.0, {}
     try:
-        remote.get_ranges([(key, 0, 1024)])
-        t0 = time.perf_counter()
-        for _ in range(n):
-            remote.get_ranges([(key, 0, 1024)])
-        one_by_one = (time.perf_counter() - t0) / n
-        t0 = time.perf_counter()
-        remote.get_ranges([(key, 0, 1024)] * n)
-        at_once = (time.perf_counter() - t0) / n
+        for client in ("signed", "s3fs"):
+            with gets_of(client):
+                remote = Remote(root)
+                key = next(k for k in remote.find("videos") if "/rgb/c/" in k)
+                remote.get_ranges([(key, 0, 1024)])
+                t0, c0, s0 = time.perf_counter(), time.process_time(), server.cpu
+                for _ in range(n):
+                    remote.get_ranges([(key, 0, 1024)])
+                wall, cpu, srv = time.perf_counter() - t0, time.process_time() - c0, server.cpu - s0
+                t0 = time.perf_counter()
+                remote.get_ranges([(key, 0, 1024)] * n)
+                at_once = time.perf_counter() - t0
+            out[client] = {"get_ms_one_by_one": wall / n * 1e3, "get_ms_each_of_many_at_once": at_once / n * 1e3,
+                           "client_cpu_ms": (cpu - srv) / n * 1e3, "server_cpu_ms": srv / n * 1e3}
     finally:
         server.delay = delay
-    return {"get_ms_one_by_one": one_by_one * 1000, "get_ms_each_of_many_at_once": at_once * 1000}
+    return out
 
 
 def latency_rows(work: Path, videos: int, latency_ms: float, batches: int) -> dict:
@@ -267,11 +305,14 @@ def latency_rows(work: Path, videos: int, latency_ms: float, batches: int) -> di
             out[f"{where}_write_s"] = time.perf_counter() - t0
         out["server"] = server_cost(server, "s3://bench/lat.zarr")
         out["local_clips_per_s"] = loader_rates(open_store(here / "lat.zarr"), videos, batches)
-        for delay in (0.0, latency_ms):
+        for delay, client in ((0.0, "signed"), (latency_ms, "signed"), (latency_ms, "s3fs")):
+            name = f"s3_{delay:g}ms" + ("_s3fs_gets" if client == "s3fs" else "")
             server.delay = delay / 1000
             before = server.requests
-            out[f"s3_{delay:g}ms_clips_per_s"] = loader_rates(open_store("s3://bench/lat.zarr"), videos, batches)
-            out[f"s3_{delay:g}ms_requests_per_clip"] = (server.requests - before) / (videos + batches * 8)
+            with gets_of(client):  # the DataLoader's worker forks inside, and keeps it
+                out[f"{name}_clips_per_s"] = loader_rates(open_store("s3://bench/lat.zarr"), videos, batches,
+                                                          server_cpu=lambda: server.cpu)
+            out[f"{name}_requests_per_clip"] = (server.requests - before) / (videos + batches * 8)
         slow = out[f"s3_{latency_ms:g}ms_clips_per_s"]
         out["s3_over_local"] = {k: slow[k] / out["local_clips_per_s"][k] for k in ("cold", "warm")}
         return out

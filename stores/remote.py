@@ -59,6 +59,7 @@ class Remote:
         self.scheme = self.url.split("://", 1)[0]
         self._fs = None
         self._pid = None
+        self._signed = None
         self.root = self.fs._strip_protocol(self.url).rstrip("/")
 
     @property
@@ -69,6 +70,7 @@ class Remote:
 
                 # No listings cache: a listing must never hide an object written after it (a commit record).
                 self._fs = fsspec.filesystem(self.scheme, use_listings_cache=False)
+                self._signed = None  # the signed-GET client of this process's filesystem, made on first read
             except (ImportError, ValueError) as e:
                 extra = "gs" if self.scheme in GCS else "s3"
                 raise RemoteError(f"{self.url}: {self.scheme}:// stores need the client library: pip install "
@@ -77,7 +79,7 @@ class Remote:
         return self._fs
 
     def __getstate__(self):
-        return {**self.__dict__, "_fs": None, "_pid": None}
+        return {**self.__dict__, "_fs": None, "_pid": None, "_signed": None}
 
     @property
     def _one_get(self) -> dict:
@@ -96,10 +98,7 @@ class Remote:
 
     # -- single objects
     def get(self, rel: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self.key(rel), **self._one_get)
-        except FileNotFoundError:
-            return None
+        return self.get_many([rel])[rel]
 
     def get_json(self, rel: str):
         data = self.get(rel)
@@ -136,12 +135,18 @@ class Remote:
         """{rel: bytes, or None where absent}, fetched concurrently."""
         async def one(fs, rel):
             try:
-                return await fs._cat_file(self.key(rel), **self._one_get)
+                return await self._read(fs, rel)
             except FileNotFoundError:
                 return None
 
         if not getattr(self.fs, "async_impl", False):
-            return {rel: self.get(rel) for rel in rels}
+            got = {}
+            for rel in rels:
+                try:
+                    got[rel] = self.fs.cat_file(self.key(rel))
+                except FileNotFoundError:
+                    got[rel] = None
+            return got
         return dict(zip(rels, self._concurrently([lambda fs, r=r: one(fs, r) for r in rels])))
 
     def get_ranges(self, ranges: list[tuple[str, int, int | None]]) -> list[bytes]:
@@ -151,9 +156,18 @@ class Remote:
         if not getattr(self.fs, "async_impl", False):
             got = [self.fs.cat_file(self.key(rel), start=start, end=end) for rel, start, end in ranges]
         else:
-            got = self._concurrently([lambda fs, r=r: fs._cat_file(self.key(r[0]), start=r[1], end=r[2],
-                                                                   **self._one_get) for r in ranges])
+            got = self._concurrently([lambda fs, r=r: self._read(fs, *r) for r in ranges])
         return [_within(data, start, end) for data, (_, start, end) in zip(got, ranges)]
+
+    async def _read(self, fs, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        """One GET on the async client's loop: by signed URL on S3 (`s3_get.py`), else the client's own."""
+        if self._signed is None and self.scheme in ("s3", "s3a"):
+            from motionssl.stores import s3_get
+
+            self._signed = s3_get.SignedGets(fs) if s3_get.usable(fs) else False
+        if self._signed:
+            return await self._signed.get(self.key(rel), start, end)
+        return await fs._cat_file(self.key(rel), start=start, end=end, **self._one_get)
 
     def _concurrently(self, calls: list) -> list:
         """Each call(fs), an awaitable, run concurrently (at most CONCURRENCY in flight) on the async client's event
