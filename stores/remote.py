@@ -164,7 +164,7 @@ class Remote:
         if self._signed is None and self.scheme in ("s3", "s3a"):
             from motionssl.stores import s3_get
 
-            self._signed = s3_get.SignedGets(fs) if s3_get.usable(fs) else False
+            self._signed = s3_get.for_fs(fs) or False
         if self._signed:
             return await self._signed.get(self.key(rel), start, end)
         return await fs._cat_file(self.key(rel), start=start, end=end, **self._one_get)

@@ -35,6 +35,20 @@ def usable(fs) -> bool:
     return not (getattr(fs, "req_kw", None) or getattr(fs, "s3_additional_kwargs", None))
 
 
+_SHARED: dict[int, "SignedGets"] = {}  # by id(fs): fsspec clients compare equal by their arguments, not identity
+
+
+def for_fs(fs) -> "SignedGets | None":
+    """The signed-GET client of `fs` (one HTTP session per filesystem client, shared by every `Remote` of this
+    process that uses it), or None where `usable(fs)` is False."""
+    if not usable(fs):
+        return None
+    gets = _SHARED.get(id(fs))
+    if gets is None or gets.fs is not fs:  # each keeps its client alive, so an id is never another's while kept
+        gets = _SHARED[id(fs)] = SignedGets(fs)
+    return gets
+
+
 class SignedGets:
     """Concurrent GETs of one s3fs filesystem's objects by signed URL, on that filesystem's event loop."""
 

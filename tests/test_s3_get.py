@@ -67,6 +67,9 @@ def test_signed_gets_read_what_s3fs_reads_and_the_store_reads_by_them(s3):
     assert remote.get_ranges([("data", 10, 20), ("data", -5, None)]) == [DATA[10:20], DATA[-5:]]
     assert remote.get_many(["data", "missing"]) == {"data": DATA, "missing": None}
     assert type(remote._signed).__name__ == "SignedGets"  # the store's reads went by signed URL
+    again = Remote("s3://bucket/a")
+    again.get("data")
+    assert again._signed is remote._signed  # one HTTP session per filesystem client, not per Remote
 
 
 def test_urls_are_kept_bounded_and_signed_again_when_old(s3, monkeypatch):
