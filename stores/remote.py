@@ -165,9 +165,18 @@ class Remote:
             from motionssl.stores import s3_get
 
             self._signed = s3_get.for_fs(fs) or False
-        if self._signed:
-            return await self._signed.get(self.key(rel), start, end)
-        return await fs._cat_file(self.key(rel), start=start, end=end, **self._one_get)
+        if self.scheme not in ("s3", "s3a"):
+            return await fs._cat_file(self.key(rel), start=start, end=end, **self._one_get)
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        try:
+            if self._signed:
+                return await self._signed.get(self.key(rel), start, end)
+            return await fs._cat_file(self.key(rel), start=start, end=end, **self._one_get)
+        except (NoCredentialsError, PartialCredentialsError) as e:
+            raise PermissionError(f"{self.url}: {e}; give your s3 client credentials (AWS_ACCESS_KEY_ID and "
+                                  f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials or an instance role)"
+                                  ) from None
 
     def _concurrently(self, calls: list) -> list:
         """Each call(fs), an awaitable, run concurrently (at most CONCURRENCY in flight) on the async client's event

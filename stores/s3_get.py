@@ -27,6 +27,7 @@ RENEW_AFTER = 3000  # seconds after which a kept URL is signed again, well befor
 KEPT_URLS = 8192  # signed URLs kept per process (about 1 KB each): the objects a worker reads most recently
 RETRIES = 4  # attempts of a GET that fails with a connection error, a 5xx, or a 403 (re-signed first)
 TRANSIENT = (500, 502, 503, 504)
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)  # botocore's connect and read timeouts
 
 
 def usable(fs) -> bool:
@@ -105,7 +106,8 @@ class SignedGets:
     async def _http(self):
         if self._session is None:
             await self.fs.set_session()  # botocore's session, whose config `_tls` reads
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, ssl=self._tls()))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, ssl=self._tls()),
+                                                  timeout=TIMEOUT)
             atexit.register(self.close)
         return self._session
 

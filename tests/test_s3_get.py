@@ -151,3 +151,21 @@ def test_setups_that_need_request_headers_keep_s3fs_reads(s3):
     assert remote.get_ranges([("data", 10, 20)]) == [DATA[10:20]]
     assert remote._signed is False
 
+
+
+def test_no_credentials_is_one_line_naming_where_they_come_from(s3, monkeypatch, tmp_path):
+    import s3fs
+
+    from motionssl.stores import StoreError, open_store
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role lookup
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StoreError) as caught:
+        open_store("s3://bucket/a.zarr")
+    message = str(caught.value)
+    assert "Unable to locate credentials" in message and "AWS_ACCESS_KEY_ID" in message and "\n" not in message
+    s3fs.S3FileSystem.clear_instance_cache()
