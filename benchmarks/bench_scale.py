@@ -223,7 +223,8 @@ def loader_rates(store, videos: int, batches: int, batch_size: int = 8, server_c
     worker = it._workers[0].pid
     t0, c0, s0 = time.perf_counter(), _cpu_of(worker), server_cpu()
     cold = sum(len(b["index"]) for b in it)  # the rest of epoch 0
-    out = {"cold": cold / (time.perf_counter() - t0), "cold_worker_cpu_ms_per_clip": (_cpu_of(worker) - c0) / cold * 1e3,
+    out = {"cold": cold / (time.perf_counter() - t0),
+           "cold_worker_cpu_ms_per_clip": (_cpu_of(worker) - c0) / cold * 1e3,
            "cold_server_cpu_ms_per_clip": (server_cpu() - s0) / cold * 1e3}
     epoch, n, t0, c0, s0 = 0, 0, time.perf_counter(), _cpu_of(worker), server_cpu()
     while n < batches * batch_size:
