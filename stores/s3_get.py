@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import ssl
 import time
 import urllib.request
@@ -54,7 +55,7 @@ class SignedGets:
     """Concurrent GETs of one s3fs filesystem's objects by signed URL, on that filesystem's event loop."""
 
     def __init__(self, fs):
-        self.fs = fs
+        self.fs, self._pid = fs, os.getpid()
         self._session = None
         self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._proxies: dict[tuple[str, str], str | None] = {}
@@ -133,8 +134,8 @@ class SignedGets:
     def close(self) -> None:
         """Close the HTTP session (at exit: otherwise aiohttp warns of an unclosed session)."""
         session, self._session = self._session, None
-        if session is None or session.closed or not self.fs.loop.is_running():
-            return
+        if session is None or session.closed or os.getpid() != self._pid or not self.fs.loop.is_running():
+            return  # a forked child's copy: the loop that owns the session runs in its parent only
         from fsspec.asyn import sync
 
         try:
