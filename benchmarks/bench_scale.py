@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_faults import write_arrays  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, process_cpu_seconds  # noqa: E402
 from motionssl.data_specs import load_spec, mv_grid, spec_from_dict  # noqa: E402
 from motionssl.stores import init_store, make_writer, open_store, write_index  # noqa: E402
 from motionssl.stores.layout import INDEX, read_json  # noqa: E402
@@ -221,12 +221,12 @@ def loader_rates(store, videos: int, batches: int, batch_size: int = 8, server_c
     it = iter(loader)
     next(it)
     worker = it._workers[0].pid
-    t0, c0, s0 = time.perf_counter(), _cpu_of(worker), server_cpu()
+    t0, c0, s0 = time.perf_counter(), process_cpu_seconds(worker), server_cpu()
     cold = sum(len(b["index"]) for b in it)  # the rest of epoch 0
     out = {"cold": cold / (time.perf_counter() - t0),
-           "cold_worker_cpu_ms_per_clip": (_cpu_of(worker) - c0) / cold * 1e3,
+           "cold_worker_cpu_ms_per_clip": (process_cpu_seconds(worker) - c0) / cold * 1e3,
            "cold_server_cpu_ms_per_clip": (server_cpu() - s0) / cold * 1e3}
-    epoch, n, t0, c0, s0 = 0, 0, time.perf_counter(), _cpu_of(worker), server_cpu()
+    epoch, n, t0, c0, s0 = 0, 0, time.perf_counter(), process_cpu_seconds(worker), server_cpu()
     while n < batches * batch_size:
         epoch += 1
         sampler.set_epoch(epoch)
@@ -235,15 +235,9 @@ def loader_rates(store, videos: int, batches: int, batch_size: int = 8, server_c
             if n >= batches * batch_size:
                 break
     out["warm"] = n / (time.perf_counter() - t0)
-    out["warm_worker_cpu_ms_per_clip"] = (_cpu_of(worker) - c0) / n * 1e3
+    out["warm_worker_cpu_ms_per_clip"] = (process_cpu_seconds(worker) - c0) / n * 1e3
     out["warm_server_cpu_ms_per_clip"] = (server_cpu() - s0) / n * 1e3
     return out
-
-
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import machine_info
+from machine import machine_info, process_cpu_seconds
 from motionssl.train.backbones import BACKBONES
 
 
@@ -142,12 +142,6 @@ def loader_stores(dest: Path, names=tuple(LOADER_STORES)) -> dict[str, Path]:
                         "--spec", str(spec_file), "--format", fmt, "--workers", "2", "--no-progress"],
                        check=True, capture_output=True)
     return stores
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def clips_per_second(dataset, *, workers: int, batch: int, clips: int, warmup: int, shared: bool = True) -> dict:

@@ -25,3 +25,9 @@ def machine_info(packages: tuple[str, ...]) -> dict:
         "versions": {p: package_version(p) for p in packages},
         "loadavg_at_start": os.getloadavg(),
     }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
