@@ -19,8 +19,11 @@ Latency: --latency-videos videos of 48 frames, written to a local directory and,
 local S3 server (moto) whose every request first sleeps --latency-ms; one DataLoader worker reads rgb + mv clips
 (16 frames, stride 1, batches of 8) from each, side by side; clips/s per worker, cold (each clip a video the worker
 has not read yet) and warm (videos read before), the server at 0 ms and at --latency-ms, with the worker's and the
-server's CPU per clip; at --latency-ms also through s3fs's own GETs (the reader before signed URLs); and the cost of
-one GET without delay, by client, split into the client's and the server's CPU.
+server's CPU per clip; at --latency-ms also through s3fs's own GETs (the reader before signed URLs) and through the
+node's cache (MOTIONSSL_CACHE_DIR): empty at the start (cold fetches and keeps the shards it reads, warm reads some
+of them again), and filled (every shard kept first, as after epochs that touched them all; cold still fetches each
+video's commit record); and the cost of one GET without delay, by client, split into the client's and the server's
+CPU.
 Writes OUT/bench_scale.json.
 """
 from __future__ import annotations
@@ -247,11 +250,25 @@ def gets_of(client: str):
 
     usable = s3_get.usable
     if client == "s3fs":
-        s3_get.usable = lambda fs: False
+        s3_get.usable = lambda fs: False  # "signed" and "cache" read by signed URL
     try:
         yield
     finally:
         s3_get.usable = usable
+
+
+@contextlib.contextmanager
+def node_cache(directory: Path | None):
+    """MOTIONSSL_CACHE_DIR set to `directory` (an empty one) while stores are opened, or unset."""
+    saved = os.environ.pop("MOTIONSSL_CACHE_DIR", None)
+    if directory is not None:
+        os.environ["MOTIONSSL_CACHE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        os.environ.pop("MOTIONSSL_CACHE_DIR", None)
+        if saved is not None:
+            os.environ["MOTIONSSL_CACHE_DIR"] = saved
 
 
 def server_cost(server: DelayedS3, root: str, n: int = 200) -> dict:
@@ -300,16 +317,25 @@ def latency_rows(work: Path, videos: int, latency_ms: float, batches: int) -> di
             out[f"{where}_write_s"] = time.perf_counter() - t0
         out["server"] = server_cost(server, "s3://bench/lat.zarr")
         out["local_clips_per_s"] = loader_rates(open_store(here / "lat.zarr"), videos, batches)
-        for delay, client in ((0.0, "signed"), (latency_ms, "signed"), (latency_ms, "s3fs")):
-            name = f"s3_{delay:g}ms" + ("_s3fs_gets" if client == "s3fs" else "")
+        rows = ((0.0, "signed"), (latency_ms, "signed"), (latency_ms, "s3fs"), (latency_ms, "cache_empty"),
+                (latency_ms, "cache_filled"))
+        for delay, client in rows:
+            name = f"s3_{delay:g}ms" + {"signed": "", "s3fs": "_s3fs_gets", "cache_empty": "_node_cache_empty",
+                                        "cache_filled": "_node_cache_filled"}[client]
             server.delay = delay / 1000
-            before = server.requests
-            with gets_of(client):  # the DataLoader's worker forks inside, and keeps it
+            with gets_of(client), node_cache(here / "cache" if client.startswith("cache") else None):
+                if client == "cache_filled":  # as after epochs that touched every shard: each video read whole
+                    store = open_store("s3://bench/lat.zarr")
+                    for vid in store.videos:
+                        store.read_arrays(vid, ["rgb", "mv", "mv_valid"], np.arange(48))
+                before = server.requests
+                # the DataLoader's worker forks inside, and keeps both
                 out[f"{name}_clips_per_s"] = loader_rates(open_store("s3://bench/lat.zarr"), videos, batches,
                                                           server_cpu=lambda: server.cpu)
             out[f"{name}_requests_per_clip"] = (server.requests - before) / (videos + batches * 8)
-        slow = out[f"s3_{latency_ms:g}ms_clips_per_s"]
-        out["s3_over_local"] = {k: slow[k] / out["local_clips_per_s"][k] for k in ("cold", "warm")}
+        for name in ("", "_node_cache_empty", "_node_cache_filled"):
+            slow = out[f"s3_{latency_ms:g}ms{name}_clips_per_s"]
+            out[f"s3{name}_over_local"] = {k: slow[k] / out["local_clips_per_s"][k] for k in ("cold", "warm")}
         return out
     finally:
         server.stop()

@@ -77,6 +77,13 @@ class Store:
                              f"credentials of your {self.remote.scheme} client") from None
         if self.root_meta is None:
             raise StoreError(f"{self.path} is not a motionssl store (no {ROOT_META}); create one with `motionssl extract`")
+        if self.remote:
+            from motionssl.stores.shard_cache import CacheError, ShardCache
+
+            try:
+                self.remote.cache = ShardCache.from_env()
+            except CacheError as e:
+                raise StoreError(str(e)) from None
         version = self.root_meta.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format_version {version} is not known to motionssl {package_version()} "
@@ -144,10 +151,13 @@ class Store:
         return video_id in self.index
 
     # -- reading
-    def _open(self, video_id: str):
+    def _open_check(self) -> None:
         if os.getpid() != self._pid:  # forked: never reuse the parent's handles
             self._readers = {}
             self._pid = os.getpid()
+
+    def _open(self, video_id: str):
+        self._open_check()
         reader = self._readers.get(video_id)
         if reader is None and self.remote:
             from motionssl.stores.zarr_backend import ZarrVideoReader
@@ -159,6 +169,29 @@ class Store:
                 raise KeyError(f"video {video_id!r} is not in store {self.path}")
             reader = self._readers[video_id] = self._reader_cls(path)
         return reader
+
+    def open_many(self, video_ids) -> None:
+        """Open the readers of these videos now; on object storage the commit records of those not open yet are
+        fetched in one round (a batch's videos), not one round each. Absent videos are left to the reads."""
+        if not self.remote:
+            return
+        self._open_check()
+        todo = [v for v in dict.fromkeys(video_ids) if v not in self._readers]
+        if len(todo) < 2:
+            return
+        from motionssl.stores.remote import commit_key, parse_commit
+        from motionssl.stores.zarr_backend import ZarrVideoReader
+
+        records = self.remote.get_many([commit_key(v) for v in todo])
+        for video_id in todo:
+            attrs = parse_commit(records[commit_key(video_id)])
+            if attrs is not None:
+                self._readers[video_id] = ZarrVideoReader.from_commit(self.remote, video_id, attrs)
+
+    def reads_wait(self) -> bool:
+        """Whether a read waits on the network: on object storage, unless the node's cache (MOTIONSSL_CACHE_DIR) has
+        served every recent read of this process. Callers read concurrently only then: a cached read is a file's."""
+        return self.remote is not None and (self.remote.cache is None or self.remote.cache.missing())
 
     def _damaged(self, video_id: str, name: str, e: Exception) -> StoreError:
         """A read that failed on the data itself (a truncated or corrupt chunk): one line naming video and array."""

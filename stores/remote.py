@@ -61,6 +61,21 @@ class Remote:
         self._pid = None
         self._signed = None
         self.root = self.fs._strip_protocol(self.url).rstrip("/")
+        self.cache = None  # a ShardCache (`shard_cache.py`) for the readers' shard objects, set by Store
+        self._endpoint = None
+
+    def location(self, rel: str) -> str:
+        """Where `rel` is, for the cache: scheme, endpoint (an S3-compatible server, an emulator) and key."""
+        if self._endpoint is None:
+            if self.scheme in GCS:
+                self._endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+            elif self.scheme in ("s3", "s3a"):
+                self._endpoint = getattr(self.fs, "endpoint_url", None) \
+                    or (self.fs.client_kwargs or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+                    or os.environ.get("AWS_ENDPOINT_URL", "")
+            else:
+                self._endpoint = ""
+        return f"{self.scheme}\0{self._endpoint}\0{self.key(rel)}"
 
     @property
     def fs(self):

@@ -29,6 +29,7 @@ def _redo(store: Store, path: Path | str) -> str:
 def verify_store(store: Store) -> list[str]:
     """One line per problem; an empty list means the store is sound."""
     if store.remote:
+        store.remote.cache = None  # the bucket's objects are checked, never a node's copies of them
         return _verify_remote(store)
     problems = []
     on_disk, temps = scan_videos(store.path, store.format)

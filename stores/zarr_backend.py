@@ -29,9 +29,15 @@ class ZarrVideoReader:
     def remote(cls, remote, video_id: str) -> "ZarrVideoReader":
         """A video on object storage, through its commit record (`remote.py`): its meta, and the arrays of the
         attempt it names. A video without a commit record is absent (KeyError), whatever objects it has."""
-        from motionssl.stores.remote import read_commit, video_prefix
+        from motionssl.stores.remote import read_commit
 
-        attrs = read_commit(remote, video_id)
+        return cls.from_commit(remote, video_id, read_commit(remote, video_id))
+
+    @classmethod
+    def from_commit(cls, remote, video_id: str, attrs: dict | None) -> "ZarrVideoReader":
+        """The reader of a video on object storage whose commit record's attributes are `attrs` (None: absent)."""
+        from motionssl.stores.remote import video_prefix
+
         if attrs is None:
             raise KeyError(f"video {video_id!r} is not in store {remote.url} (no commit record)")
         return RemoteZarrVideoReader(remote, f"{video_prefix(video_id)}/{attrs['motionssl_data']}",
@@ -82,7 +88,9 @@ class RemoteZarrVideoReader(ZarrVideoReader):
     chunks of every array are fetched in one round of concurrent ranged GETs: one range per shard, since a shard's
     chunks lie one after another. Each shard's index is fetched once per reader and kept; the objects of a
     commit's attempt (`d-<token>/`) are written once and never change, so an index kept under its object's key
-    stays true (a re-extracted video is another attempt, other keys). Arrays of another layout are read by zarr."""
+    stays true (a re-extracted video is another attempt, other keys). With the node's cache (MOTIONSSL_CACHE_DIR,
+    `shard_cache.py`), shard objects are fetched whole, once, and read from it after. Arrays of another layout are
+    read by zarr."""
 
     def __init__(self, remote, prefix: str, *, meta: dict, docs: dict[str, dict]):
         self.remote, self.prefix, self.docs = remote, prefix, docs
@@ -116,8 +124,8 @@ class RemoteZarrVideoReader(ZarrVideoReader):
         return self.read_many([name], sel)[name]
 
     def read_many(self, names, indices) -> dict[str, np.ndarray]:
-        """Round 1, for shards this reader has not touched: the last TAIL_BYTES of each (its index; all of a small
-        shard). Round 2: one range per shard for the chunks still missing. Then each array decoded as on disk."""
+        """Each array's chunks at `indices`, fetched for all arrays together (by ranges, or whole shards through the
+        node's cache), then decoded as on disk."""
         out, plans = {}, {}  # plans: {name: (frames reader, indices, {shard: [chunk within shard]})}
         for name in names:
             frames = self.frames(name)
@@ -132,6 +140,17 @@ class RemoteZarrVideoReader(ZarrVideoReader):
         fetched = {name: {} for name in plans}
         key = {name: lambda shard, name=name: f"{self.prefix}/{name}/{plans[name][0].shard_key(shard)}"
                for name in plans}
+        if self.remote.cache is not None:
+            self._whole_shards(plans, key, fetched)
+        else:
+            self._ranges(plans, key, fetched)
+        for name, (frames, sel, _) in plans.items():
+            out[name] = frames.read(sel, fetched[name])
+        return out
+
+    def _ranges(self, plans: dict, key: dict, fetched: dict) -> None:
+        """Round 1, for shards this reader has not touched: the last TAIL_BYTES of each (its index; all of a small
+        shard). Round 2: one range per shard for the chunks still missing."""
         first = [(name, shard) for name, (frames, _, shards) in plans.items() for shard in shards
                  if frames.index_of(shard) is None]
         tails = self.remote.get_ranges([(key[name](shard), -TAIL_BYTES, None) for name, shard in first]) \
@@ -152,9 +171,24 @@ class RemoteZarrVideoReader(ZarrVideoReader):
             frames = plans[name][0]
             for k in plans[name][2][shard]:
                 fetched[name][shard * frames.per_shard + k] = frames.chunk_in(shard, k, got, start)
-        for name, (frames, sel, _) in plans.items():
-            out[name] = frames.read(sel, fetched[name])
-        return out
+
+    def _whole_shards(self, plans: dict, key: dict, fetched: dict) -> None:
+        """With the node's cache (`shard_cache.py`): each shard object from it, or fetched whole in one round and
+        kept there; its index from its tail, its chunks cut from it."""
+        cache, remote = self.remote.cache, self.remote
+        want = [(name, shard, key[name](shard)) for name, (_, _, shards) in plans.items() for shard in shards]
+        objects = {rel: cache.get(remote.location(rel)) for _, _, rel in want}
+        missing = [rel for rel, data in objects.items() if data is None]
+        for rel, data in remote.get_many(missing).items():
+            if data is None:  # the commit record names it: damage, never zeros
+                raise FileNotFoundError(f"{remote.url_of(rel)}: shard object missing; run `motionssl verify`")
+            cache.put(remote.location(rel), data)
+            objects[rel] = data
+        for name, shard, rel in want:
+            frames, data = plans[name][0], objects[rel]
+            frames.index_of(shard, data)
+            for k in plans[name][2][shard]:
+                fetched[name][shard * frames.per_shard + k] = frames.chunk_in(shard, k, data, 0)
 
 
 def _indices(sel, n: int) -> np.ndarray:

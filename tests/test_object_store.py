@@ -216,6 +216,12 @@ def test_info_pretrain_and_errors_on_object_storage(bucket, synthetic_dir, tmp_p
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] and summary["store"] == url and summary["store_version"] == info["version"]
+    cache = tmp_path / "node-cache"  # the same through the node's cache, shared by both workers
+    r = motionssl("pretrain", url, "-o", tmp_path / "cached", *TINY, "--steps", "2", "--batch-size", "2",
+                  "--workers", "2", "--option", "queue_size=8", env={**env, "MOTIONSSL_CACHE_DIR": str(cache)})
+    assert r.returncode == 0, r.stderr
+    assert any(p.is_file() for p in cache.rglob("*"))
+    assert str(cache) not in (tmp_path / "cached" / "config.yaml").read_text()
 
     r = motionssl("extract", synthetic_dir, "-o", bucket.url("runs/h.h5store"), "--format", "hdf5", "--spec", spec,
                   "--no-progress", env=env)
@@ -343,3 +349,85 @@ def test_a_clip_from_object_storage_is_the_clip_from_disk_fetched_in_one_round_o
     np.testing.assert_array_equal(new.read_at("v", "rgb", clip), open_store(tmp_path / "t.zarr").read_at("v", "rgb", clip))
     with pytest.raises(StoreError, match="cannot read .*of video 'v'"):
         remote.read_arrays("v", names, clip)
+
+
+def test_the_node_cache_serves_repeated_reads_without_requests_and_never_stale_or_damaged_bytes(bucket, tmp_path,
+                                                                                              monkeypatch):
+    """With MOTIONSSL_CACHE_DIR: a clip reads what the disk reader reads; its shards are fetched whole in one round
+    and kept; a store opened later (another process, another epoch) reads them with no request at all; a damaged
+    cache file is fetched again; a re-extracted video is read from its new attempt; `verify` checks the bucket,
+    never the cache."""
+    from conftest import TINY_SPEC
+    from motionssl.data_specs import spec_from_dict
+    from motionssl.stores import StoreError, init_store, open_store, write_index
+    from motionssl.stores.shard_cache import ShardCache
+    from motionssl.stores.verify import verify_store
+
+    spec = spec_from_dict(TINY_SPEC)
+    url = bucket.url("cached.zarr")
+    for root in (tmp_path / "s.zarr", url):
+        init_store(root, "zarr", spec)
+        write_index(root, {"v": _write_video(root, "v", spec, 0)})
+    local = open_store(tmp_path / "s.zarr")
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("MOTIONSSL_CACHE_DIR", str(cache_dir))
+    names, clip = ["mv", "mv_valid", "rgb"], np.array([13, 14, 15, 16, 17, 33])
+    want = local.read_arrays("v", names, clip)
+
+    def reads(store) -> list:
+        """Each read the store's client makes: ('many', n objects) or ('ranges', n ranges)."""
+        calls, remote = [], store.remote
+        get_many, get_ranges = remote.get_many, remote.get_ranges
+        monkeypatch.setattr(remote, "get_many", lambda rels: calls.append(("many", len(rels))) or get_many(rels))
+        monkeypatch.setattr(remote, "get_ranges", lambda r: calls.append(("ranges", len(r))) or get_ranges(r))
+        return calls
+
+    store = open_store(url)
+    assert isinstance(store.remote.cache, ShardCache)
+    store._open("v")  # the commit record, fetched as without the cache
+    calls = reads(store)
+    got = store.read_arrays("v", names, clip)
+    assert calls == [("many", 9)], calls  # shards 0, 1 and 2 of three arrays, whole, one round
+    for name in names:
+        assert np.array_equal(got[name], want[name]), name
+    files = sorted(p for p in cache_dir.rglob("*") if p.is_file())
+    assert len(files) == 9 and all(p.resolve().is_relative_to(cache_dir.resolve()) for p in files)
+
+    later = open_store(url)  # a new reader: its indices not kept, the cache is
+    later._open("v")
+    calls = reads(later)
+    for indices in (clip, np.arange(20, 36), np.arange(40)[::-3]):
+        got = later.read_arrays("v", names, indices)
+        for name in names:
+            assert np.array_equal(got[name], local.read_arrays("v", [name], indices)[name]), name
+    assert calls == [("many", 0)] * 3, calls
+
+    files[0].write_bytes(files[0].read_bytes()[:-20] + bytes(20))  # torn or damaged on the node's disk
+    third = open_store(url)
+    third._open("v")
+    calls = reads(third)
+    got = third.read_arrays("v", names, clip)
+    assert calls == [("many", 1)], calls
+    for name in names:
+        assert np.array_equal(got[name], want[name]), name
+
+    # re-extracted: a new attempt, other keys, so nothing kept for the old one is read for it
+    write_index(url, {"v": _write_video(url, "v", spec, 1)})
+    init_store(tmp_path / "t.zarr", "zarr", spec)
+    write_index(tmp_path / "t.zarr", {"v": _write_video(tmp_path / "t.zarr", "v", spec, 1)})
+    np.testing.assert_array_equal(open_store(url).read_at("v", "rgb", clip),
+                                  open_store(tmp_path / "t.zarr").read_at("v", "rgb", clip))
+
+    # a shard gone from the bucket: verify names it though the cache holds it, and a cached read still works
+    fs = bucket.fs()
+    prefix = open_store(url)._open("v").prefix
+    open_store(url).read_arrays("v", names, np.arange(40))  # every shard of the new attempt cached
+    shard = sorted(k for k in fs.find(f"bucket/cached.zarr/{prefix}/rgb") if "/c/" in k)[0]
+    fs.rm_file(shard)
+    problems = verify_store(open_store(url))
+    assert any("rgb: chunk file" in p and "missing" in p for p in problems), problems
+    assert open_store(url).read_at("v", "rgb", clip).shape[0] == len(clip)
+
+    monkeypatch.setenv("MOTIONSSL_CACHE_GB", "lots")
+    with pytest.raises(StoreError, match="MOTIONSSL_CACHE_GB='lots' is not a positive number"):
+        open_store(url)

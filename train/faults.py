@@ -19,6 +19,7 @@ makes that sample's RGB clips +inf, a real non-finite forward.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -148,11 +149,16 @@ class TrackedDataset(Dataset):
         return sample
 
     def __getitems__(self, keys: list) -> list:
-        """A batch's samples (the DataLoader's batched fetch). From a store on object storage they are drawn
-        concurrently, in threads: each waits on requests, not on the CPU (benchmarks/README.md, "Scale"). The slot
-        then names the batch's first sample."""
+        """A batch's samples (the DataLoader's batched fetch). From a store on object storage the videos' commit
+        records come in one round, and the samples are drawn concurrently, in threads, while reads wait on requests,
+        not on the CPU (benchmarks/README.md, "Scale"). The slot then names the batch's first sample."""
         store = getattr(self.dataset, "store", None)
         if getattr(store, "remote", None) is None or len(keys) < 2:
+            return [self[key] for key in keys]
+        if getattr(self.dataset, "videos", None) is not None:
+            with contextlib.suppress(OSError):  # each sample's own read then fails, and is recorded, as without it
+                store.open_many([self.video(_index(key)) for key in keys])
+        if not store.reads_wait():  # every recent read came from the node's cache: threads would only contend
             return [self[key] for key in keys]
         slot = self._slot()
         self.working[slot] = _index(keys[0])
