@@ -43,7 +43,7 @@ class ShardCache:
         self._root = str(self.directory)
         self._written = 0  # bytes this process wrote since it last measured the cache
         self._warned = False
-        self.lookups = self.last_miss = 0
+        self.lookups, self.last_miss = 0, -RECENT  # a new process expects hits: a miss costs it one batch's rounds
 
     @classmethod
     def from_env(cls) -> ShardCache | None:
@@ -95,23 +95,27 @@ class ShardCache:
         return body
 
     def missing(self) -> bool:
-        """Whether reads still wait on the bucket: a miss among this process's last RECENT lookups (or too few
-        lookups yet to tell)."""
+        """Whether reads wait on the bucket: a miss among this process's last RECENT lookups."""
         return self.lookups - self.last_miss < RECENT
 
     def put(self, location: str, data: bytes) -> None:
         """Keep the object's bytes. Best effort: a full or read-only disk warns once and leaves reads uncached."""
-        path = self.path(location)
-        tmp = path.with_name(f"{TMP}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        path = self._file(location)
+        tmp = f"{os.path.dirname(path)}/{TMP}{os.path.basename(path)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        trailer = len(data).to_bytes(8, "little") + google_crc32c.value(data).to_bytes(4, "little")
         try:
-            path.parent.mkdir(exist_ok=True)
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:  # the first file of its subdirectory
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
                 f.write(data)
-                f.write(len(data).to_bytes(8, "little") + google_crc32c.value(data).to_bytes(4, "little"))
+                f.write(trailer)
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
             self._warn(e)
             return
         self._written += len(data) + TRAILER
