@@ -29,7 +29,12 @@ demo: $(STAMP)
 	$(BIN)/motionssl extract demo_out/motion_classes -o demo_out/motion.zarr --spec fast --workers 2 --no-progress
 	$(BIN)/python demo/methods.py demo_out/motion.zarr demo_out/motion_classes/labels.csv demo_out/methods
 
-bench: $(STAMP)
+# The benchmarks' own extra (imagecodecs, icechunk: compared against, never used by motionssl).
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,s3,gs,slurm,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bench_extract.py --out bench_out
 	$(BIN)/python benchmarks/bench_flow.py --out bench_out
 	$(BIN)/python benchmarks/bench_storage.py --out bench_out
@@ -42,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_motion_sampling.py --out bench_out
 	$(BIN)/python benchmarks/bench_mv_source.py --out bench_out
 	$(BIN)/python benchmarks/bench_decoder_memory.py --out bench_out
+	$(BIN)/python benchmarks/bench_scale.py --out bench_out
+	$(BIN)/python benchmarks/bench_commit.py --out bench_out
 	$(BIN)/python benchmarks/bench_science.py --out bench_out
 	$(BIN)/python benchmarks/diagnose_science.py --out bench_out --seed 0
 
