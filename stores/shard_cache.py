@@ -8,7 +8,8 @@ so it is an environment variable (inherited by workers, ranks and srun) and neve
 
 Only the objects of an attempt (`videos/<id>/d-<token>/...`) are kept: they are written once and never change, and a
 re-extracted video is another attempt, other keys (`remote.py`). Commit records and the index are always fetched.
-A file is named by the SHA-256 of its object's location (scheme, endpoint and key), so no store's key can name a
+The directory must be the user's own, writable by no one else (others could plant files that pass the check). A
+file is named by the SHA-256 of its object's location (scheme, endpoint and key), so no store's key can name a
 path outside the directory, and holds the object's bytes, their length and a crc32c: one that does not check (a
 torn or damaged file) is a miss, deleted and fetched again. Files appear by rename, whole or not at all; many
 processes may write at once. The size is bounded by MOTIONSSL_CACHE_GB (default 50): a process that has written
@@ -60,10 +61,14 @@ class ShardCache:
             raise CacheError(f"{ENV_GB}={text!r} is not a positive number of gigabytes; set it (e.g. 50) or unset it")
         directory = Path(where).expanduser()
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = directory.stat()
         except OSError as e:
             raise CacheError(f"{ENV_DIR}={where}: cannot create it ({e.strerror}); set it to a writable local "
                              f"directory, or unset it to read without a cache") from None
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:  # others could plant bytes that check
+            raise CacheError(f"{ENV_DIR}={where} is not a directory of yours alone (owner uid {st.st_uid}, mode "
+                             f"{st.st_mode & 0o777:o}); name a new directory, which motionssl creates with mode 700")
         return cls(directory, int(gb * 1e9))
 
     def path(self, location: str) -> Path:

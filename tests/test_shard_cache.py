@@ -82,3 +82,11 @@ def test_the_environment_chooses_it_and_bad_values_are_one_line(tmp_path, monkey
     with pytest.raises(CacheError, match="cannot create it .*unset it to read without a cache") as e:
         ShardCache.from_env()
     assert "\n" not in str(e.value)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as /tmp is: anyone could plant files there
+    monkeypatch.setenv("MOTIONSSL_CACHE_DIR", str(shared))
+    with pytest.raises(CacheError, match="is not a directory of yours alone .*mode 777"):
+        ShardCache.from_env()
+    monkeypatch.setenv("MOTIONSSL_CACHE_DIR", str(tmp_path / "mine"))
+    assert (ShardCache.from_env().directory.stat().st_mode & 0o777) == 0o700
