@@ -77,7 +77,8 @@ def _default(name: str) -> str:
     return f"default {field.default}"
 
 
-STORE_HELP = "Store made by `motionssl extract`: a directory, or a URL such as s3://bucket/prefix/x.zarr."
+STORE = "Store made by `motionssl extract`: a directory, or a URL such as s3://bucket/prefix/x.zarr"
+STORE_HELP = f"{STORE} (set MOTIONSSL_CACHE_DIR to keep the shards read from a URL on this machine's disk)."
 ALLOW_STORE_CHANGE = typer.Option(False, "--allow-store-change", help="With --resume: continue even though the "
                                   "store's version (`motionssl info`) differs from the one the run was trained on.")
 # The options `pretrain` and `finetune` share, declared once: each is the PretrainConfig field of its name. None means
@@ -238,7 +239,8 @@ def info(
 
 
 @app.command()
-def verify(store: str = typer.Argument(..., help=STORE_HELP)):
+def verify(store: str = typer.Argument(..., help=f"{STORE} (read from the bucket itself, never "
+                                                  "MOTIONSSL_CACHE_DIR).")):
     """Exit 0 only if every video is complete and consistent with the spec; name every broken entry."""
     from motionssl.stores.verify import verify_store
 
