@@ -90,3 +90,17 @@ def test_the_environment_chooses_it_and_bad_values_are_one_line(tmp_path, monkey
         ShardCache.from_env()
     monkeypatch.setenv("MOTIONSSL_CACHE_DIR", str(tmp_path / "mine"))
     assert (ShardCache.from_env().directory.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_process_expects_waits_only_after_a_recent_miss(tmp_path):
+    """`missing()` decides whether a batch is drawn in threads (reads wait on the bucket) or one sample after another
+    (every recent read a file's): a new process expects hits; a miss makes it expect waits for RECENT lookups."""
+    from motionssl.stores.shard_cache import RECENT
+
+    cache = ShardCache(tmp_path, 10**9)
+    assert not cache.missing()
+    cache.put("k", b"x")
+    assert cache.get("absent") is None and cache.missing()
+    for _ in range(RECENT - 1):
+        assert cache.get("k") == b"x" and cache.missing()
+    assert cache.get("k") == b"x" and not cache.missing()
